@@ -1,0 +1,113 @@
+"""ExperimentConfig: every component's config composed into one, with a JSON round trip.
+
+Written as ``config.json`` into every run directory and checkpoint. Presets live in
+``openvision3.configs`` (as code); the command line overrides any field with tyro
+(``ov3 train pretrain_b2 --train.stages.0.steps 100 --data.path 'shards/{000..099}.tar'``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from openvision3.data.loader import DataConfig
+from openvision3.dataclass_io import from_dict, to_dict
+from openvision3.losses.objective import ObjectiveConfig
+from openvision3.models.openvision3 import ModelConfig
+from openvision3.train.optim import OptimConfig
+
+
+@dataclass
+class StageConfig:
+    """One stage of progressive training (the paper: 128 px without LPIPS, then 256 px with)."""
+
+    resolution: int = 128
+    steps: int = 1000
+    batch_size: int = 256  # global, over all ranks
+    base_lr: float = 8e-6  # peak LR = base_lr * batch_size / 256
+    warmup_steps: int = 0
+    lpips_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.resolution <= 0 or self.resolution % 16:
+            raise ValueError(
+                f"stage resolution must be a positive multiple of 16, got {self.resolution}"
+            )
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError("stage steps and batch_size must be positive")
+        if self.base_lr <= 0 or self.lpips_weight < 0 or self.warmup_steps < 0:
+            raise ValueError("stage base_lr must be > 0; lpips_weight and warmup_steps >= 0")
+
+
+@dataclass
+class TrainConfig:
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA
+    log_every: int = 10
+    ckpt_every: int = 1000
+    keep_last: int = 2
+    eval_every: int = 0  # 0 = evaluate only at the end
+    tensorboard: bool = False
+    init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
+    resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("train.stages must hold at least one stage")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("train.ema_decay must be in [0, 1)")
+        if self.log_every <= 0 or self.ckpt_every <= 0 or self.eval_every < 0:
+            raise ValueError("train.log_every and ckpt_every must be > 0, eval_every >= 0")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the held-out split during and after training."""
+
+    num_images: int = 1000  # from the val split (0 = all)
+    batch_size: int = 100
+    resolution: int = 0  # 0 = the last stage's resolution
+    zero_shot: bool = True  # needs labels and class names (synthetic world, ImageNet folders)
+    retrieval: bool = True
+    reconstruction: bool = True
+    captioning: bool = True
+    caption_samples: int = 16
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    run_dir: str = ""  # "" = runs/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        p = self.model.pixel_patch
+        for s in self.train.stages:
+            if s.resolution % p:
+                raise ValueError(
+                    f"stage resolution {s.resolution} is not a multiple of {p} (pixels per token)"
+                )
+        if not self.run_dir:
+            self.run_dir = f"runs/{self.name}"
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        return from_dict(cls, json.loads(text))

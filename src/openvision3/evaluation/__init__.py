@@ -1,0 +1,31 @@
+"""Evaluators shared by the trainer (at intervals, and the ``ov3 demo`` report) and ``ov3 eval``.
+
+Each ``run(model, batches)`` takes this rank's share of an evaluation set (disjoint, no
+padding), reduces sums and counts (or gathers embeddings, for retrieval) across ranks, and
+returns the same dict of plain numbers on every rank. Pass the unwrapped model (no DDP wrapper).
+"""
+
+from openvision3.evaluation.captioning import CaptionEvaluator
+from openvision3.evaluation.reconstruction import (
+    ReconstructionEvaluator,
+    psnr_uint8,
+    ssim,
+    to_uint8,
+)
+from openvision3.evaluation.reduce import MetricAccumulator
+from openvision3.evaluation.retrieval import RetrievalEvaluator, retrieval_recall
+from openvision3.evaluation.zero_shot import ZeroShotEvaluator, build_classifier, imagenet_metadata
+
+__all__ = [
+    "CaptionEvaluator",
+    "MetricAccumulator",
+    "ReconstructionEvaluator",
+    "RetrievalEvaluator",
+    "ZeroShotEvaluator",
+    "build_classifier",
+    "imagenet_metadata",
+    "psnr_uint8",
+    "retrieval_recall",
+    "ssim",
+    "to_uint8",
+]

@@ -1,0 +1,220 @@
+"""OpenVision3: frozen VAE -> ViT encoder -> unified tokens, with a reconstruction decoder
+(generation branch) and text towers (understanding branch) as separate heads on the tokens.
+
+Architecture only. Loss weights live in ``losses/objective.py``; loading and saving live in
+``inference/pretrained.py`` (the ``from_pretrained`` / ``save_pretrained`` methods delegate there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openvision3.models.decoder import Decoder, DecoderConfig
+from openvision3.models.encoder import Encoder, EncoderConfig
+from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig
+from openvision3.models.text import TextEncoder, TextEncoderConfig
+from openvision3.models.vae import FrozenVAE, VAEConfig
+
+
+@dataclass
+class ModelConfig:
+    """The whole model. ``decoder``, ``text`` and ``caption`` may be None (encoder-only models,
+    e.g. the released checkpoints, or ablations without a branch)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
+    text: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)
+    caption: CaptionDecoderConfig | None = field(default_factory=CaptionDecoderConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    logit_scale_init: float = math.log(1 / 0.07)
+    name: str = ""
+
+    def __post_init__(self):
+        e = self.encoder
+        if e.in_channels != self.vae.latent_channels:
+            raise ValueError(
+                f"encoder.in_channels ({e.in_channels}) must equal the VAE's latent channels "
+                f"({self.vae.latent_channels})"
+            )
+        if self.text is not None and self.text.embed_dim != e.embed_dim:
+            raise ValueError(
+                f"text.embed_dim ({self.text.embed_dim}) must equal encoder.embed_dim ({e.embed_dim})"
+            )
+        if self.caption is not None and self.caption.image_width != e.width:
+            raise ValueError(
+                f"caption.image_width ({self.caption.image_width}) must equal encoder.width ({e.width})"
+            )
+
+    @property
+    def pixel_patch(self) -> int:
+        """Pixels per token side: VAE downsampling x encoder patch (16 for FLUX + patch 2)."""
+        return self.vae.downsample * self.encoder.patch_size
+
+
+class MissingComponentError(RuntimeError):
+    """A method needs a part (decoder, text towers, VAE) this model was built without."""
+
+
+class OpenVision3(nn.Module):
+    """Unified visual tokenizer.
+
+    Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, C, H/8, W/8); tokens (B, N, D) with
+    N = (H/16)(W/16); embeddings (B, E); text ids (B, L).
+    """
+
+    def __init__(self, cfg: ModelConfig, vae: FrozenVAE | None | str = "build"):
+        super().__init__()
+        self.cfg = cfg
+        # vae="build": from cfg.vae; None: latent-only model (no image methods); or a FrozenVAE.
+        self.vae = FrozenVAE(cfg.vae) if vae == "build" else vae
+        self.encoder = Encoder(cfg.encoder)
+        c = cfg.vae.latent_channels
+        self.decoder = (
+            Decoder(cfg.decoder, cfg.encoder.width, c, cfg.encoder.patch_size)
+            if cfg.decoder
+            else None
+        )
+        self.text = TextEncoder(cfg.text) if cfg.text else None
+        self.captioner = CaptionDecoder(cfg.caption) if cfg.caption else None
+        if self.text is not None:
+            self.logit_scale = nn.Parameter(torch.full((1,), cfg.logit_scale_init))  # shape [1]
+
+    # ------------------------------------------------------------------ parts
+    def _need(self, part: str) -> nn.Module:
+        module = getattr(self, part)
+        if module is None:
+            what = {
+                "vae": "VAE (it was loaded with vae=None: use the *_latents methods or pass a VAE)",
+                "decoder": "a reconstruction decoder",
+                "text": "a text encoder",
+                "captioner": "a caption decoder",
+            }[part]
+            hint = (
+                " Released OpenVision 3 checkpoints contain only the encoder."
+                if part != "vae"
+                else ""
+            )
+            raise MissingComponentError(f"this model has no {what}.{hint}")
+        return module
+
+    # ------------------------------------------------------------------ encoding
+    def encode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled VAE latents -> unified tokens (B, N, D)."""
+        return self.encoder(latents)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
+        return self.encoder(self._need("vae").encode(images))
+
+    def embed_latents(self, latents: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, C, h, w) -> pooled, projected embedding (B, E)."""
+        z = self.encoder.pool(self.encoder(latents))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def embed_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, E), L2-normalised by default (contrastive space)."""
+        return self.embed_latents(self._need("vae").encode(images), normalize=normalize)
+
+    def embed_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Token ids (B, L) -> (B, E), L2-normalised by default."""
+        z = self._need("text")(ids)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    # ------------------------------------------------------------------ decoding
+    def token_grid(self, tokens: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+        if grid is not None:
+            return tuple(grid)
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens are not a square grid: pass grid=(h, w)")
+        return side, side
+
+    def decode_latents(
+        self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Unified tokens (B, N, D) -> predicted latents (B, C, h, w); no noise outside training."""
+        return self._need("decoder")(tokens, self.token_grid(tokens, grid))
+
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Unified tokens (B, N, D) -> images (B, 3, H, W) through the frozen VAE decoder."""
+        latents = self.decode_latents(tokens, grid)
+        return self._need("vae").decode(latents)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> reconstruction (B, 3, H, W), clean tokens (no decoder noise)."""
+        latents = self._need("vae").encode(images)
+        tokens = self.encoder(latents)
+        grid = self.encoder.grid(latents.shape[-2:])
+        return self.vae.decode(self._need("decoder")(tokens, grid, noise=False))
+
+    @torch.no_grad()
+    def caption_ids(
+        self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1
+    ) -> torch.Tensor:
+        """(B, 3, H, W) -> generated caption token ids (B, T), SOT first, EOT then PAD."""
+        tokens = self.encode(images)
+        return self._need("captioner").generate(tokens, max_len=max_len, beam_size=beam_size)
+
+    def caption(
+        self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1
+    ) -> list[str]:
+        """(B, 3, H, W) -> B captions (greedy when beam_size == 1, else beam search)."""
+        from openvision3.tokenizer import Tokenizer
+
+        return Tokenizer().decode_batch(self.caption_ids(images, max_len, beam_size))
+
+    # ------------------------------------------------------------------ training
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        reconstruction: bool = True,
+        contrastive: bool = True,
+        caption: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """One training forward. ``batch``: ``images`` (B, 3, H, W) and/or cached ``latents``,
+        ``text`` (B, L) [+ ``text_2``], ``caption`` (B, Lc). Branch flags skip unused heads.
+
+        Returns the tensors the objective consumes (see ``losses/objective.py``).
+        """
+        latents = batch.get("latents")
+        if latents is None:
+            latents = self._need("vae").encode(batch["images"])
+        tokens = self.encoder(latents)  # (B, N, D)
+        out: dict[str, torch.Tensor] = {}
+        if contrastive:
+            out["image_embeds"] = F.normalize(self.encoder.pool(tokens), dim=-1)
+            out["text_embeds"] = self.embed_text(batch["text"])
+            if "text_2" in batch:
+                out["text_embeds_2"] = self.embed_text(batch["text_2"])
+            out["logit_scale"] = self.logit_scale.exp()
+        if caption:
+            cap = self._need("captioner")(tokens, batch["caption"])
+            out["caption_logits"], out["caption_targets"] = cap["logits"], cap["targets"]
+        if reconstruction:
+            grid = self.encoder.grid(latents.shape[-2:])
+            latents_hat = self._need("decoder")(tokens, grid)
+            out["latents"], out["latents_hat"] = latents, latents_hat
+            out["images"] = batch["images"]
+            out["images_hat"] = self._need("vae").decode(latents_hat)
+        return out
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> OpenVision3:
+        """Our exports (``config.json`` + ``model.safetensors``) or the released encoder layout
+        (``open_clip_config.json`` + ``open_clip_pytorch_model.bin``); see ``inference.pretrained``."""
+        from openvision3.inference.pretrained import load_pretrained
+
+        return load_pretrained(path, **kwargs)
+
+    def save_pretrained(self, path: str, **kwargs) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``vae/`` for config-built VAEs)."""
+        from openvision3.inference.pretrained import save_pretrained
+
+        save_pretrained(self, path, **kwargs)

@@ -1,0 +1,78 @@
+import pytest
+import torch
+from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
+from torchmetrics.functional.text import bleu_score
+
+from openvision3.evaluation import CaptionEvaluator
+
+SCRIPT = [
+    "a red circle on a blue square background",
+    "a small green triangle next to a yellow star",
+    "two purple squares stacked on top of each other",
+    "a large orange circle in the middle of the image",
+    "one blue star above a red triangle",
+]
+TRUTH = [  # (colour, shape) each generated caption should name
+    ("red", "circle"),
+    ("green", "triangle"),
+    ("purple", "squares"),
+    ("orange", "square"),  # wrong: the caption says circle
+    ("blue", "star"),
+]
+
+
+def _batches(n, size, refs, ref_key="caption_text"):
+    idx = torch.arange(n)
+    return [
+        {
+            "images": index_images(idx[i : i + size]),
+            "label": idx[i : i + size],
+            "key": [f"k{j}" for j in range(i, min(i + size, n))],
+            ref_key: refs[i : i + size],
+        }
+        for i in range(0, n, size)
+    ]
+
+
+def test_perfect_captions_score_bleu_one():
+    model = ScriptedCaptioner(SCRIPT)
+    ev = CaptionEvaluator(max_len=12, beam_size=3, num_samples=3)
+    out = ev.run(model, _batches(5, 2, SCRIPT))
+    assert out["bleu4"] == pytest.approx(1.0, abs=1e-12)
+    assert out["cider"] is None  # pycocoevalcap is not a dependency
+    assert out["count"] == 5 and "attribute_accuracy" not in out
+    assert model.calls == [(12, 3)] * 3
+    assert ev.samples == [
+        {"key": f"k{i}", "generated": SCRIPT[i], "reference": SCRIPT[i]} for i in range(3)
+    ]
+
+
+def test_corpus_bleu_and_attribute_accuracy():
+    refs = [
+        ["a red circle on a blue square", "a red circle over a blue square background"],
+        ["a small green triangle next to a yellow star"],
+        ["two purple squares on top of each other"],
+        ["an orange square in the middle of the image"],
+        ["a blue star above a red triangle"],
+    ]
+
+    def names_truth(text, row):
+        colour, shape = TRUTH[int(row["label"])]
+        assert row["key"] == f"k{int(row['label'])}"
+        return colour in text.split() and shape in text.split()
+
+    ev = CaptionEvaluator(attribute_match=names_truth)
+    out = ev.run(
+        ScriptedCaptioner(SCRIPT), _batches(5, 2, refs, "refs"), references=lambda b: b["refs"]
+    )
+    # Corpus BLEU (sums of n-gram matches over all captions), not a mean of sentence scores.
+    expected = bleu_score(SCRIPT, refs, n_gram=4).item()
+    assert 0.3 < expected < 0.95
+    assert out["bleu4"] == pytest.approx(expected, abs=1e-6)
+    assert out["attribute_accuracy"] == pytest.approx(4 / 5)
+
+
+def test_reference_count_must_match():
+    batch = {"images": index_images([0, 1]), "caption_text": ["only one"]}
+    with pytest.raises(ValueError, match="references"):
+        CaptionEvaluator().run(ScriptedCaptioner(SCRIPT), [batch])

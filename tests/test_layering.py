@@ -1,0 +1,41 @@
+"""House rule 1: models/ imports nothing from train/, distributed/, data/, evaluation/;
+inference/ never imports torch.distributed."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "openvision3"
+RULES = {
+    "models": (
+        "openvision3.train",
+        "openvision3.distributed",
+        "openvision3.data",
+        "openvision3.evaluation",
+    ),
+    "inference": ("torch.distributed", "openvision3.distributed", "openvision3.train"),
+}
+
+
+def imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_layering(package):
+    files = sorted((SRC / package).rglob("*.py"))
+    assert files
+    bad = [
+        (f.name, name)
+        for f in files
+        for name in imports(f)
+        if any(name == p or name.startswith(p + ".") for p in RULES[package])
+    ]
+    assert not bad, bad

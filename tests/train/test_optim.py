@@ -1,0 +1,149 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from openvision3.train.optim import (
+    OptimConfig,
+    build_multi_stage_scheduler,
+    build_optimizer,
+    build_scheduler,
+    lr_lambda,
+    multi_stage_schedule,
+    param_groups,
+    peak_lr,
+)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.logit_scale = nn.Parameter(torch.ones(1))
+        self.embed = nn.Embedding(10, 8)
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+
+
+def _names(model, params):
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_param_groups_decay_only_weight_matrices():
+    model = Toy()
+    decay, no_decay = param_groups(model, 0.2)
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    assert _names(model, decay["params"]) == {"embed.weight", "proj.weight"}
+    assert _names(model, no_decay["params"]) == {
+        "pos_embed",
+        "cls_token",
+        "logit_scale",
+        "proj.bias",
+        "norm.weight",
+        "norm.bias",
+    }
+
+
+def test_param_groups_norm_layer_with_matrix_weight_excluded():
+    model = nn.Sequential(nn.Linear(4, 4), nn.GroupNorm(2, 4))
+    model[1].weight = nn.Parameter(torch.ones(4, 1))  # a norm gain that is not 1-D
+    decay, no_decay = param_groups(model, 0.1)
+    assert _names(model, decay["params"]) == {"0.weight"}
+    assert "1.weight" in _names(model, no_decay["params"])
+
+
+def test_optim_config_validation():
+    assert OptimConfig(betas=[0.9, 0.99]).betas == (0.9, 0.99)
+    for bad in (
+        {"base_lr": 0.0},
+        {"weight_decay": -1.0},
+        {"betas": (0.9, 1.0)},
+        {"eps": 0.0},
+        {"warmup_steps": -1},
+        {"min_lr_ratio": 1.5},
+        {"grad_clip": 0.0},
+    ):
+        with pytest.raises(ValueError):
+            OptimConfig(**bad)
+
+
+def test_peak_lr_linear_scaling():
+    assert peak_lr(8e-6, 8192) == pytest.approx(2.56e-4)
+    assert peak_lr(4e-7, 4096) == pytest.approx(6.4e-6)
+    with pytest.raises(ValueError):
+        peak_lr(1e-3, 0)
+
+
+def test_build_optimizer():
+    cfg = OptimConfig(weight_decay=0.3, betas=(0.8, 0.9), eps=1e-6)
+    opt = build_optimizer(Toy(), cfg, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
+    assert all(g["lr"] == 1e-3 and g["betas"] == (0.8, 0.9) for g in opt.param_groups)
+    assert not opt.param_groups[0]["fused"]  # CPU parameters: not fused unless asked
+
+
+def test_lr_lambda_warmup_cosine():
+    w, t, m = 10, 110, 0.1
+    assert lr_lambda(0, w, t, m) == pytest.approx(0.1)  # (0 + 1) / 10: starts near 0
+    assert lr_lambda(4, w, t, m) == pytest.approx(0.5)
+    assert lr_lambda(w - 1, w, t, m) == 1.0  # warmup ends at the peak
+    assert lr_lambda(w, w, t, m) == 1.0  # cosine starts at the peak
+    assert lr_lambda(60, w, t, m) == pytest.approx(m + (1 - m) * 0.5)  # half way
+    assert lr_lambda(35, w, t, m) == pytest.approx(m + (1 - m) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert m < lr_lambda(t - 1, w, t, m) < m + 1e-3
+    assert lr_lambda(t, w, t, m) == m and lr_lambda(10 * t, w, t, m) == m
+    assert lr_lambda(0, 0, 10) == 1.0  # no warmup
+
+
+def test_build_scheduler_drives_optimizer_lr():
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=2e-3)
+    sched = build_scheduler(opt, warmup_steps=3, total_steps=8, min_lr_ratio=0.0)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([2e-3 * lr_lambda(s, 3, 8) for s in range(10)])
+    assert seen[2] == pytest.approx(2e-3) and seen[8] == seen[9] == 0.0
+    with pytest.raises(ValueError):
+        build_scheduler(opt, warmup_steps=9, total_steps=8)
+
+
+def test_multi_stage_schedule_boundaries():
+    fn = multi_stage_schedule([(10, 1e-3, 2), (6, 5e-4, 3)], min_lr_ratio=0.1)
+    assert fn(0) == pytest.approx(0.5e-3)
+    assert fn(1) == pytest.approx(1e-3)
+    last = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8))  # stage-1 cosine at 7/8
+    assert fn(9) == pytest.approx(1e-3 * last)
+    assert fn(10) == pytest.approx(5e-4 / 3)  # stage 2 warms up from ~0 again
+    assert fn(12) == pytest.approx(5e-4)
+    assert fn(16) == pytest.approx(5e-5) and fn(1000) == pytest.approx(5e-5)
+    with pytest.raises(ValueError):
+        multi_stage_schedule([(5, 1e-3, 6)])
+
+
+def test_multi_stage_scheduler_lr_is_exact_and_pure():
+    stages = [(4, 1e-3, 1), (4, 2e-4, 2)]
+    fn = multi_stage_schedule(stages)
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=123.0)
+    sched = build_multi_stage_scheduler(opt, stages)
+    for step in range(10):
+        assert opt.param_groups[0]["lr"] == fn(step)  # exactly, not approximately
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    # A scheduler rebuilt from the state dict continues the same pure function of the step.
+    opt2 = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched2 = build_multi_stage_scheduler(opt2, stages)
+    sched2.load_state_dict(sched.state_dict())
+    sched2.step()
+    assert sched2.get_last_lr()[0] == fn(11)
