@@ -55,6 +55,7 @@ class TrainConfig:
     tensorboard: bool = False
     init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
     resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
+    stop_at: int = 0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
 
     def __post_init__(self):
         if not self.stages:
@@ -63,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train.ema_decay must be in [0, 1)")
+        if self.stop_at < 0:
+            raise ValueError("train.stop_at must be >= 0")
         if self.log_every <= 0 or self.ckpt_every <= 0 or self.eval_every < 0:
             raise ValueError("train.log_every and ckpt_every must be > 0, eval_every >= 0")
 

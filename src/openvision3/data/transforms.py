@@ -97,7 +97,7 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (any shape) -> uint8 in [0, 255], ROUNDED to the nearest level."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:

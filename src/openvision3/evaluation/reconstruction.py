@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from openvision3.data.transforms import to_uint8
 from openvision3.evaluation.reduce import (
     MetricAccumulator,
     evaluating,
@@ -23,11 +24,6 @@ from openvision3.evaluation.reduce import (
     is_rank0,
     model_device,
 )
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) floats in [-1, 1] -> uint8 in [0, 255], rounded to nearest."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:

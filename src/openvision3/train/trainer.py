@@ -9,6 +9,7 @@ schedule), and the data position carries over from one stage to the next.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -38,6 +39,32 @@ from openvision3.train.metrics import MetricsLogger, ProgressBar
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
 
 log = logging.getLogger(__name__)
+
+
+def _rng_bytes() -> dict:
+    out = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return out
+
+
+def gather_rank_rng() -> list[dict]:
+    """Every rank's torch RNG state (JSON-able), so each rank resumes its own noise stream."""
+    import torch.distributed as dist
+
+    mine = _rng_bytes()
+    if not dist.is_initialized():
+        return [mine]
+    streams = [None] * dist.get_world_size()
+    dist.all_gather_object(streams, mine)
+    return streams
+
+
+def set_rank_rng(stream: dict) -> None:
+    decode = lambda s: torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)  # noqa: E731
+    torch.set_rng_state(decode(stream["cpu"]))
+    if "cuda" in stream and torch.cuda.is_available():
+        torch.cuda.set_rng_state(decode(stream["cuda"]))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,6 +106,7 @@ class Trainer:
         )
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.step, self.samples, self.data_state = 0, 0, None
+        self.stopped, self.train_seconds = False, 0.0
         torch.manual_seed(tc.seed + 1000 * self.proc.rank)  # per-rank noise / token dropping
         self._maybe_resume()
         self.train_model = parallelize(self.model, self.proc.world_size, self.device, tc.compile)
@@ -115,8 +143,11 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.ema)
         self.step, self.samples = state["step"], state["samples_seen"]
         self.data_state = state["data"]
-        # Each rank continues its own random stream, offset from the saved one.
-        torch.manual_seed(self.cfg.train.seed + 1000 * self.proc.rank + self.step)
+        streams = state.get("rank_rng") or []
+        if len(streams) == self.proc.world_size:
+            set_rank_rng(streams[self.proc.rank])
+        else:  # a different world size: fresh per-rank streams, derived from the step
+            torch.manual_seed(self.cfg.train.seed + 1000 * self.proc.rank + self.step)
         if self.proc.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
@@ -142,11 +173,14 @@ class Trainer:
         bar = ProgressBar(total, initial=self.step, enabled=self.proc.is_main)
         start = time.perf_counter()
         try:
-            while self.step < total:
+            while self.step < total and not self.stopped:
                 self._run_stage(bar)
         finally:
             bar.close()
             self.train_seconds = time.perf_counter() - start
+        if self.stopped:
+            self.logger.close()
+            return {"stopped_at": self.step}
         results = self.finish()
         self.logger.close()
         return results
@@ -220,7 +254,8 @@ class Trainer:
             window["_count"] = window.get("_count", 0) + 1
             if grad_norm is not None:
                 window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-            last = self.step == end
+            self.stopped = self.step == tc.stop_at
+            last = self.step == end or self.stopped
             if self.step % tc.log_every == 0 or last:
                 rate = n0 / (time.perf_counter() - t0)
                 self._log(window, rate, stage, index, bar)
@@ -228,6 +263,8 @@ class Trainer:
             if self.step % tc.ckpt_every == 0 or last:
                 self.data_state = loader.state_dict()
                 self.save(index)
+            if self.stopped and self.proc.is_main:
+                log.info("stopped at step %d (train.stop_at); resume with the same command", self.step)
             if tc.eval_every and self.step % tc.eval_every == 0 and not last:
                 self.log_eval(self.evaluate(stage.resolution))
             if last:
@@ -254,6 +291,7 @@ class Trainer:
             "samples_seen": self.samples,
             "stage": stage_index,
             "data": self.data_state,
+            "rank_rng": gather_rank_rng(),
             "config": to_dict(self.cfg),
         }
         return save_checkpoint(

@@ -2,7 +2,8 @@
 
 The paper freezes the FLUX.1 VAE (diffusers ``AutoencoderKL``: 8x down, 16 latent channels, no
 quant convs). Offline it cannot be downloaded, so the demo uses a small ``AutoencoderKL`` with
-the same interface, trained here on the synthetic world with L1 + a tiny KL term, then frozen.
+the same interface, trained here on the synthetic world with MSE (L1 optional) + a tiny KL term,
+then frozen.
 The shipped weights live in ``openvision3/assets/demo_vae`` (reproduce: ``ov3 train-vae``).
 
 After training, the latent scale is calibrated so that ``mean * 0.3611`` (the "ov3" convention
@@ -60,22 +61,30 @@ class VAETrainConfig:
     crop_size: int = 32
     finetune_crop_size: int = 64
     train_images: int = 0  # 0 = fresh images every step; N = cycle over the first N (overfit tests)
-    steps: int = 5000
-    finetune_steps: int = 400
+    steps: int = 7500
+    finetune_steps: int = 500
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # MSE, not L1: L1 (median-seeking) left the saturated colours of the small objects grey for
+    # thousands of steps; MSE weighs those large errors more and is what PSNR measures.
+    l1_weight: float = 0.0
+    mse_weight: float = 1.0
     kl_weight: float = 1e-6
+    # Initial posterior log-variance (bias of the encoder's log-variance outputs). With the
+    # default init (std 1) the sampling noise swamped the colour of small objects for thousands
+    # of steps: Adam moves a bias by ~lr per step. FLUX.1's posterior std is small too.
+    init_logvar: float = -10.0
     latent_std: float = 1.0  # target std of ``mean * scaling_factor``; 0 = no calibration
     val_images: int = 256
     val_resolutions: tuple[int, ...] = (64, 128)
     seed: int = 0
     world_seed: int = 0
     num_threads: int = 1  # on a shared 2-core machine, 2 threads ran 10x slower than 1
-    log_every: int = 50
+    log_every: int = 100
 
     def __post_init__(self):
         if len(self.block_out_channels) != 4:
@@ -103,6 +112,8 @@ class VAETrainConfig:
             raise ValueError(f"train_images must be >= 0, got {self.train_images}")
         if self.steps < 1 or self.batch_size < 1 or self.num_threads < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size, num_threads and log_every must be >= 1")
+        if min(self.l1_weight, self.mse_weight) < 0 or self.l1_weight + self.mse_weight <= 0:
+            raise ValueError("l1_weight and mse_weight must be >= 0, not both 0")
         if self.lr <= 0 or self.kl_weight < 0 or self.latent_std < 0 or self.val_images < 0:
             raise ValueError("lr must be > 0; kl_weight, latent_std and val_images >= 0")
         if not 0 <= self.warmup_steps <= self.steps:
@@ -202,7 +213,10 @@ def _build_autoencoder(cfg: VAETrainConfig) -> nn.Module:
     # A forked RNG: the initialisation depends on cfg.seed only and leaves the caller's RNG alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return AutoencoderKL(**cfg.arch())
+        ae = AutoencoderKL(**cfg.arch())
+    with torch.no_grad():  # conv_out outputs (mean, log-variance) as (B, 2C, h, w)
+        ae.encoder.conv_out.bias[cfg.latent_channels :] = cfg.init_logvar
+    return ae
 
 
 @torch.no_grad()
@@ -253,6 +267,7 @@ def _save(autoencoder: nn.Module, out_dir: Path, info: dict) -> None:
         with open(Path(tmp) / "training.json", "w") as f:
             json.dump(info, f, indent=1)
         for name in os.listdir(tmp):
+            os.chmod(Path(tmp) / name, 0o644)  # temp files are private; outputs are not
             os.replace(Path(tmp) / name, out_dir / name)
 
 
@@ -270,14 +285,14 @@ def _run(cfg: VAETrainConfig) -> str:
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, not a resume
     log = MetricsLogger(out_dir)
     bar = ProgressBar(cfg.steps, description="train-vae")
-    l1_sum, n_sum = 0.0, 0
+    l1_sum, mse_sum, n_sum = 0.0, 0.0, 0
     for step in range(cfg.steps):
         x = _train_batch(world, cfg, step, rng)  # (B, 3, h, w)
         posterior = ae.encode(x).latent_dist
         recon = ae.decode(posterior.sample(noise)).sample
-        l1 = (recon - x).abs().mean()
+        l1, mse = (recon - x).abs().mean(), (recon - x).square().mean()
         kl = posterior.kl().mean()  # summed over (C, h, w), mean over B (LDM convention)
-        loss = l1 + cfg.kl_weight * kl
+        loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.kl_weight * kl
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite VAE loss {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -285,12 +300,13 @@ def _run(cfg: VAETrainConfig) -> str:
         grad_norm = nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        l1_sum, n_sum = l1_sum + l1.item(), n_sum + 1
+        l1_sum, mse_sum, n_sum = l1_sum + l1.item(), mse_sum + mse.item(), n_sum + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            scalars = {"l1": l1_sum / n_sum, "kl": kl.item(), "grad_norm": grad_norm.item()}
+            scalars = {"l1": l1_sum / n_sum, "mse": mse_sum / n_sum, "kl": kl.item()}
+            scalars["grad_norm"] = grad_norm.item()
             log.log(step + 1, dict(scalars, lr=sched.get_last_lr()[0]), (step + 1) * cfg.batch_size)
-            bar.update(step + 1, loss=scalars["l1"])
-            l1_sum, n_sum = 0.0, 0
+            bar.update(step + 1, loss=loss.item())
+            l1_sum, mse_sum, n_sum = 0.0, 0.0, 0
     bar.close()
     log.close()
     train_time = time.monotonic() - start
