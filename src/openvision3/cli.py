@@ -4,6 +4,9 @@
     ov3 train <preset> [--overrides]       train an experiment preset (see `ov3 presets`)
     ov3 train-vae [--overrides]            train the small VAE of the demo
     ov3 presets                            list the experiment presets
+    ov3 eval <task> [...]                  evaluations (reconstruction, zero-shot, retrieval, ...)
+    ov3 encode|reconstruct|caption|classify|latent-stats [...]   batched inference on files
+    ov3 bench encode [...]                 encode throughput against the released recipe
 Overrides are dotted config fields parsed by tyro, e.g. ``--train.stages.0.steps 100``;
 ``ov3 train <preset> --help`` lists them all.
 """

@@ -55,7 +55,9 @@ class TrainConfig:
     tensorboard: bool = False
     init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
     resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
-    stop_at: int = 0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
+    stop_at: int = (
+        0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
+    )
 
     def __post_init__(self):
         if not self.stages:

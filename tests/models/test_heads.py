@@ -1,5 +1,7 @@
 """CaptionDecoder: prefix-LM masking, teacher forcing, keep-ratio, greedy and beam decoding."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,3 +272,34 @@ def test_default_config():
     cfg = CaptionDecoderConfig()
     assert (cfg.width, cfg.depth, cfg.context_length, cfg.image_width) == (512, 12, 128, 768)
     assert (cfg.sot_id, cfg.eos_id, cfg.pad_id) == (49406, 49407, 0)
+
+
+def test_pack_targets_gives_the_same_loss_and_gradients():
+    from openvision3.losses.caption import caption_loss
+
+    torch.manual_seed(0)
+    cfg = CaptionDecoderConfig(
+        vocab_size=64,
+        context_length=12,
+        width=32,
+        depth=2,
+        heads=2,
+        image_width=16,
+        sot_id=1,
+        eos_id=2,
+        pad_id=0,
+    )
+    dense = CaptionDecoder(cfg)
+    packed = CaptionDecoder(dataclasses.replace(cfg, pack_targets=True))
+    packed.load_state_dict(dense.state_dict())
+    image = torch.randn(3, 5, 16)
+    ids = torch.tensor([[1, 5, 6, 7, 2, 0, 0], [1, 9, 2, 0, 0, 0, 0], [1, 3, 4, 5, 6, 7, 2]])
+    out_d, out_p = dense(image, ids), packed(image, ids)
+    assert out_p["logits"].shape == (1, 4 + 2 + 6, 64)
+    loss_d = caption_loss(out_d["logits"], out_d["targets"])
+    loss_p = caption_loss(out_p["logits"], out_p["targets"])
+    assert torch.allclose(loss_d, loss_p, atol=1e-6)
+    loss_d.backward()
+    loss_p.backward()
+    for (name, a), b in zip(dense.named_parameters(), packed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name

@@ -42,6 +42,7 @@ class CaptionDecoderConfig:
     eos_id: int = EOT_ID
     pad_id: int = PAD_ID
     ln_eps: float = 1e-6
+    pack_targets: bool = False  # project only non-pad targets to the vocabulary (CPU speed)
 
     def __post_init__(self):
         sizes = (self.vocab_size, self.width, self.depth, self.heads, self.image_width)
@@ -127,13 +128,20 @@ class CaptionDecoder(nn.Module):
         """Teacher forcing. image_tokens (B, N, Di), ids (B, L) rows ``[SOT, ..., EOT, PAD...]``.
 
         Returns ``logits`` (B, L-1, V), where logits[:, t] predicts ids[:, t+1], and ``targets``
-        = ids[:, 1:] (B, L-1); padding stays ``pad_id`` for the loss to ignore.
+        = ids[:, 1:] (B, L-1); padding stays ``pad_id`` for the loss to ignore. With
+        ``cfg.pack_targets`` only the M non-pad targets are kept: (1, M, V) and (1, M).
         """
         if ids.shape[1] < 2:
             raise ValueError("caption ids need at least 2 tokens (SOT and one target)")
         prefix = self.embed_image(self.keep_tokens(image_tokens))
-        logits = self.lm_head(self.text_hidden(prefix, ids[:, :-1]))  # (B, L-1, V)
-        return {"logits": logits, "targets": ids[:, 1:]}
+        hidden = self.text_hidden(prefix, ids[:, :-1])  # (B, L-1, D)
+        targets = ids[:, 1:]
+        if self.cfg.pack_targets:
+            # Only positions with a target reach the (large) vocabulary projection: same loss,
+            # less compute when captions are padded; data-dependent shape (a host sync).
+            keep = targets != self.cfg.pad_id
+            hidden, targets = hidden[keep][None], targets[keep][None]  # (1, M, D), (1, M)
+        return {"logits": self.lm_head(hidden), "targets": targets}
 
     def next_logits(self, prefix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """prefix (B, N, D), ids (B, t) -> logits for the token after the last one (B, V)."""

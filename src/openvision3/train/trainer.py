@@ -264,7 +264,9 @@ class Trainer:
                 self.data_state = loader.state_dict()
                 self.save(index)
             if self.stopped and self.proc.is_main:
-                log.info("stopped at step %d (train.stop_at); resume with the same command", self.step)
+                log.info(
+                    "stopped at step %d (train.stop_at); resume with the same command", self.step
+                )
             if tc.eval_every and self.step % tc.eval_every == 0 and not last:
                 self.log_eval(self.evaluate(stage.resolution))
             if last:

@@ -31,6 +31,7 @@ from torch import nn
 from openvision3.data.synthetic import SyntheticWorld
 from openvision3.data.transforms import from_uint8, to_uint8
 from openvision3.dataclass_io import to_dict
+from openvision3.evaluation.reconstruction import psnr_uint8
 from openvision3.models.vae import FLUX_VAE_ARCH, FrozenVAE, VAEConfig
 from openvision3.train.metrics import MetricsLogger, ProgressBar
 from openvision3.train.optim import build_scheduler
@@ -156,12 +157,6 @@ def reproduce_command(cfg: VAETrainConfig) -> str:
         shown = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
         parts.append(f"{flag} {shown}")
     return " ".join(parts)
-
-
-def psnr_uint8(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 images (B, ...) against uint8 targets (B, ...) -> (B,)."""
-    err = (images.float() - target.float()).flatten(1).square().mean(1)
-    return 10 * torch.log10(255.0**2 / err.clamp_min(1e-10))
 
 
 def _val_batch(world: SyntheticWorld, start: int, stop: int, resolution: int) -> torch.Tensor:
