@@ -80,11 +80,29 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    from openvision3.evaluation.command import main as eval_main
+
+    return eval_main(argv)
+
+
+def _inference(name: str):
+    def run(argv: list[str]) -> int:
+        from openvision3.inference.command import main as inference_main
+
+        return inference_main(name, argv)
+
+    return run
+
+
+INFERENCE_COMMANDS = ("encode", "reconstruct", "caption", "classify", "latent-stats", "bench")
 COMMANDS = {
     "train": cmd_train,
     "demo": cmd_demo,
     "train-vae": cmd_train_vae,
     "presets": cmd_presets,
+    "eval": cmd_eval,
+    **{name: _inference(name) for name in INFERENCE_COMMANDS},
 }
 
 

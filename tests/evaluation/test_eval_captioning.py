@@ -39,7 +39,8 @@ def test_perfect_captions_score_bleu_one():
     ev = CaptionEvaluator(max_len=12, beam_size=3, num_samples=3)
     out = ev.run(model, _batches(5, 2, SCRIPT))
     assert out["bleu4"] == pytest.approx(1.0, abs=1e-12)
-    assert out["cider"] is None  # pycocoevalcap is not a dependency
+    # CIDEr-D of captions equal to their single reference: cosine 1 for n = 1..4, times 10.
+    assert out["cider"] == pytest.approx(10.0, rel=1e-9)
     assert out["count"] == 5 and "attribute_accuracy" not in out
     assert model.calls == [(12, 3)] * 3
     assert ev.samples == [
@@ -76,3 +77,18 @@ def test_reference_count_must_match():
     batch = {"images": index_images([0, 1]), "caption_text": ["only one"]}
     with pytest.raises(ValueError, match="references"):
         CaptionEvaluator().run(ScriptedCaptioner(SCRIPT), [batch])
+
+
+def test_cider_tokens_and_imperfect_captions_score_lower():
+    from openvision3.evaluation.captioning import _cider, cider_tokens
+
+    assert cider_tokens("A Dog, running.  Fast!") == "a dog running fast"
+    # 5 words each, so every n-gram order up to 4 exists.
+    refs = [["A red circle on grey."], ["A blue square on white."], ["A green heart on black."]]
+    perfect = _cider(
+        ["a red circle on grey", "A BLUE SQUARE ON WHITE", "a green heart on black!"], refs
+    )
+    wrong = _cider(
+        ["a red circle on grey", "a green square on black", "a blue heart on white"], refs
+    )
+    assert perfect == pytest.approx(10.0, rel=1e-9) and 0 < wrong < perfect

@@ -33,7 +33,9 @@ def test_learning_checks_targets():
         {"chance": 1 / 64, "untrained_psnr": 15.0, "chance_retrieval": 1 / 500},
     )
     by = {r["check"]: r for r in rows}
-    assert by["zero-shot top-1"]["passed"] and by["zero-shot top-1"]["target"] == pytest.approx(10 / 64)
+    assert by["zero-shot top-1"]["passed"] and by["zero-shot top-1"]["target"] == pytest.approx(
+        10 / 64
+    )
     assert not by["reconstruction PSNR (dB)"]["passed"]  # 20 < 15 + 6
     assert by["image->text recall@1"]["passed"] is False  # 0.01 < 0.02
     assert "captions name colour + shape" not in by  # no value: no row

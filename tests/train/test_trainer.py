@@ -52,7 +52,9 @@ def test_exact_resume_across_stage_switch(tmp_path):
     assert state(tmp_path / "full")["data"] == state(tmp_path / "split")["data"]
     # the weights moved (the comparison is not between two untouched models)
     init = Trainer(smoke(tmp_path / "init", resume="none")).model.state_dict()
-    assert not torch.equal(init["encoder.blocks.0.attn.qkv.weight"], a["encoder.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        init["encoder.blocks.0.attn.qkv.weight"], a["encoder.blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_stage_switch_changes_token_grid(tmp_path):
@@ -88,7 +90,9 @@ def test_cli_runs_smoke_config_end_to_end(tmp_path, capsys):
     cfg = ExperimentConfig.from_json((run / "config.json").read_text())
     assert cfg.train.stages[1].steps == 2 and cfg.name == "demo_smoke"
     results = json.loads((run / "results.json").read_text())
-    assert {"zero_shot_top1", "retrieval_i2t_r1", "rec_psnr", "caption_bleu4"} <= set(results["metrics"])
+    assert {"zero_shot_top1", "retrieval_i2t_r1", "rec_psnr", "caption_bleu4"} <= set(
+        results["metrics"]
+    )
     assert (run / "final" / "model.safetensors").is_file()
     assert len([r for r in read_metrics(run) if "loss" in r]) == 5
     with pytest.raises(ValueError, match="unknown experiment preset"):
@@ -111,8 +115,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank, world, port, run_dir, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     cfg = smoke(run_dir)
     trainer = Trainer(cfg)

@@ -2,12 +2,14 @@
 
 BLEU comes from torchmetrics (``BLEUScore``, n_gram=4, no smoothing); its n-gram match and
 length counters are sums, so they are all-reduced across ranks before the score is formed and
-uneven shards give the corpus BLEU of all images. CIDEr needs pycocoevalcap, which is not a
-dependency: it is reported as ``None`` unless that package is importable.
+uneven shards give the corpus BLEU of all images. CIDEr (CIDEr-D, Vedantam et al. 2015) is
+pycocoevalcap's ``Cider`` scorer on lowercased, punctuation-stripped, whitespace-split text (the
+COCO toolkit's java PTB tokenizer is not used); ``None`` when pycocoevalcap is not importable.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -48,6 +50,12 @@ def _row(batch: dict, i: int) -> dict:
     return row
 
 
+def cider_tokens(text: str) -> str:
+    """Lowercase, punctuation replaced by spaces, single-spaced: ``"A Dog, running."`` ->
+    ``"a dog running"`` (a stand-in for the PTB tokenizer, which needs java)."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
 def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
     """Corpus CIDEr-D over all ranks, or None when pycocoevalcap is not importable."""
     try:  # optional; not a dependency
@@ -59,8 +67,8 @@ def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
         dist.all_gather_object(shards, (generated, refs))
         generated = [g for shard in shards for g in shard[0]]
         refs = [r for shard in shards for r in shard[1]]
-    gts = {i: r for i, r in enumerate(refs)}
-    res = {i: [g] for i, g in enumerate(generated)}
+    gts = {i: [cider_tokens(t) for t in r] for i, r in enumerate(refs)}
+    res = {i: [cider_tokens(g)] for i, g in enumerate(generated)}
     return float(Cider().compute_score(gts, res)[0])
 
 

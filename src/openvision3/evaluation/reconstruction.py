@@ -2,7 +2,7 @@
 
 All metrics are measured on images quantised the way they would be saved: [-1, 1] floats are
 mapped to [0, 255] and ROUNDED to integers (truncation would bias every pixel down by half a
-level on average). rFID is not computed here.
+level on average). rFID comes from an optional ``fid.ReconstructionFID`` fed in the same pass.
 """
 
 from __future__ import annotations
@@ -88,17 +88,31 @@ class ReconstructionEvaluator:
     for :meth:`write_csv`, and the ``keep`` best and worst images by PSNR for :meth:`save_grid`.
 
     Args:
-        lpips: also report LPIPS (VGG), built by ``openvision3.losses.reconstruction`` from a
+        lpips: also report LPIPS, built by ``openvision3.losses.reconstruction`` from a
             local backbone file (nothing is downloaded); off by default.
         lpips_weights: path of that backbone file; "" = the torch hub cache.
         keep: how many best and how many worst images to hold for the grid.
+        lpips_net: the LPIPS backbone, "vgg" (as in the training loss) or "alex".
+        fid: an ``openvision3.evaluation.fid.ReconstructionFID`` fed the uint8 originals and
+            reconstructions; adds ``rfid`` to the result.
     """
 
-    def __init__(self, lpips: bool = False, lpips_weights: str = "", keep: int = 8):
+    def __init__(
+        self,
+        lpips: bool = False,
+        lpips_weights: str = "",
+        keep: int = 8,
+        lpips_net: str = "vgg",
+        fid=None,
+    ):
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
+        if lpips_net not in ("vgg", "alex"):
+            raise ValueError(f"lpips_net must be 'vgg' or 'alex', got {lpips_net!r}")
         self.lpips = lpips
         self.lpips_weights = lpips_weights
+        self.lpips_net = lpips_net
+        self.fid = fid
         self.keep = keep
         self._lpips_net: nn.Module | None = None
         self.rows: list[dict] = []
@@ -111,7 +125,7 @@ class ReconstructionEvaluator:
             # Lazy: LPIPS lives with the losses and needs a local backbone checkpoint.
             from openvision3.losses.reconstruction import build_lpips
 
-            self._lpips_net = build_lpips("vgg", self.lpips_weights)
+            self._lpips_net = build_lpips(self.lpips_net, self.lpips_weights)
         return self._lpips_net.to(device)
 
     @staticmethod
@@ -135,7 +149,7 @@ class ReconstructionEvaluator:
                 the total is exact unless a rank holds fewer images than its share; None = all.
 
         Returns:
-            ``{"psnr", "ssim"[, "lpips"], "count"}``: means over every image on every rank.
+            ``{"psnr", "ssim"[, "lpips"], "count"[, "rfid"]}``: over every image on every rank.
         """
         if max_images is not None and max_images < 1:
             raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
@@ -161,9 +175,14 @@ class ReconstructionEvaluator:
                     values["lpips"] = self._perceptual(device)(y, x).reshape(b).double()
                 for name in names:
                     acc.add(name, values[name])
+                if self.fid is not None:
+                    self.fid.update(original, recon)
                 self._keep_rows(keys, values, original.cpu(), recon.cpu())
         acc.all_reduce()
-        return {**acc.compute(), "count": acc.count("psnr")}
+        result = {**acc.compute(), "count": acc.count("psnr")}
+        if self.fid is not None:
+            result["rfid"] = self.fid.compute()
+        return result
 
     def _keep_rows(self, keys, values, original, recon) -> None:
         for i, key in enumerate(keys):

@@ -113,3 +113,51 @@ def _concat(chunks: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if chunks:
         return torch.cat(chunks).float()
     return torch.zeros((0, 0), device=device)
+
+
+class MultiCaptionRetrievalEvaluator:
+    """Recall@k between images and ALL their reference captions (COCO / Flickr protocol: 5k
+    images with ~5 captions each; an image query hits if any of its captions ranks within k).
+
+    Args:
+        tokenizer: list of str -> ids (B, L), e.g. ``Tokenizer(model.cfg.text.context_length)``.
+        ks: the k of each reported recall.
+    """
+
+    def __init__(self, tokenizer, ks: Sequence[int] = (1, 5, 10)):
+        if not ks or min(ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+        self.tokenizer, self.ks = tokenizer, tuple(ks)
+
+    def run(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        """Evaluate; call on every rank with that rank's batches (all ranks get the result).
+
+        Args:
+            model: has ``embed_image`` and ``embed_text`` (both normalised by default).
+            batches: dicts with ``images`` (B, 3, H, W) in [-1, 1], ``index`` (B,) long global
+                image indices (distinct over all ranks) and ``captions`` (B lists of str).
+
+        Returns:
+            ``{"i2t_r1", ..., "t2i_r1", ..., "count", "captions"}`` over all ranks.
+        """
+        device = model_device(model)
+        images, index, texts, owner = [], [], [], []
+        with evaluating(model):
+            for batch in batches:
+                images.append(model.embed_image(batch["images"].to(device), normalize=True))
+                index.append(batch["index"].to(device))
+                flat = [c for caps in batch["captions"] for c in caps]
+                texts.append(model.embed_text(self.tokenizer(flat).to(device), normalize=True))
+                owner += [
+                    int(i) for i, caps in zip(batch["index"], batch["captions"]) for _ in caps
+                ]
+        image_emb = all_gather_rows(_concat(images, device))
+        text_emb = all_gather_rows(_concat(texts, device))
+        local_index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+        image_index = all_gather_rows(local_index.to(device))  # (Ni,) global ids
+        text_owner = all_gather_rows(torch.tensor(owner, dtype=torch.long, device=device))
+        # Global ids -> rows of the gathered image matrix.
+        position = torch.full((int(image_index.max()) + 1,), -1, dtype=torch.long, device=device)
+        position[image_index] = torch.arange(len(image_index), device=device)
+        result = retrieval_recall(image_emb, text_emb, position[text_owner], self.ks)
+        return {**result, "count": len(image_index), "captions": len(text_owner)}

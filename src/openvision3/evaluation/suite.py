@@ -115,7 +115,9 @@ def evaluate_model(
         settings["captioning"] = {
             "decoding": "greedy",
             "bleu": "torchmetrics BLEUScore n_gram=4",
-            "cider": "not computed (pycocoevalcap not installed)",
+            "cider": "pycocoevalcap CIDEr-D, lowercase + punctuation-stripped tokens"
+            if metrics.get("caption_cider") is not None
+            else "not computed (pycocoevalcap not installed)",
         }
         captions = cap.samples
     results = {"metrics": metrics, "settings": settings, "captions": captions}

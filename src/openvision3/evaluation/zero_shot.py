@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openvision3.evaluation.reduce import MetricAccumulator, evaluating, model_device
+from openvision3.evaluation.reduce import (
+    MetricAccumulator,
+    all_reduce_sum,
+    evaluating,
+    model_device,
+)
 from openvision3.tokenizer import Tokenizer
 
 Template = str | Callable[[str], str]
@@ -92,6 +97,7 @@ class ZeroShotEvaluator:
         self.classnames, self.templates = list(classnames), list(templates)
         self.topk = tuple(topk)
         self.tokenizer = tokenizer
+        self.per_class: list[float] = []  # top-1 accuracy of each class (NaN: no image)
 
     def run(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
         """Evaluate; call on every rank with that rank's batches.
@@ -104,8 +110,12 @@ class ZeroShotEvaluator:
 
         Returns:
             ``{"top1", "top5", ..., "count"}``: accuracies over every image on every rank.
+            ``self.per_class`` then holds each class's top-1 accuracy.
         """
         acc = MetricAccumulator(*(f"top{k}" for k in self.topk))
+        k_classes = len(self.classnames)
+        class_hits = torch.zeros(k_classes, dtype=torch.float64)  # (K,) top-1 hits per class
+        class_count = torch.zeros(k_classes, dtype=torch.float64)  # (K,)
         device = model_device(model)
         with evaluating(model):
             tokenizer = self.tokenizer or Tokenizer(_context_length(model))
@@ -117,5 +127,12 @@ class ZeroShotEvaluator:
                 hit = pred == batch["label"].to(device)[:, None]  # (B, kmax)
                 for k in self.topk:
                     acc.add(f"top{k}", hit[:, :k].any(dim=-1))
+                labels = batch["label"].cpu()
+                class_count += torch.bincount(labels, minlength=k_classes).double()
+                class_hits += torch.bincount(
+                    labels, weights=hit[:, 0].cpu().double(), minlength=k_classes
+                )
         acc.all_reduce()
+        class_hits, class_count = all_reduce_sum(class_hits), all_reduce_sum(class_count)
+        self.per_class = (class_hits / class_count).tolist()  # 0/0 -> NaN
         return {**acc.compute(), "count": acc.count(f"top{self.topk[0]}")}

@@ -1,0 +1,486 @@
+"""``ov3 eval``: the paper's evaluation protocols on a saved model, with pinned settings.
+
+``run_eval(cfg, tasks)`` loads the model (our export or a released checkpoint), runs each task
+on this rank's share of the data (launch with ``torchrun`` for several ranks), and writes
+``results.json`` (every number, every setting, the model and data identity) and ``report.md``
+(tables and PNG plots) into ``cfg.out_dir``. A task the model or the data cannot support is an
+error when asked for by name and is skipped, with the reason recorded, under ``all``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from openvision3.data.loader import DataConfig, build_loader
+from openvision3.data.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
+from openvision3.dataclass_io import to_dict
+from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
+from openvision3.evaluation.pairs import PairsConfig, pair_batches, read_pairs
+from openvision3.evaluation.suite import limited, synthetic_caption_match
+
+log = logging.getLogger(__name__)
+
+TASKS = ("reconstruction", "zero-shot", "retrieval", "captioning", "linear-probe")
+SWITCH = ("auto", "on", "off")
+IMAGENET_WNID = re.compile(r"^n\d{8}$")
+
+
+class TaskUnavailable(ValueError):
+    """The model or the data cannot support a task (skipped under ``all``)."""
+
+
+@dataclass
+class ReconstructionTaskConfig:
+    """lpips / rfid: "auto" (when the metric's weights are on disk), "on" (error if missing)
+    or "off". lpips_net: "vgg" (as in the training loss) or "alex". stats_cache: folder of
+    the cached rFID reference statistics ("" = ~/.cache/openvision3/fid). grid: best and
+    worst images shown."""
+
+    lpips: str = "auto"
+    lpips_net: str = "vgg"
+    lpips_weights: str = ""
+    rfid: str = "auto"
+    inception_weights: str = ""
+    stats_cache: str = ""
+    grid: int = 8
+
+    def __post_init__(self):
+        if self.lpips not in SWITCH or self.rfid not in SWITCH:
+            raise ValueError(f"lpips and rfid must be one of {SWITCH}")
+        if self.lpips_net not in ("vgg", "alex"):
+            raise ValueError(f"lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
+        if self.grid < 1:
+            raise ValueError(f"grid must be >= 1, got {self.grid}")
+
+
+@dataclass
+class ZeroShotTaskConfig:
+    """classnames: "" (auto: the synthetic world's; ImageNet's from open_clip for 1000
+    nXXXXXXXX folders; else the folder names) or a text file, one name per line. templates:
+    "auto" (synthetic: the world's own; folders: OpenAI's 80), "openai", "simple"
+    ("a photo of a {}."), "synthetic" or a text file, one template with {} per line."""
+
+    classnames: str = ""
+    templates: str = "auto"
+    topk: tuple[int, ...] = (1, 5)
+
+
+@dataclass
+class RetrievalTaskConfig:
+    ks: tuple[int, ...] = (1, 5, 10)
+
+
+@dataclass
+class CaptioningTaskConfig:
+    """beam_size: 1 = greedy; max_len: 0 = the caption decoder's default."""
+
+    beam_size: int = 1
+    max_len: int = 0
+    samples: int = 16
+
+    def __post_init__(self):
+        if self.beam_size < 1 or self.max_len < 0 or self.samples < 0:
+            raise ValueError("need beam_size >= 1, max_len >= 0, samples >= 0")
+
+
+@dataclass
+class LinearProbeTaskConfig:
+    """train_split: the labelled split the probe is fit on; train_images: 0 = all."""
+
+    train_split: str = "train"
+    train_images: int = 0
+    probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+
+
+@dataclass
+class EvalRunConfig:
+    """model: our export folder, a released checkpoint folder or a hub id. vae: "auto" (the
+    export's), a VAE folder / hub id, or "none". data: labelled images (zero-shot, linear probe; and the
+    rest when pairs.annotations is empty). Images are resized by ``data.resize``
+    ("center_crop": short side to ``resolution``, centre crop). num_images: 0 = all."""
+
+    model: str = ""
+    vae: str = "auto"
+    device: str = "auto"
+    out_dir: str = "eval"
+    data: DataConfig = field(default_factory=DataConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    split: str = "val"
+    resolution: int = 256
+    batch_size: int = 32
+    num_images: int = 0
+    reconstruction: ReconstructionTaskConfig = field(default_factory=ReconstructionTaskConfig)
+    zero_shot: ZeroShotTaskConfig = field(default_factory=ZeroShotTaskConfig)
+    retrieval: RetrievalTaskConfig = field(default_factory=RetrievalTaskConfig)
+    captioning: CaptioningTaskConfig = field(default_factory=CaptioningTaskConfig)
+    linear_probe: LinearProbeTaskConfig = field(default_factory=LinearProbeTaskConfig)
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("--model PATH is required (an export folder or a hub id)")
+        if self.resolution < 16 or self.batch_size < 1 or self.num_images < 0:
+            raise ValueError("need resolution >= 16, batch_size >= 1, num_images >= 0")
+
+
+class _Run:
+    """What every task needs: the config, the model, this rank, the output folder."""
+
+    def __init__(self, cfg: EvalRunConfig, model, rank: int, world: int):
+        self.cfg, self.model, self.rank, self.world = cfg, model, rank, world
+        self.out = cfg.out_dir
+        text = getattr(model.cfg, "text", None)
+        # Loader texts are tokenized at the model's own context length.
+        self.data = replace(cfg.data, text_context=text.context_length) if text else cfg.data
+        self.pairs = read_pairs(**to_dict(cfg.pairs)) if cfg.pairs.annotations else None
+
+    def loader_batches(self, split: str, num_images: int) -> Iterator[dict]:
+        c = self.cfg
+        loader = build_loader(
+            self.data, split, c.resolution, c.batch_size, self.rank, self.world, train=False
+        )
+        return limited(loader, num_images, self.rank, self.world)
+
+    def class_names(self) -> list[str] | None:
+        c = self.cfg
+        return build_loader(self.data, c.split, c.resolution, 1, train=False).class_names
+
+    def image_batches(self) -> Iterator[dict]:
+        """Pairs when given, else the labelled loader."""
+        c = self.cfg
+        if self.pairs is None:
+            return self.loader_batches(c.split, c.num_images)
+        return pair_batches(
+            self.pairs, c.resolution, c.batch_size, c.data.resize, self.rank, self.world,
+            c.num_images,
+        )  # fmt: skip
+
+    def has_texts(self) -> bool:
+        d = self.cfg.data
+        return self.pairs is not None or d.source != "folder" or bool(d.captions_file)
+
+    def need(self, *parts: str) -> None:
+        for part in parts:
+            if getattr(self.model, part, None) is None:
+                raise TaskUnavailable(f"the model has no {part}")
+
+
+def _switch(value: str, weights: str, find) -> bool:
+    """Whether to compute a weight-backed metric; ``find`` raises when its weights are missing."""
+    if value == "off":
+        return False
+    if value == "on" or weights:  # a given path must exist
+        find()
+        return True
+    try:
+        find()
+        return True
+    except FileNotFoundError as err:
+        log.warning("skipped: %s", err)
+        return False
+
+
+def _cache_dir(cfg: ReconstructionTaskConfig) -> str:
+    base = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    return cfg.stats_cache or os.path.join(base, "openvision3", "fid")
+
+
+def run_reconstruction(run: _Run) -> dict:
+    from openvision3.evaluation.fid import (
+        InceptionFeatures,
+        ReconstructionFID,
+        inception_weights_path,
+        reference_cache_path,
+    )
+    from openvision3.evaluation.reconstruction import ReconstructionEvaluator
+    from openvision3.losses.reconstruction import _backbone_path
+
+    run.need("decoder", "vae")
+    c, rc = run.cfg, run.cfg.reconstruction
+    lpips = _switch(
+        rc.lpips, rc.lpips_weights, lambda: _backbone_path(rc.lpips_net, rc.lpips_weights)
+    )
+    rfid = _switch(
+        rc.rfid, rc.inception_weights, lambda: inception_weights_path(rc.inception_weights)
+    )
+    fid, settings = None, {}
+    if rfid:
+        extractor = InceptionFeatures(rc.inception_weights).to(_device(run.model))
+        identity = {**_data_identity(run), "resolution": c.resolution, "num_images": c.num_images}
+        identity["inception"] = os.path.basename(extractor.weights)
+        cache = reference_cache_path(_cache_dir(rc), identity)
+        fid = ReconstructionFID(extractor, cache, identity)
+        settings["rfid"] = {
+            "features": "torch-fidelity inception-v3-compat pool3 (2048), resized to 299",
+            "weights": extractor.weights,
+            "reference_cache": cache,
+            "reference_from_cache": fid.cached,
+        }
+    rec = ReconstructionEvaluator(lpips, rc.lpips_weights, rc.grid, rc.lpips_net, fid)
+    metrics = rec.run(run.model, run.image_batches())
+    rec.write_csv(os.path.join(run.out, "reconstruction.csv"))
+    rec.save_grid(os.path.join(run.out, "reconstructions.png"), n=rc.grid)
+    settings.update(
+        psnr="uint8-rounded images, data range 255",
+        ssim="torchmetrics, Gaussian window 11, sigma 1.5, interior average (= skimage)",
+        lpips=f"lpips {rc.lpips_net}" if lpips else "off (weights not on disk or switched off)",
+        rfid_computed=rfid,
+    )
+    return {
+        "metrics": metrics,
+        "settings": settings,
+        "files": ["reconstruction.csv", "reconstructions.png"],
+    }
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def zero_shot_metadata(run: _Run) -> tuple[list[str], list, str]:
+    """Class names, templates and a description of where they came from."""
+    from openvision3.evaluation.zero_shot import imagenet_metadata
+
+    zc, source = run.cfg.zero_shot, run.cfg.data.source
+    folders = run.class_names()
+    if not folders:
+        raise TaskUnavailable("the data has no class labels (use an ImageNet-layout folder)")
+    imagenet = len(folders) == 1000 and all(IMAGENET_WNID.match(f) for f in folders)
+    if zc.classnames:
+        names, origin = _read_lines(zc.classnames), zc.classnames
+    elif source == "synthetic":
+        names, origin = list(CLASS_NAMES), "synthetic world"
+    elif imagenet:
+        names, origin = imagenet_metadata()[0], "open_clip IMAGENET_CLASSNAMES"
+    else:
+        names, origin = [f.replace("_", " ") for f in folders], "folder names"
+    if len(names) != len(folders):
+        raise ValueError(f"{len(names)} class names for {len(folders)} classes")
+    choice = zc.templates
+    if choice == "auto":
+        choice = "synthetic" if source == "synthetic" else "openai"
+    templates = {
+        "openai": lambda: imagenet_metadata()[1],
+        "simple": lambda: ["a photo of a {}."],
+        "synthetic": lambda: list(ZERO_SHOT_TEMPLATES),
+    }.get(choice, lambda: _read_lines(choice))()
+    return names, templates, f"classes: {origin}; templates: {choice}"
+
+
+def run_zero_shot(run: _Run) -> dict:
+    from openvision3.evaluation.zero_shot import ZeroShotEvaluator
+    from openvision3.tokenizer import Tokenizer
+
+    run.need("text")
+    names, templates, origin = zero_shot_metadata(run)
+    topk = tuple(k for k in run.cfg.zero_shot.topk if k <= len(names))
+    zs = ZeroShotEvaluator(names, templates, topk, Tokenizer(run.model.cfg.text.context_length))
+    metrics = zs.run(run.model, run.loader_batches(run.cfg.split, run.cfg.num_images))
+    metrics["chance"] = 1.0 / len(names)
+    texts = [t if isinstance(t, str) else t("{}") for t in templates]
+    return {
+        "metrics": metrics,
+        "settings": {"classes": len(names), "metadata": origin, "templates": texts, "topk": topk},
+        "per_class": dict(zip(names, zs.per_class)),
+    }
+
+
+def run_retrieval(run: _Run) -> dict:
+    from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator, RetrievalEvaluator
+    from openvision3.tokenizer import Tokenizer
+
+    run.need("text")
+    if not run.has_texts():
+        raise TaskUnavailable("no captions: pass --pairs.annotations or --data.captions-file")
+    ks = run.cfg.retrieval.ks
+    if run.pairs is not None:
+        tok = Tokenizer(run.model.cfg.text.context_length)
+        metrics = MultiCaptionRetrievalEvaluator(tok, ks).run(run.model, run.image_batches())
+        texts = "every reference caption of each image"
+    else:
+        metrics = RetrievalEvaluator(ks).run(run.model, run.image_batches())
+        texts = "one text per image (the loader's alt text)"
+    return {"metrics": metrics, "settings": {"ks": list(ks), "texts": texts}}
+
+
+def run_captioning(run: _Run) -> dict:
+    from openvision3.evaluation.captioning import CaptionEvaluator
+    from openvision3.tokenizer import Tokenizer
+
+    run.need("captioner", "vae")
+    if not run.has_texts():
+        raise TaskUnavailable("no reference captions: pass --pairs.annotations")
+    cc = run.cfg.captioning
+    if run.pairs is not None:
+        refs, match = "captions", None
+    else:
+        tok = Tokenizer()
+        refs = lambda batch: tok.decode_batch(batch["caption"])  # noqa: E731
+        match = synthetic_caption_match if run.cfg.data.source == "synthetic" else None
+    cap = CaptionEvaluator(cc.max_len or None, cc.beam_size, cc.samples, match)
+    metrics = cap.run(run.model, run.image_batches(), refs)
+    settings = {
+        "decoding": "greedy" if cc.beam_size == 1 else f"beam search, {cc.beam_size} beams",
+        "max_len": cc.max_len or "decoder default",
+        "bleu4": "torchmetrics BLEUScore(n_gram=4), corpus level",
+        "cider": "pycocoevalcap Cider (CIDEr-D), lowercase + punctuation-stripped tokens "
+        "(not the java PTB tokenizer)"
+        if metrics["cider"] is not None
+        else "not computed (pycocoevalcap not installed)",
+    }
+    return {"metrics": metrics, "settings": settings, "samples": cap.samples}
+
+
+def run_linear_probe(run: _Run) -> dict:
+    run.need("vae")
+    c, lp = run.cfg, run.cfg.linear_probe
+    names = run.class_names()
+    if not names:
+        raise TaskUnavailable("the data has no class labels (use an ImageNet-layout folder)")
+    if c.data.source == "folder" and not os.path.isdir(os.path.join(c.data.path, lp.train_split)):
+        raise TaskUnavailable(f"no {lp.train_split}/ folder under {c.data.path}")
+    if c.data.source == "webdataset":
+        raise TaskUnavailable("linear probe reads labelled folders or the synthetic world")
+    probe = LinearProbeEvaluator(len(names), lp.probe)
+    metrics = probe.run(
+        run.model,
+        run.loader_batches(lp.train_split, lp.train_images),
+        run.loader_batches(c.split, c.num_images),
+    )
+    settings = {
+        "features": "model.embed_image(normalize=False), standardised with train statistics",
+        "classifier": "multinomial logistic regression, torch L-BFGS, float64",
+        "train_split": lp.train_split,
+        **to_dict(lp.probe),
+    }
+    return {"metrics": metrics, "settings": settings}
+
+
+RUNNERS = {
+    "reconstruction": run_reconstruction,
+    "zero-shot": run_zero_shot,
+    "retrieval": run_retrieval,
+    "captioning": run_captioning,
+    "linear-probe": run_linear_probe,
+}
+
+
+def _device(model) -> torch.device:
+    from openvision3.evaluation.reduce import model_device
+
+    return model_device(model)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_identity(path: str, model) -> dict:
+    """Where the model came from: path, config name, model card, weights file and its sha256."""
+    from openvision3.inference.pretrained import (
+        CARD_NAME,
+        RELEASED_WEIGHTS,
+        WEIGHTS_NAME,
+        resolve,
+    )
+
+    local = resolve(path)
+    ident = {"path": path, "local": os.path.abspath(local), "config_name": model.cfg.name}
+    card = os.path.join(local, CARD_NAME)
+    if os.path.isfile(card):
+        with open(card) as f:
+            ident["model_card"] = json.load(f)
+    for name in (WEIGHTS_NAME, RELEASED_WEIGHTS):
+        if os.path.isfile(os.path.join(local, name)):
+            ident["weights"] = {"file": name, "sha256": _sha256(os.path.join(local, name))}
+            break
+    ident["parameters"] = sum(p.numel() for p in model.parameters())
+    return ident
+
+
+def _data_identity(run: _Run) -> dict:
+    c = run.cfg
+    d = c.data
+    ident = {"name": d.source, "source": d.source, "split": c.split, "resize": d.resize}
+    if d.source == "synthetic":
+        ident["synthetic"] = to_dict(d.synthetic)
+    else:
+        ident.update(name=os.path.basename(os.path.normpath(d.path)), path=os.path.abspath(d.path))
+        ident["captions_file"] = d.captions_file
+    if run.pairs is not None:
+        ann = c.pairs.annotations
+        ident = {
+            "name": os.path.basename(ann),
+            "annotations": os.path.abspath(ann),
+            "images_root": os.path.abspath(c.pairs.images_root or os.path.dirname(ann)),
+            "pairs_split": c.pairs.split,
+            "images": len(run.pairs),
+            "resize": d.resize,
+        }
+    return ident
+
+
+def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
+    """Run ``tasks`` (names from ``TASKS``; "all" = every one the model and data allow) and
+    write ``results.json`` and ``report.md`` into ``cfg.out_dir`` (rank 0). Returns the results."""
+    from openvision3.distributed.process import init_process, shutdown
+    from openvision3.evaluation.report import write_report
+    from openvision3.inference.pretrained import load_pretrained
+
+    explicit = list(tasks) != ["all"]
+    tasks = list(tasks) if explicit else list(TASKS)
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {TASKS} or 'all'")
+    started = torch.distributed.is_available() and torch.distributed.is_initialized()
+    proc = init_process(cfg.device)
+    try:
+        vae = None if cfg.vae == "none" else cfg.vae
+        model = load_pretrained(cfg.model, vae=vae, device=proc.device)
+        run = _Run(cfg, model, proc.rank, proc.world_size)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        results = {
+            "model": model_identity(cfg.model, model),
+            "data": _data_identity(run),
+            "config": to_dict(cfg),
+            "environment": {
+                "world_size": proc.world_size,
+                "device": str(proc.device),
+                "torch": torch.__version__,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            "tasks": {},
+            "skipped": {},
+        }
+        for task in tasks:
+            t0 = time.perf_counter()
+            try:
+                out = RUNNERS[task](run)
+            except TaskUnavailable as err:
+                if explicit:
+                    raise
+                results["skipped"][task] = str(err)
+                log.info("skipped %s: %s", task, err)
+                continue
+            out["seconds"] = round(time.perf_counter() - t0, 3)
+            results["tasks"][task] = out
+            log.info("%s: %s", task, out["metrics"])
+        if proc.rank == 0:
+            write_report(results, cfg.out_dir)
+        return results
+    finally:
+        if not started:
+            shutdown()

@@ -1,0 +1,317 @@
+"""The batched ``ov3`` inference commands: encode, reconstruct, caption, classify, latent-stats.
+
+Each reads an image file, a folder (recursive) or webdataset shards, decodes in threads, runs
+the ``Pipeline`` batch by batch and writes through ``writers.py``: unreadable inputs are
+skipped and listed in ``summary.json``, nothing is overwritten without ``--overwrite``, and
+running the same command again continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+from tyro.conf import Positional, arg
+
+from openvision3.inference.api import Pipeline, load
+from openvision3.inference.inputs import Batch, batches, list_items
+from openvision3.inference.latent_stats import LatentStats, load_latent_stats, normalize
+from openvision3.inference.writers import (
+    JsonlWriter,
+    RunDir,
+    TokenShardWriter,
+    _atomic,
+    image_name,
+    save_image,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class RunConfig:
+    """Options shared by the inference commands."""
+
+    model: Annotated[Positional[str], arg(metavar="MODEL")]
+    """our export directory, a Hugging Face repo id, or a released OpenVision 3 encoder"""
+    input: Annotated[Positional[str], arg(metavar="INPUT")]
+    """an image file, a folder (searched recursively), or webdataset shards (a.tar, d-{0..9}.tar)"""
+    output: str
+    """output directory (created); running again continues an interrupted run"""
+    batch_size: int = 32
+    """images per forward; 0 = the largest that fits (GPU) or 32 (CPU)"""
+    resolution: int | None = None
+    """square input side in pixels; default: the model's native resolution"""
+    resize: Literal["center_crop", "resize", "pad"] = "center_crop"
+    device: str = "auto"
+    weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU, fp32 elsewhere"""
+    compile: bool = False
+    """torch.compile the VAE encoder and the ViT"""
+    overwrite: bool = False
+    """replace the outputs of an earlier run instead of refusing / continuing"""
+    limit: int = 0
+    """stop after this many new images (0: all)"""
+    num_workers: int = 4
+    """image decoding threads (0: decode in the main thread)"""
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "limit", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+
+
+@dataclass
+class EncodeConfig(RunConfig):
+    format: Literal["safetensors", "npz", "webdataset"] = "safetensors"
+    pooled: bool = False
+    """also write the pooled, projected embedding (B, E) as ``pooled``"""
+    layout: Literal["tokens", "grid"] = "tokens"
+    """tokens: (B, N, D); grid: (B, D, h, w), ready for a diffusion trainer"""
+    normalize: str = ""
+    """a latent-stats file: write (z - mean) / sqrt(var + eps) in the grid layout"""
+    shard_size: int = 1024
+    """images per output file (the unit of resume)"""
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.shard_size < 1:
+            raise ValueError("--shard-size must be >= 1")
+        if self.normalize and self.layout != "grid":
+            raise ValueError("--normalize needs --layout grid (the statistics are (D, h, w))")
+
+
+@dataclass
+class ReconstructConfig(RunConfig):
+    side_by_side: bool = False
+    """write the (preprocessed) input and its reconstruction next to each other"""
+    ext: Literal["png", "jpg", "webp"] = "png"
+
+
+@dataclass
+class CaptionConfig(RunConfig):
+    max_len: int = 0
+    """longest caption in tokens (0: the caption decoder's context length)"""
+    beam_size: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beam_size < 1 or self.max_len < 0:
+            raise ValueError("--beam-size must be >= 1 and --max-len >= 0")
+
+
+@dataclass
+class ClassifyConfig(RunConfig):
+    labels: tuple[str, ...] = ()
+    """class names, e.g. --labels cat dog "traffic light" """
+    labels_file: str = ""
+    """a text file with one class name per line (instead of --labels)"""
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    topk: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if bool(self.labels) == bool(self.labels_file):
+            raise ValueError("pass exactly one of --labels and --labels-file")
+        if self.topk < 1:
+            raise ValueError("--topk must be >= 1")
+        if any("{}" not in t for t in self.templates):
+            raise ValueError("every template needs a {} for the class name")
+
+    def label_names(self) -> list[str]:
+        if self.labels:
+            return list(self.labels)
+        with open(self.labels_file, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+
+
+@dataclass
+class LatentStatsConfig(RunConfig):
+    """Writes ``latent_stats.safetensors`` (``mean`` / ``var`` (D, h, w)) into --output."""
+
+
+# ---------------------------------------------------------------------- shared loop
+def _pipeline(cfg: RunConfig) -> Pipeline:
+    autocast = {"auto": None, "fp32": False, "bf16": True}[cfg.precision]
+    return load(
+        cfg.model,
+        device=None if cfg.device == "auto" else cfg.device,
+        dtype=_DTYPES[cfg.weights_dtype],
+        resolution=cfg.resolution,
+        resize=cfg.resize,
+        autocast=autocast,
+        compile=cfg.compile,
+    )
+
+
+def _progress(enabled: bool, total: int | None):
+    from rich.progress import Progress
+
+    return Progress(disable=not enabled, transient=False), total
+
+
+def _run(
+    command: str,
+    cfg: RunConfig,
+    pipe: Pipeline,
+    run: RunDir,
+    handle: Callable[[Batch], None],
+    finish: Callable[[], None] = lambda: None,
+    extra: Callable[[], dict] = dict,
+    finish_on_interrupt: bool = True,
+) -> int:
+    """Feed batches of unseen inputs to ``handle``; skipped inputs are recorded; ``finish``
+    writes what is buffered. Returns the exit code (130 when interrupted: run the same command
+    again to continue)."""
+    items, total = list_items(cfg.input)
+    todo = (item for item in items if not run.seen(item.key))
+    if cfg.limit:
+        todo = itertools.islice(todo, cfg.limit)
+    if run.resumed:
+        log.info("continuing in %s: %d done, %d skipped", run.path, len(run.done), len(run.skipped))
+    batch_size = cfg.batch_size or pipe.autotune_batch_size(start=32)
+    left = None if total is None else max(0, total - len(run.done) - len(run.skipped))
+    progress, left = _progress(cfg.progress, left if not cfg.limit else cfg.limit)
+    try:
+        with progress:
+            task = progress.add_task(command, total=left)
+            for batch in batches(todo, pipe.transform_cfg, batch_size, cfg.num_workers):
+                for key, error in batch.bad:
+                    log.warning("skipping %s", error)
+                    run.record_skipped(key, error)
+                if batch.keys:
+                    handle(batch)
+                progress.advance(task, len(batch.keys) + len(batch.bad))
+        finish()
+    except KeyboardInterrupt:
+        if finish_on_interrupt:
+            finish()
+        log.warning("interrupted; run the same command again to continue")
+        return 130
+    summary = run.summary(command, extra())
+    print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------- commands
+def run_encode(cfg: EncodeConfig) -> int:
+    """Tokens (and optionally pooled embeddings) of every image, in shards."""
+    pipe = _pipeline(cfg)
+    run = RunDir(cfg.output, outputs=("tokens-*",), overwrite=cfg.overwrite)
+    stats = load_latent_stats(cfg.normalize) if cfg.normalize else None
+    meta = {
+        "model": cfg.model,
+        "resolution": pipe.resolution,
+        "layout": "(B, D, h, w)" if cfg.layout == "grid" else "(B, N, D)",
+        "grid": json.dumps(pipe.token_grid()),
+        "normalized": bool(stats),
+    }
+    writer = TokenShardWriter(run, cfg.format, cfg.shard_size, _DTYPES[cfg.save_dtype], meta)
+
+    def handle(batch: Batch) -> None:
+        if cfg.pooled:
+            tokens, pooled = pipe.encode_with_pooled(batch.pixels)
+        else:
+            tokens, pooled = pipe.encode(batch.pixels), None
+        if cfg.layout == "grid":
+            tokens = pipe.tokens_to_grid(tokens)
+        if stats is not None:
+            tokens = normalize(tokens, stats)
+        arrays = {"tokens": tokens} if pooled is None else {"tokens": tokens, "pooled": pooled}
+        writer.add(batch.keys, arrays)
+
+    return _run("encode", cfg, pipe, run, handle, finish=writer.flush)
+
+
+def run_reconstruct(cfg: ReconstructConfig) -> int:
+    """One image file per input: the reconstruction, or input | reconstruction."""
+    pipe = _pipeline(cfg)
+    run = RunDir(cfg.output, overwrite=cfg.overwrite)
+
+    def handle(batch: Batch) -> None:
+        recon = pipe.to_pil(pipe.reconstruct(batch.pixels))
+        if cfg.side_by_side:
+            from PIL import Image
+
+            inputs = pipe.to_pil(batch.pixels)
+            pairs = []
+            for a, b in zip(inputs, recon):
+                canvas = Image.new("RGB", (a.width + b.width, a.height))
+                canvas.paste(a, (0, 0))
+                canvas.paste(b, (a.width, 0))
+                pairs.append(canvas)
+            recon = pairs
+        names = [image_name(k, cfg.ext) for k in batch.keys]
+        run.record_pending(names)
+        for name, image in zip(names, recon):
+            save_image(run, name, image)
+        run.record_done(batch.keys)
+
+    return _run("reconstruct", cfg, pipe, run, handle)
+
+
+def run_caption(cfg: CaptionConfig) -> int:
+    """``captions.jsonl``: one ``{"key", "caption"}`` row per image."""
+    pipe = _pipeline(cfg)
+    run = RunDir(cfg.output, outputs=("captions.jsonl",), overwrite=cfg.overwrite)
+    writer = JsonlWriter(run, "captions.jsonl")
+
+    def handle(batch: Batch) -> None:
+        caps = pipe.caption(batch.pixels, max_len=cfg.max_len or None, beam_size=cfg.beam_size)
+        writer.write([{"key": k, "caption": c} for k, c in zip(batch.keys, caps)])
+
+    return _run("caption", cfg, pipe, run, handle)
+
+
+def run_classify(cfg: ClassifyConfig) -> int:
+    """``predictions.jsonl``: ``{"key", "top": [{"label", "prob"}, ...]}`` per image."""
+    pipe = _pipeline(cfg)
+    labels = cfg.label_names()
+    run = RunDir(cfg.output, outputs=("predictions.jsonl",), overwrite=cfg.overwrite)
+    writer = JsonlWriter(run, "predictions.jsonl")
+    weights = pipe.class_weights(labels, cfg.templates)  # (K, E)
+    k = min(cfg.topk, len(labels))
+
+    def handle(batch: Batch) -> None:
+        probs, idx = pipe.zero_shot(batch.pixels, weights).topk(k, dim=-1)  # (B, k)
+        rows = [
+            {"key": key, "top": [{"label": labels[i], "prob": round(p, 6)} for p, i in zip(ps, ix)]}
+            for key, ps, ix in zip(batch.keys, probs.tolist(), idx.tolist())
+        ]
+        writer.write(rows)
+
+    return _run("classify", cfg, pipe, run, handle)
+
+
+def run_latent_stats(cfg: LatentStatsConfig) -> int:
+    """Per-position mean / variance of the tokens over the input images (RAE normalisation)."""
+    name = "latent_stats.safetensors"
+    pipe = _pipeline(cfg)
+    run = RunDir(cfg.output, outputs=(name,), overwrite=cfg.overwrite)
+    if run.resumed:
+        raise FileExistsError(f"{run.path} holds a previous run; pass --overwrite to redo it")
+    stats = LatentStats()
+
+    def handle(batch: Batch) -> None:
+        stats.update(pipe.encode(batch.pixels))
+
+    def finish() -> None:
+        if stats.count:
+            meta = {"model": cfg.model, "resolution": pipe.resolution}
+            _atomic(run.target(name), lambda p: stats.save(str(p), pipe.token_grid(), meta))
+            run.written = stats.count
+
+    extra = lambda: {"images": stats.count}  # noqa: E731
+    return _run(
+        "latent-stats", cfg, pipe, run, handle, finish, extra=extra, finish_on_interrupt=False
+    )
