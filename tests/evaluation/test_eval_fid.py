@@ -105,20 +105,17 @@ def test_stale_reference_count_is_refused(tmp_path):
         fid.compute()
 
 
-def test_missing_inception_weights_say_what_to_fetch(tmp_path):
+def test_missing_inception_weights_say_what_to_fetch(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError, match="inception_weights=") as err:
         InceptionFeatures(str(tmp_path / "nope.pth"))
     assert INCEPTION_URL in str(err.value)
-    hub = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(MissingWeightsError) as err:
-            InceptionFeatures()
-    finally:
-        torch.hub.set_dir(hub)
+    # TORCH_HOME moves the hub cache (torch.hub.set_dir would pin it for every later test).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        InceptionFeatures()
     message = str(err.value)
     assert (
         INCEPTION_URL in message
-        and os.path.join(str(tmp_path / "hub"), "checkpoints", INCEPTION_FILE) in message
+        and os.path.join(str(tmp_path), "hub", "checkpoints", INCEPTION_FILE) in message
     )
     assert "--reconstruction.inception-weights" in message
