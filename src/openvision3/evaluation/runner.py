@@ -94,10 +94,11 @@ class CaptioningTaskConfig:
 
 @dataclass
 class LinearProbeTaskConfig:
-    """train_split: the labelled split the probe is fit on; train_images: 0 = all."""
+    """train_split: the labelled split the probe is fit on; train_images: how many of its
+    images (0 = all; the synthetic world's train split has 100k, ImageNet's 1.28M)."""
 
     train_split: str = "train"
-    train_images: int = 0
+    train_images: int = 10_000
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
 
