@@ -143,3 +143,14 @@ def test_two_process_ddp_smoke_run(tmp_path):
     assert all(torch.equal(saved[k], r0[k]) for k in saved)
     rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert len(rows) == 4 and rows[-1]["samples"] == 16
+
+
+def test_init_from_export_and_checkpoint(tmp_path):
+    Trainer(smoke(tmp_path / "a")).fit()
+    final = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
+    for source in (tmp_path / "a" / "final", find_latest(tmp_path / "a")):
+        trainer = Trainer(smoke(tmp_path / f"b{len(str(source))}", init_from=str(source)))
+        sd = trainer.model.state_dict()
+        assert all(torch.equal(sd[k], final[k]) for k in final)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        Trainer(smoke(tmp_path / "c", init_from=str(tmp_path / "missing")))

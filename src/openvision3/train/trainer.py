@@ -31,7 +31,6 @@ from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.train.checkpoint import (
     find_latest,
     load_checkpoint,
-    load_model_state_dict,
     save_checkpoint,
 )
 from openvision3.train.ema import EMA
@@ -117,21 +116,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _init_from(self, path: str) -> None:
-        src = Path(path)
-        if (src / "state.json").is_file():  # a training checkpoint
-            from safetensors.torch import load_file
+        """Weights (not optimiser state) from an export or a training checkpoint directory;
+        both hold ``model.safetensors`` with the unwrapped model's parameter names."""
+        from safetensors.torch import load_file
 
-            load_model_state_dict(
-                self.model, load_file(str(src / "model.safetensors")), strict=False
-            )
-        else:  # an export
-            from safetensors.torch import load_file
-
-            sd = load_file(str(src / "model.safetensors"))
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            log.info(
-                "init_from %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
-            )
+        weights = Path(path) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"train.init_from: {weights} does not exist")
+        missing, unexpected = self.model.load_state_dict(load_file(str(weights)), strict=False)
+        log.info(
+            "init_from %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
+        )
 
     def _maybe_resume(self) -> None:
         how = self.cfg.train.resume
