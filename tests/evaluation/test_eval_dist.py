@@ -1,12 +1,12 @@
 """2 ranks holding an UNEVEN share of 7 images (4/3, and 7/0) give the 1-rank metrics."""
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tests.dist_utils import free_port
 from tests.evaluation._eval_fakes import (
     ClassTokenizer,
     NoisyReconstructor,
@@ -100,19 +100,13 @@ def _worker(rank, world, port, tmp_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.dist
 def test_uneven_ranks_match_one_rank(tmp_path):
     single = _evaluate(range(N), tmp_path, "single")
     assert single["recon"]["count"] == N and single["recon_cap"]["count"] == 5
     assert 0 < single["zero_shot"]["top1"] < 1  # non-trivial cases
     assert 0 < single["retrieval"]["t2i_r1"] < 1 and 0 < single["caption"]["bleu4"] < 1
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     single_csv = (tmp_path / "single.csv").read_text()
     for tag in ("4-3", "7-0"):
         for rank in (0, 1):

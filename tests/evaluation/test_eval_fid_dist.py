@@ -2,12 +2,12 @@
 sums all-reduced), multi-caption retrieval, per-class zero-shot and linear-probe numbers."""
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tests.dist_utils import free_port
 from tests.evaluation._eval_fakes import (
     ClassTokenizer,
     NoisyReconstructor,
@@ -85,18 +85,12 @@ def _worker(rank, world, port, tmp_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.dist
 def test_uneven_ranks_match_one_rank(tmp_path):
     single = _evaluate(range(N), str(tmp_path / "ref-single.npz"))
     assert single["rec"]["count"] == N and single["rec"]["rfid"] > 0
     assert single["retrieval"]["captions"] == 10 and 0 < single["retrieval"]["t2i_r1"] < 1
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for tag in SPLITS:
         assert (tmp_path / f"ref-{tag}.npz").is_file()  # written once, by rank 0
         for rank in (0, 1):

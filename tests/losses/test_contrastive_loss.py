@@ -1,5 +1,4 @@
 import math
-import socket
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
+from tests.dist_utils import free_port
 
 from openvision3.losses import ContrastiveLoss
 
@@ -57,12 +57,6 @@ def test_two_views_average():
     assert not math.isclose(both.item(), loss_fn(img, txt, scale).item(), rel_tol=1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loss_and_grads(img, txt, txt2, local_loss: bool = True) -> dict[str, torch.Tensor]:
     img, txt, txt2 = (f.clone().requires_grad_(True) for f in (img, txt, txt2))
     scale = torch.tensor([1 / 0.07], requires_grad=True)
@@ -86,7 +80,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.dist
 def test_two_ranks_match_one_rank(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     one = _loss_and_grads(*_features(WORLD * B))
 

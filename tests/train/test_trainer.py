@@ -2,12 +2,12 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from tests.dist_utils import free_port
 
 from openvision3.cli import main
 from openvision3.config import ExperimentConfig, StageConfig
@@ -108,12 +108,6 @@ def test_demo_command_writes_report(tmp_path):
     assert (run / "eval" / "reconstructions.png").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, run_dir, out):
     os.environ.update(
         RANK=str(rank),
@@ -133,7 +127,7 @@ def _ddp_worker(rank, world, port, run_dir, out):
 
 @pytest.mark.dist
 def test_two_process_ddp_smoke_run(tmp_path):
-    port = _free_port()
+    port = free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
