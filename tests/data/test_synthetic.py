@@ -150,3 +150,13 @@ def test_write_shards(tmp_path):
         names = sorted(tar.getnames())
     assert names[:3] == ["val-00000000.json", "val-00000000.png", "val-00000000.txt"]
     assert len(names) == 12
+
+
+def test_object_counts_follow_their_weights():
+    from openvision3.data.synthetic import OBJECT_COUNT_WEIGHTS
+
+    world = SyntheticWorld(seed=0)
+    counts = np.bincount([len(world.scene("train", i).objects) for i in range(4000)], minlength=5)
+    freq = counts[1:] / 4000
+    assert counts[0] == 0
+    np.testing.assert_allclose(freq, OBJECT_COUNT_WEIGHTS, atol=0.03)

@@ -63,8 +63,9 @@ def test_ssim_matches_skimage():
     ]
     assert 0.1 < min(ref) < max(ref) < 0.95  # a non-trivial case
     # Same window (11 taps, sigma 1.5, normalised), same population statistics, same crop of
-    # the 5-pixel border, float64 on both sides: agreement to float rounding (~1e-15).
-    torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-10)
+    # the 5-pixel border; ours filters in float32, skimage in float64: agreement to float32
+    # rounding of the local statistics.
+    torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-5)
     assert torch.allclose(ssim(x, x), torch.ones(3, dtype=torch.float64))
 
 

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig, prefix_lm_mask
+from openvision3.models.layers import KVCache
 
 V, SOT, EOS, PAD = 64, 62, 63, 0
-DI, N = 16, 6
+DI, N = 16, 9  # 9 image tokens: a 3x3 grid
 
 
 def tiny(**kw) -> CaptionDecoder:
@@ -80,14 +81,14 @@ def test_image_prefix_is_seen_everywhere():
 
 def test_keep_ratio_only_in_training():
     model = tiny(keep_ratio=0.5)
-    n = 10
+    n = 16
     # channel 0 holds the token index so we can read back which tokens were kept
     images = torch.randn(4, n, DI)
     images[..., 0] = torch.arange(n, dtype=torch.float)
     assert torch.equal(model.keep_tokens(images), images)  # eval: all tokens
     model.train()
     kept = model.keep_tokens(images)
-    assert kept.shape == (4, 5, DI)  # round(10 * 0.5) for every sample
+    assert kept.shape == (4, 8, DI)  # round(16 * 0.5) for every sample
     idx = kept[..., 0].long()
     assert (idx.diff(dim=1) > 0).all()  # a subset, in raster order
     torch.testing.assert_close(kept, images.gather(1, idx[..., None].expand(-1, -1, DI)))
@@ -142,7 +143,8 @@ def test_beam_one_is_greedy(length_penalty):
         model, images = eos_prone(seed)
         greedy = model.generate(images, max_len=12)
         with torch.no_grad():  # the beam-search path itself, not generate's greedy dispatch
-            beam = model._beam_search(model.embed_image(images), 12, 1, length_penalty)
+            prefix, cache = model.embed_image(images), KVCache(model.cfg.depth)
+            beam = model._beam_search(prefix, 12, 1, length_penalty, cache)
         torch.testing.assert_close(beam, greedy, atol=0, rtol=0)
 
 
@@ -170,7 +172,7 @@ def table_model(rules: dict[int, dict[int, float]]) -> CaptionDecoder:
         for tok, p in probs.items():
             table[last, tok] = p
     model = tiny()
-    model.next_logits = lambda prefix, ids: table[ids[:, -1]].log()
+    model.next_logits = lambda prefix, ids, cache=None: table[ids[:, -1]].log()
     return model
 
 
@@ -260,6 +262,8 @@ def test_every_parameter_gets_a_finite_gradient():
         dict(sot_id=64),
         dict(eos_id=0),
         dict(context_length=1),
+        dict(image_pos="learned"),
+        dict(width=34, heads=2),  # sin-cos needs width % 4 == 0
     ],
 )
 def test_config_validation(kw):
@@ -292,7 +296,7 @@ def test_pack_targets_gives_the_same_loss_and_gradients():
     dense = CaptionDecoder(cfg)
     packed = CaptionDecoder(dataclasses.replace(cfg, pack_targets=True))
     packed.load_state_dict(dense.state_dict())
-    image = torch.randn(3, 5, 16)
+    image = torch.randn(3, 4, 16)  # a 2x2 grid
     ids = torch.tensor([[1, 5, 6, 7, 2, 0, 0], [1, 9, 2, 0, 0, 0, 0], [1, 3, 4, 5, 6, 7, 2]])
     out_d, out_p = dense(image, ids), packed(image, ids)
     assert out_p["logits"].shape == (1, 4 + 2 + 6, 64)
@@ -303,3 +307,51 @@ def test_pack_targets_gives_the_same_loss_and_gradients():
     loss_p.backward()
     for (name, a), b in zip(dense.named_parameters(), packed.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_kv_cache_decodes_like_full_recompute(beam_size):
+    for seed in range(3):
+        model, images = eos_prone(seed)
+        cached = model.generate(images, max_len=12, beam_size=beam_size)
+        full = model.generate(images, max_len=12, beam_size=beam_size, use_cache=False)
+        torch.testing.assert_close(cached, full, atol=0, rtol=0)
+
+
+def test_cached_logits_equal_full_logits():
+    model, images = eos_prone(0)
+    ids = captions(4)[:, :8]
+    prefix = model.embed_image(images)
+    cache = KVCache(model.cfg.depth)
+    steps = [model.next_logits(prefix, ids[:, :1], cache)]
+    for t in range(2, ids.shape[1] + 1):
+        steps.append(model.next_logits(None, ids[:, :t], cache))
+    full = [model.next_logits(prefix, ids[:, :t]) for t in range(1, ids.shape[1] + 1)]
+    torch.testing.assert_close(torch.stack(steps), torch.stack(full), atol=1e-5, rtol=1e-5)
+    assert len(cache) == N + ids.shape[1]
+
+
+def test_image_positions_make_the_prefix_order_matter():
+    images, ids = torch.randn(2, N, DI), captions(2)
+    perm = torch.randperm(N)
+    torch.manual_seed(0)
+    blind = tiny(image_pos="none")
+    a, b = blind(images, ids)["logits"], blind(images[:, perm], ids)["logits"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # a set of tokens, no order
+    torch.manual_seed(0)
+    seeing = tiny()  # default: 2-D sin-cos of the grid on the prefix
+    a, b = seeing(images, ids)["logits"], seeing(images[:, perm], ids)["logits"]
+    assert (a - b).abs().amax() > 1e-3
+
+
+def test_image_positions_follow_the_grid():
+    model = tiny()
+    images, ids = torch.randn(2, 6, DI), captions(2)
+    with pytest.raises(ValueError, match="not a square grid"):
+        model(images, ids)
+    with pytest.raises(ValueError, match="does not hold"):
+        model(images, ids, grid=(2, 2))
+    a, b = model(images, ids, grid=(2, 3))["logits"], model(images, ids, grid=(3, 2))["logits"]
+    assert (a - b).abs().amax() > 1e-3  # the same tokens read as another layout
+    out = model.generate(images, max_len=6, grid=(2, 3))
+    assert out.shape[0] == 2 and (out[:, 0] == SOT).all()

@@ -12,6 +12,36 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class KVCache:
+    """Keys and values of the positions seen so far, one slot per attention layer, for
+    incremental decoding: each call appends the new positions' keys and values, so a query
+    attends to every cached position and to the new ones (masking among the new positions is
+    the caller's ``attn_mask``). ``reorder`` follows beam search's parent rows."""
+
+    def __init__(self, layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, K, T, Dh) of the new positions -> all keys and values (B, K, T_all, Dh)."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep batch rows ``rows`` (R,) of every layer, in that order."""
+        self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
+
+    def __len__(self) -> int:
+        """Number of cached positions."""
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a packed q;k;v projection and SDPA."""
 
@@ -24,12 +54,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
-        """x: (B, N, D); attn_mask: bool (B or 1, 1, N, N), True = may attend -> (B, N, D)."""
+        """x: (B, N, D); attn_mask: bool (B or 1, 1, N, N_keys), True = may attend -> (B, N, D).
+        ``cache`` = (KVCache, layer index): keys/values of earlier positions are prepended."""
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, K, N, D/K)
+        if cache is not None:
+            k, v = cache[0].update(cache[1], k, v)  # (B, K, N_cached + N, D/K)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
@@ -58,10 +95,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)."""
-        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -73,10 +114,16 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, eps) for _ in range(depth))
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+        """x: (B, N, D) -> (B, N, D); with ``cache``, x holds only the new positions."""
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache, i)
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal, cache=layer_cache)
         return x
 
 

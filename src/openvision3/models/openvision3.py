@@ -16,7 +16,7 @@ from torch import nn
 
 from openvision3.models.decoder import Decoder, DecoderConfig
 from openvision3.models.encoder import Encoder, EncoderConfig
-from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig
+from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig, square_grid
 from openvision3.models.text import TextEncoder, TextEncoderConfig
 from openvision3.models.vae import FrozenVAE, VAEConfig
 
@@ -127,12 +127,7 @@ class OpenVision3(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def token_grid(self, tokens: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
-        if grid is not None:
-            return tuple(grid)
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise ValueError(f"{tokens.shape[1]} tokens are not a square grid: pass grid=(h, w)")
-        return side, side
+        return tuple(grid) if grid is not None else square_grid(tokens.shape[1])
 
     def decode_latents(
         self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
@@ -158,8 +153,10 @@ class OpenVision3(nn.Module):
         self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1
     ) -> torch.Tensor:
         """(B, 3, H, W) -> generated caption token ids (B, T), SOT first, EOT then PAD."""
-        tokens = self.encode(images)
-        return self._need("captioner").generate(tokens, max_len=max_len, beam_size=beam_size)
+        latents = self._need("vae").encode(images)
+        tokens, grid = self.encoder(latents), self.encoder.grid(latents.shape[-2:])
+        captioner = self._need("captioner")
+        return captioner.generate(tokens, max_len=max_len, beam_size=beam_size, grid=grid)
 
     def caption(
         self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1
@@ -176,9 +173,14 @@ class OpenVision3(nn.Module):
         reconstruction: bool = True,
         contrastive: bool = True,
         caption: bool = True,
+        pixel_fraction: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """One training forward. ``batch``: ``images`` (B, 3, H, W) and/or cached ``latents``,
-        ``text`` (B, L) [+ ``text_2``], ``caption`` (B, Lc). Branch flags skip unused heads.
+        """One training forward. ``batch``: ``images`` (B, 3, H, W) and/or ``latents``
+        (B, C, h, w) already encoded by this VAE (a latent cache), ``text`` (B, L)
+        [+ ``text_2``], ``caption`` (B, Lc). Branch flags skip unused heads. The images are
+        the pixel targets, so reconstruction needs them even when latents are given.
+        ``pixel_fraction`` < 1 decodes only the first round(f * B) samples to pixels (a random
+        subset when the batch is shuffled); the latent term still covers all B.
 
         Returns the tensors the objective consumes (see ``losses/objective.py``).
         """
@@ -186,6 +188,7 @@ class OpenVision3(nn.Module):
         if latents is None:
             latents = self._need("vae").encode(batch["images"])
         tokens = self.encoder(latents)  # (B, N, D)
+        grid = self.encoder.grid(latents.shape[-2:])  # (h, w) of the N tokens
         out: dict[str, torch.Tensor] = {}
         if contrastive:
             out["image_embeds"] = F.normalize(self.encoder.pool(tokens), dim=-1)
@@ -194,14 +197,14 @@ class OpenVision3(nn.Module):
                 out["text_embeds_2"] = self.embed_text(batch["text_2"])
             out["logit_scale"] = self.logit_scale.exp()
         if caption:
-            cap = self._need("captioner")(tokens, batch["caption"])
+            cap = self._need("captioner")(tokens, batch["caption"], grid)
             out["caption_logits"], out["caption_targets"] = cap["logits"], cap["targets"]
         if reconstruction:
-            grid = self.encoder.grid(latents.shape[-2:])
             latents_hat = self._need("decoder")(tokens, grid)
             out["latents"], out["latents_hat"] = latents, latents_hat
-            out["images"] = batch["images"]
-            out["images_hat"] = self._need("vae").decode(latents_hat)
+            n = max(1, round(latents.shape[0] * pixel_fraction))
+            out["images"] = batch["images"][:n]  # (n, 3, H, W)
+            out["images_hat"] = self._need("vae").decode(latents_hat[:n])
         return out
 
     # ------------------------------------------------------------------ I/O
