@@ -46,7 +46,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile per transformer block
+    compile_vae: bool = False  # torch.compile the frozen VAE's encoder and decoder
+    channels_last_vae: bool = True  # NHWC convolutions in the frozen VAE (CUDA only)
+    # Data parallelism over torchrun ranks: auto (DDP when > 1 rank) | ddp | fsdp (FSDP2);
+    # one process trains the plain model. See docs/scaling.md.
+    parallel: str = "auto"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # auto (dcp when FSDP-sharded, else single) | single (rank 0 writes safetensors) | dcp
+    # (torch.distributed.checkpoint: every rank writes its shards; resumable on any world size)
+    ckpt_format: str = "auto"
     ema_decay: float = 0.0  # 0 = no EMA
     log_every: int = 10
     ckpt_every: int = 1000
@@ -58,6 +67,9 @@ class TrainConfig:
     stop_at: int = (
         0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
     )
+    # Micro-batches per optimizer step; the stage batch stays the global batch and the
+    # contrastive loss keeps its negatives over all of it (train/accumulate.py).
+    accum_steps: int = 1
 
     def __post_init__(self):
         if not self.stages:
@@ -66,10 +78,24 @@ class TrainConfig:
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train.ema_decay must be in [0, 1)")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be auto, ddp or fsdp, got {self.parallel!r}")
+        if self.ckpt_format not in ("auto", "single", "dcp"):
+            raise ValueError(
+                f"train.ckpt_format must be auto, single or dcp, got {self.ckpt_format!r}"
+            )
         if self.stop_at < 0:
             raise ValueError("train.stop_at must be >= 0")
         if self.log_every <= 0 or self.ckpt_every <= 0 or self.eval_every < 0:
             raise ValueError("train.log_every and ckpt_every must be > 0, eval_every >= 0")
+        if self.accum_steps < 1:
+            raise ValueError(f"train.accum_steps must be >= 1, got {self.accum_steps}")
+        for s in self.stages:
+            if s.batch_size % self.accum_steps:
+                raise ValueError(
+                    f"stage batch {s.batch_size} is not divisible by train.accum_steps "
+                    f"{self.accum_steps}"
+                )
 
     @property
     def total_steps(self) -> int:

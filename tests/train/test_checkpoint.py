@@ -225,8 +225,8 @@ def test_bad_arguments(tmp_path):
     model = Toy()
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path, 1, model, state={"x": object()})
-    with pytest.raises(NotImplementedError):
-        save_checkpoint(tmp_path, 1, model, format="dcp")
+    with pytest.raises(ValueError, match="unknown checkpoint format"):
+        save_checkpoint(tmp_path, 1, model, format="zip")
     with pytest.raises(ValueError):
         save_checkpoint(tmp_path, 1, model, keep_last=0)
     assert find_latest(tmp_path) is None

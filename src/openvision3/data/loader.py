@@ -44,6 +44,9 @@ class DataConfig:
     the split) or a directory of ``{split}-*.tar``; or an image folder. captions_file: folder
     source only, JSONL/CSV with ``file`` and ``alt_text`` and/or ``caption``. alt_text_key:
     webdataset member holding the alt text; caption_key: json field with the long caption.
+    latents: a latent cache written by ``ov3 cache-latents`` (a directory; "{resolution}" is
+    replaced by the stage resolution). When set, train loaders read the cached VAE latents
+    and pixel targets from it instead of decoding ``path``; evaluation still reads ``path``.
     """
 
     source: str = "synthetic"
@@ -60,6 +63,7 @@ class DataConfig:
     resize: str = "center_crop"
     crop_scale: tuple[float, float] = (1.0, 1.0)
     shuffle_buffer: int = 1000  # webdataset train: in-stream shuffle after the shard shuffle
+    latents: str = ""
 
     def __post_init__(self):
         if isinstance(self.synthetic, dict):
@@ -77,6 +81,10 @@ class DataConfig:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if not 0.0 <= self.hflip <= 1.0:
             raise ValueError(f"hflip must be in [0, 1], got {self.hflip}")
+        if self.latents and self.crop_scale != (1.0, 1.0):
+            raise ValueError(
+                "data.latents: random resized crops cannot be cached; set crop_scale=(1, 1)"
+            )
 
 
 class BadSample(ValueError):
@@ -347,6 +355,10 @@ def build_loader(
         raise ValueError(
             f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
         )
+    if cfg.latents and train:
+        from openvision3.data.latents import build_latent_loader
+
+        return build_latent_loader(cfg, split, resolution, batch_size, rank, world_size)
     processor = SampleProcessor(cfg, resolution, train)
     if cfg.source == "webdataset":
         stream = WebDatasetStream(

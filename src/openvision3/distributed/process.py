@@ -1,6 +1,9 @@
 """Process-group set-up for single-process runs and ``torchrun`` (single- or multi-node).
 
-The only place that reads the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+The only place that reads the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK). Multi-node
+runs start one ``torchrun`` per node with a c10d rendezvous (``scripts/slurm_train.sh`` does it
+under SLURM); the global rank and world size come from the process group, the device from the
+node-local rank. See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def gather_object(obj):
+    """Every rank's ``obj`` (JSON-able), in rank order; ``[obj]`` without a process group."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shutdown() -> None:

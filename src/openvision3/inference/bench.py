@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +21,7 @@ from torch import nn
 from openvision3.inference.api import Pipeline, PipelineConfig, default_device
 from openvision3.models.encoder import Encoder
 from openvision3.models.openvision3 import OpenVision3
+from openvision3.perf import benchmark, device_name
 
 RELEASED_SCALE = 0.3611  # the released recipe: mean * 0.3611, no shift
 
@@ -115,22 +115,11 @@ def _model(cfg: BenchConfig, device: str) -> OpenVision3:
     return OpenVision3(mc).eval().to(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def _time(fn: Callable, x: torch.Tensor, steps: int, warmup: int) -> tuple[torch.Tensor, float]:
-    """-> (last output, seconds per batch)."""
-    for _ in range(warmup):
-        fn(x)
-    _sync(x.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn(x)
-    _sync(x.device)
-    return out, (time.perf_counter() - start) / steps
+    """-> (last output, mean seconds per batch)."""
+    out, times, _ = benchmark(lambda: fn(x), steps, warmup, x.device)
+    return out, sum(times) / len(times)
 
 
 def _released_recipe(model: OpenVision3, grid: tuple[int, int], device) -> Callable:
@@ -189,7 +178,7 @@ def bench_encode(cfg: BenchConfig) -> dict:
             }
         )
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "model": cfg.model or f"{cfg.preset} (random weights)",
         "batch_size": cfg.batch_size,

@@ -34,6 +34,9 @@ class ObjectiveConfig:
     lpips_weight: float = 0.0  # lambda; 0.5 in the 256 px stage
     lpips_net: str = "vgg"
     lpips_weights: str = ""  # local torchvision backbone weights; "" = torch hub cache
+    # Speed-up that changes the recipe (off at 1.0): the model decodes only this fraction of
+    # each batch through the frozen VAE decoder for the pixel terms (docs/training-speed.md).
+    pixel_loss_fraction: float = 1.0
 
     def __post_init__(self):
         for name in ("rec_weight", "und_weight", "caption_weight", "contrastive_weight"):
@@ -41,6 +44,10 @@ class ObjectiveConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         self.reconstruction_config()  # validates latent_weight, lpips_weight, lpips_net
+        if not 0.0 < self.pixel_loss_fraction <= 1.0:
+            raise ValueError(
+                f"pixel_loss_fraction must be in (0, 1], got {self.pixel_loss_fraction}"
+            )
         if not (self.needs_reconstruction or self.needs_contrastive or self.needs_caption):
             raise ValueError("all loss weights are zero: nothing would be trained")
 
@@ -87,7 +94,19 @@ class Objective(nn.Module):
         self.reconstruction = ReconstructionLoss(cfg.reconstruction_config())
         self.contrastive = ContrastiveLoss(local_loss=True, gather_with_grad=True)
 
-    def forward(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def combine(self, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(L_und or None, L) from the branch losses present among "rec", "contrastive", "caption"."""
+        cfg = self.cfg
+        und = None
+        if "contrastive" in parts or "caption" in parts:
+            und = cfg.contrastive_weight * parts.get("contrastive", 0.0)
+            und = und + cfg.caption_weight * parts.get("caption", 0.0)
+        total = cfg.rec_weight * parts["rec"] if "rec" in parts else 0.0
+        return und, (total + cfg.und_weight * und if und is not None else total)
+
+    def forward(
+        self, out: dict[str, torch.Tensor], scales: dict[str, torch.Tensor | float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and detached () terms from the model output.
 
         Args:
@@ -97,6 +116,9 @@ class Objective(nn.Module):
                 contrastive: "image_embeds" (B, E), "text_embeds" (B, E), optional
                     "text_embeds_2" (B, E), "logit_scale" (1,) exponentiated;
                 caption: "caption_logits" (B, L, V), "caption_targets" (B, L).
+            scales: optional factor per branch loss ("rec", "contrastive", "caption") applied
+                to the returned total only (gradient accumulation weighs micro-batches so);
+                the terms stay unscaled.
 
         Returns:
             () total loss, and terms: "loss" plus, for the computed branches, "rec",
@@ -104,39 +126,37 @@ class Objective(nn.Module):
             "logit_scale" (the clamped value the loss used), "caption".
         """
         cfg = self.cfg
-        total = 0.0
+        parts: dict[str, torch.Tensor] = {}
         terms: dict[str, torch.Tensor] = {}
         if cfg.needs_reconstruction:
-            rec, rec_terms = self.reconstruction(
+            parts["rec"], rec_terms = self.reconstruction(
                 _take(out, "images", "reconstruction"),
                 _take(out, "images_hat", "reconstruction"),
                 _take(out, "latents", "reconstruction"),
                 _take(out, "latents_hat", "reconstruction"),
             )
-            total = total + cfg.rec_weight * rec
-            terms["rec"] = rec.detach()
+            terms["rec"] = parts["rec"].detach()
             terms.update(rec_terms)
-        if cfg.needs_contrastive or cfg.needs_caption:
-            und = 0.0
-            if cfg.needs_contrastive:
-                logit_scale = _take(out, "logit_scale", "contrastive")
-                contrastive = self.contrastive(
-                    _take(out, "image_embeds", "contrastive"),
-                    _take(out, "text_embeds", "contrastive"),
-                    logit_scale,
-                    out.get("text_embeds_2"),
-                )
-                und = und + cfg.contrastive_weight * contrastive
-                terms["contrastive"] = contrastive.detach()
-                terms["logit_scale"] = logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).squeeze()
-            if cfg.needs_caption:
-                caption = caption_loss(
-                    _take(out, "caption_logits", "caption"),
-                    _take(out, "caption_targets", "caption"),
-                )
-                und = und + cfg.caption_weight * caption
-                terms["caption"] = caption.detach()
-            total = total + cfg.und_weight * und
+        if cfg.needs_contrastive:
+            logit_scale = _take(out, "logit_scale", "contrastive")
+            parts["contrastive"] = self.contrastive(
+                _take(out, "image_embeds", "contrastive"),
+                _take(out, "text_embeds", "contrastive"),
+                logit_scale,
+                out.get("text_embeds_2"),
+            )
+            terms["contrastive"] = parts["contrastive"].detach()
+            terms["logit_scale"] = logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).squeeze()
+        if cfg.needs_caption:
+            parts["caption"] = caption_loss(
+                _take(out, "caption_logits", "caption"),
+                _take(out, "caption_targets", "caption"),
+            )
+            terms["caption"] = parts["caption"].detach()
+        und, total = self.combine(parts)
+        if und is not None:
             terms["und"] = und.detach()
         terms["loss"] = total.detach()
+        if scales:
+            _, total = self.combine({k: v * scales.get(k, 1.0) for k, v in parts.items()})
         return total, terms

@@ -1,6 +1,10 @@
-"""Training checkpoints: tensors in safetensors, everything else in JSON, never pickle.
+"""Training checkpoints: tensors and JSON, no pickled Python objects of ours.
 
-Layout of one checkpoint, ``run_dir/checkpoints/step_{step:08d}/``::
+Two formats behind the same functions (:func:`save_checkpoint`, :func:`load_checkpoint`, both
+called on every rank); ``state.json`` records the format and loading dispatches on it.
+
+``single`` (one process, DDP): rank 0 writes plain state dicts into
+``run_dir/checkpoints/step_{step:08d}/``::
 
     model.safetensors       unwrapped state dict (no ``module.`` / ``_orig_mod.`` in names)
     optimizer.safetensors   optimizer state tensors (exp_avg, exp_avg_sq, step, ...)
@@ -8,18 +12,18 @@ Layout of one checkpoint, ``run_dir/checkpoints/step_{step:08d}/``::
     ema.safetensors         EMA shadow weights (when an EMA is given) ...
     ema.json                ... and its update count
     rng.safetensors         torch CPU (and CUDA) generator states
-    state.json              format, step, scheduler state, python/numpy RNG, the caller's state
-                            (samples_seen, stage, data loader state, config): written last
+    state.json              format, step, world size, scheduler state, python/numpy RNG, the
+                            caller's state (samples_seen, stage, data loader state, config):
+                            written last
 
-Writes are atomic: files go to ``step_X.tmp-<pid>/`` and are fsynced, the directory is renamed
-to ``step_X`` and only then is ``checkpoints/latest`` (a text file naming it) replaced. A crash
-leaves at most a ``.tmp-`` directory, which :func:`find_latest` ignores.
+``dcp`` (FSDP2; valid for any parallelism): every rank writes its shards of the model,
+optimizer and EMA with ``torch.distributed.checkpoint``; a checkpoint saved on N ranks loads
+on M ranks, sharded or not. See :mod:`openvision3.train.checkpoint_dcp` for its layout.
 
-Backends: ``format="single"`` (implemented) gathers nothing, rank 0 writes plain state dicts; it
-suits single-device, DDP and replicated models. FSDP2-sharded models (DTensor parameters) will
-use ``format="dcp"`` (torch.distributed.checkpoint, every rank writes its shards) behind the
-same functions: :func:`save_checkpoint` and :func:`load_checkpoint` are to be called on every
-rank, and ``state.json`` records the format so loading dispatches on it.
+Writes are atomic: files go to ``step_X.tmp-<pid>/`` (rank 0's pid, shared with every rank) and
+are fsynced, the directory is renamed to ``step_X`` and only then is ``checkpoints/latest`` (a
+text file naming it) replaced. A crash leaves at most a ``.tmp-`` directory, which
+:func:`find_latest` ignores. Multi-node runs need ``run_dir`` on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from openvision3.distributed.parallelize import is_sharded
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -219,21 +225,34 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _resolve_format(model: nn.Module, format: str) -> str:
+def resolve_format(model: nn.Module, format: str) -> str:
+    """``auto`` -> ``dcp`` for an FSDP2-sharded model, else ``single``."""
     if format not in ("auto", "single", "dcp"):
         raise ValueError(
             f"unknown checkpoint format {format!r}; expected 'auto', 'single' or 'dcp'"
         )
-    sharded = False
-    if dist.is_available():
-        from torch.distributed.tensor import DTensor
-
-        sharded = any(isinstance(p, DTensor) for p in unwrap_model(model).parameters())
-    if format == "dcp" or sharded:
-        raise NotImplementedError(
-            "the 'dcp' checkpoint format (FSDP2 shards) is not implemented yet"
+    sharded = is_sharded(model)
+    if format == "single" and sharded:
+        raise ValueError(
+            "an FSDP2-sharded model cannot be saved in the 'single' format (each rank holds "
+            "only its shards); use format 'dcp' (or 'auto')"
         )
-    return "single"
+    if format == "auto":
+        return "dcp" if sharded else "single"
+    return format
+
+
+def _same_on_all_ranks(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -277,65 +296,98 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write checkpoint ``step`` of ``run_dir``; returns its directory.
 
-    Call on every rank (rank 0 writes in the ``single`` format; all ranks wait at a barrier).
+    Call on every rank. ``single``: rank 0 writes plain state dicts (single process, DDP).
+    ``dcp``: every rank writes its shards with ``torch.distributed.checkpoint`` (FSDP2; also
+    valid for DDP and one process), loadable on any world size (:mod:`checkpoint_dcp`).
+    ``auto``: ``dcp`` when the model is sharded, else ``single``.
     ``state``: JSON-able caller state, conventionally ``samples_seen``, ``stage``, ``data`` (the
     data loader's state) and ``config``. ``ema``: an :class:`openvision3.train.ema.EMA`.
-    ``keep_last``: keep only this many newest complete checkpoints. The RNG states saved are the
-    writing process's.
+    ``keep_last``: keep only this many newest complete checkpoints. RNG states: the writing
+    process's (``single``), every rank's (``dcp``).
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
-    fmt = _resolve_format(model, format)
+    fmt = resolve_format(model, format)
     try:
         json.dumps(state)
     except TypeError as e:
         raise TypeError(f"checkpoint state must be JSON-able: {e}") from None
     final = checkpoint_dir(run_dir, step)
+    root = final.parent
+    # Every rank writes into rank 0's temporary directory (dcp); rank 0 alone renames it.
+    tmp = Path(_same_on_all_ranks(str(root / f"{final.name}.tmp-{os.getpid()}")))
     if _rank() == 0:
-        root = final.parent
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_tensors(tmp / "model.safetensors", model_state_dict(model))
-        if optimizer is not None:
-            _save_tree(tmp, "optimizer", optimizer.state_dict())
-        if ema is not None:
-            _save_tree(tmp, "ema", ema.state_dict())
-        rng_tensors: dict[str, torch.Tensor] = {}
-        rng_tree = encode(rng_state(), rng_tensors)
-        _write_tensors(tmp / "rng.safetensors", rng_tensors)
-        sched_tensors: dict[str, torch.Tensor] = {}
-        meta = {
-            "format": fmt,
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "scheduler": None
-            if scheduler is None
-            else encode(scheduler.state_dict(), sched_tensors),
-            "rng": rng_tree,
-            "state": state or {},
-        }
-        if sched_tensors:
-            raise TypeError("scheduler state must be JSON-able (it holds tensors)")
+    sched_tensors: dict[str, torch.Tensor] = {}
+    meta = {
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "world_size": _world_size(),
+        "scheduler": None if scheduler is None else encode(scheduler.state_dict(), sched_tensors),
+        "state": state or {},
+    }
+    if sched_tensors:
+        raise TypeError("scheduler state must be JSON-able (it holds tensors)")
+    if fmt == "dcp":
+        from openvision3.train.checkpoint_dcp import save_dcp
+
+        _barrier()  # the directory exists before any rank writes into it
+        meta.update(save_dcp(tmp, model, optimizer, ema))
+    elif _rank() == 0:
+        meta["rng"] = _save_single(tmp, model, optimizer, ema)
+    if _rank() == 0:
         _write_json(tmp / "state.json", meta)  # last: marks the directory complete
         _fsync(tmp)
-        if final.exists():  # saving the same step twice: move the old one aside first
-            old = root / f"{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-        _fsync(root)
-        pointer = root / f"latest.tmp-{os.getpid()}"
-        pointer.write_text(final.name + "\n")
-        _fsync(pointer)
-        os.replace(pointer, root / "latest")
-        _fsync(root)
+        _publish(tmp, final)
         if keep_last is not None:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 shutil.rmtree(old)
     _barrier()
     return final
+
+
+def _save_single(directory: Path, model: nn.Module, optimizer, ema) -> Any:
+    """Rank 0's plain state dicts as safetensors + JSON; returns the RNG tree for state.json."""
+    _write_tensors(directory / "model.safetensors", model_state_dict(model))
+    if optimizer is not None:
+        _save_tree(directory, "optimizer", optimizer.state_dict())
+    if ema is not None:
+        _save_tree(directory, "ema", ema.state_dict())
+    rng_tensors: dict[str, torch.Tensor] = {}
+    rng_tree = encode(rng_state(), rng_tensors)
+    _write_tensors(directory / "rng.safetensors", rng_tensors)
+    return rng_tree
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` directory to ``final``, then point ``latest`` at it."""
+    root = final.parent
+    if final.exists():  # saving the same step twice: move the old one aside first
+        old = root / f"{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    _fsync(root)
+    pointer = root / f"latest.tmp-{os.getpid()}"
+    pointer.write_text(final.name + "\n")
+    _fsync(pointer)
+    os.replace(pointer, root / "latest")
+    _fsync(root)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``state.json`` of a checkpoint directory, its format version checked."""
+    meta = json.loads((Path(path) / "state.json").read_text())
+    if meta.get("format") not in ("single", "dcp"):
+        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format_version {meta.get('format_version')} != {FORMAT_VERSION}"
+        )
+    return meta
 
 
 def load_checkpoint(
@@ -348,27 +400,38 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore a checkpoint directory into the given objects, and the RNG states of this process.
 
-    Components passed in must exist in the checkpoint. ``strict`` applies to the model's and the
-    EMA's parameter names. Returns the caller's saved ``state`` plus ``"step"``.
+    Call on every rank. Components passed in must exist in the checkpoint. ``strict`` applies
+    to the model's and the EMA's parameter names. A ``dcp`` checkpoint loads into any world
+    size and any parallelism (1 process, DDP, FSDP2); a ``single`` one into unsharded models.
+    Returns the caller's saved ``state`` plus ``"step"``.
     """
     path = Path(path)
-    meta = json.loads((path / "state.json").read_text())
-    if meta.get("format") != "single":
-        raise NotImplementedError(f"checkpoint format {meta.get('format')!r} is not supported")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint format_version {meta.get('format_version')} != {FORMAT_VERSION}"
-        )
-    load_model_state_dict(model, load_file(str(path / "model.safetensors")), strict=strict)
-    if optimizer is not None:
-        optimizer.load_state_dict(_load_tree(path, "optimizer"))
+    meta = read_meta(path)
+    if meta["format"] == "dcp":
+        from openvision3.train.checkpoint_dcp import load_dcp
+
+        load_dcp(path, meta, model, optimizer, ema, strict=strict)
+    else:
+        if is_sharded(model):
+            raise ValueError(
+                f"{path} is a 'single' checkpoint; an FSDP2-sharded model loads 'dcp' ones. "
+                "Resume it once without FSDP (train.parallel=ddp) with train.ckpt_format=dcp, "
+                "or start from its weights with train.init_from"
+            )
+        _load_single(path, meta, model, optimizer, ema, strict)
     if scheduler is not None:
         if meta["scheduler"] is None:
             raise FileNotFoundError(f"{path} holds no scheduler state")
         scheduler.load_state_dict(decode(meta["scheduler"], {}))
+    return {"step": meta["step"], **meta["state"]}
+
+
+def _load_single(path: Path, meta: dict, model, optimizer, ema, strict: bool) -> None:
+    load_model_state_dict(model, load_file(str(path / "model.safetensors")), strict=strict)
+    if optimizer is not None:
+        optimizer.load_state_dict(_load_tree(path, "optimizer"))
     if ema is not None:
         if not (path / "ema.safetensors").is_file():
             raise FileNotFoundError(f"{path} holds no EMA weights")
         ema.load_state_dict(_load_tree(path, "ema"), strict=strict)
     set_rng_state(decode(meta["rng"], load_file(str(path / "rng.safetensors"))))
-    return {"step": meta["step"], **meta["state"]}

@@ -3,8 +3,14 @@
 ``shadow <- d * shadow + (1 - d) * param`` after each optimizer step, with
 ``d = min(decay, (1 + n) / (10 + n))`` for the ``n``-th update (0-based) when ``warmup`` is on,
 so early averages are not dominated by the random initialisation. Persistent buffers (e.g.
-running statistics) are copied, not averaged. Names are the unwrapped model's, so the EMA works
-the same on a compiled or DDP-wrapped model.
+running statistics) are copied, not averaged. Names are the unwrapped model's without wrapper
+parts (``checkpoint.clean_key``), so the EMA works the same on a compiled, activation-checkpointed
+or DDP-wrapped model.
+
+Under FSDP2 the shadows are ``DTensor``s with the layout of the parameters they follow: each rank
+averages only its shards, and checkpoints save and reshard them like the parameters
+(``checkpoint_dcp``). :meth:`copy_to` an unsharded model gathers them (a collective: every rank
+calls it, as ``Trainer.eval_weights`` does).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from openvision3.train.checkpoint import unwrap_model
+from openvision3.train.checkpoint import clean_key, unwrap_model
 
 
 class EMA:
@@ -36,8 +43,8 @@ class EMA:
         """Trainable parameters and persistent buffers of the unwrapped model, by name."""
         m = unwrap_model(model)
         persistent = set(m.state_dict(keep_vars=True))
-        params = {k: p for k, p in m.named_parameters() if p.requires_grad}
-        buffers = {k: b for k, b in m.named_buffers() if k in persistent}
+        params = {clean_key(k): p for k, p in m.named_parameters() if p.requires_grad}
+        buffers = {clean_key(k): b for k, b in m.named_buffers() if k in persistent}
         return params, buffers
 
     def current_decay(self) -> float:
@@ -64,9 +71,12 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        """Write the EMA weights (cast to each parameter's dtype) and buffers into ``model``."""
+        """Write the EMA weights (cast to each parameter's dtype) and buffers into ``model``;
+        sharded shadows into an unsharded model are gathered first (collective)."""
         params, buffers = self._tensors(model)
         for k, shadow in self.params.items():
+            if isinstance(shadow, DTensor) and not isinstance(params[k], DTensor):
+                shadow = shadow.full_tensor()
             params[k].copy_(shadow)
         for k, b in self.buffers.items():
             buffers[k].copy_(b)

@@ -21,21 +21,36 @@ from pathlib import Path
 import torch
 
 from openvision3.config import ExperimentConfig, StageConfig
+from openvision3.data.latents import check_cache_vae
 from openvision3.data.loader import build_loader
 from openvision3.dataclass_io import to_dict
-from openvision3.distributed.parallelize import parallelize
-from openvision3.distributed.process import ProcessInfo, all_reduce_mean, barrier, init_process
+from openvision3.distributed.parallelize import (
+    clip_grad_norm_,
+    parallelize,
+    resolve_parallel,
+    unsharded_copy,
+)
+from openvision3.distributed.process import (
+    ProcessInfo,
+    all_reduce_mean,
+    barrier,
+    gather_object,
+    init_process,
+)
 from openvision3.losses.contrastive import MAX_LOGIT_SCALE
 from openvision3.losses.objective import Objective
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
+from openvision3.train.accumulate import StepTerms, forward_backward
 from openvision3.train.checkpoint import (
     find_latest,
     load_checkpoint,
     save_checkpoint,
 )
+from openvision3.train.checkpoint_dcp import load_weights
 from openvision3.train.ema import EMA
 from openvision3.train.metrics import MetricsLogger, ProgressBar
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
+from openvision3.train.speed import speed_up_vae
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +79,40 @@ def set_rank_rng(stream: dict) -> None:
     torch.set_rng_state(decode(stream["cpu"]))
     if "cuda" in stream and torch.cuda.is_available():
         torch.cuda.set_rng_state(decode(stream["cuda"]))
+
+
+def data_position(state: dict, rank: int, world_size: int) -> dict | None:
+    """This rank's data loader position from a checkpoint's ``state``, on any world size.
+
+    Same world size: the rank's own saved position. Another world size: map-style sources
+    (synthetic, image folders) continue from the same global position in the epoch (each rank
+    had consumed ``samples`` of its equal share; global = samples x saved ranks). Streaming
+    (webdataset) positions are per rank and worker stream and do not carry over: the stream
+    starts afresh, with a warning.
+    """
+    ranks = state.get("data_ranks")
+    if ranks is None:  # checkpoints from before per-rank positions: rank 0's only
+        ranks = [state.get("data")]
+    if len(ranks) == world_size:
+        return ranks[rank]
+    data = ranks[0]
+    if data is None:
+        return None
+    if "workers" in data:
+        log.warning(
+            "the webdataset position of %d ranks cannot move to %d ranks: the data stream "
+            "starts afresh",
+            len(ranks),
+            world_size,
+        )
+        return None
+    consumed = int(data["samples"]) * len(ranks)
+    if consumed % world_size:
+        raise ValueError(
+            f"data position: {consumed} samples of the epoch consumed over {len(ranks)} ranks "
+            f"cannot be split evenly over {world_size} ranks"
+        )
+    return {**data, "samples": consumed // world_size}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,6 +147,19 @@ class Trainer:
         self.model = OpenVision3(prune_model_config(cfg.model, cfg.objective)).to(self.device)
         if tc.init_from:
             self._init_from(tc.init_from)
+        # AC -> compile -> DDP / FSDP2 (distributed/parallelize.py), before the optimizer and
+        # the EMA: FSDP2 replaces the parameters by their shards.
+        self.parallel = resolve_parallel(tc.parallel, self.proc.world_size)
+        self.train_model = parallelize(
+            self.model,
+            self.proc.world_size,
+            self.device,
+            tc.compile,
+            parallel=tc.parallel,
+            activation_checkpointing=tc.activation_checkpointing,
+            param_dtype=torch.bfloat16 if self._bf16() else torch.float32,
+        )
+        speed_up_vae(self.model.vae, self.device, tc.compile_vae, tc.channels_last_vae)
         self.optimizer = build_optimizer(self.model, tc.optim, lr=1.0)
         schedule = [(s.steps, peak_lr(s.base_lr, s.batch_size), s.warmup_steps) for s in tc.stages]
         self.scheduler = build_multi_stage_scheduler(
@@ -108,7 +170,6 @@ class Trainer:
         self.stopped, self.train_seconds = False, 0.0
         torch.manual_seed(tc.seed + 1000 * self.proc.rank)  # per-rank noise / token dropping
         self._maybe_resume()
-        self.train_model = parallelize(self.model, self.proc.world_size, self.device, tc.compile)
         self.logger = MetricsLogger(self.run_dir, tc.tensorboard, enabled=self.proc.is_main)
         if self.proc.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,14 +177,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _init_from(self, path: str) -> None:
-        """Weights (not optimiser state) from an export or a training checkpoint directory;
-        both hold ``model.safetensors`` with the unwrapped model's parameter names."""
-        from safetensors.torch import load_file
-
-        weights = Path(path) / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"train.init_from: {weights} does not exist")
-        missing, unexpected = self.model.load_state_dict(load_file(str(weights)), strict=False)
+        """Weights (not optimiser state) from an export or a training checkpoint directory of
+        either format (``single``/``dcp``), into the model before it is sharded."""
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"train.init_from: {path} does not exist")
+        try:
+            missing, unexpected = load_weights(path, self.model, strict=False)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"train.init_from: {e}") from None
         log.info(
             "init_from %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
         )
@@ -137,7 +198,7 @@ class Trainer:
             return
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.ema)
         self.step, self.samples = state["step"], state["samples_seen"]
-        self.data_state = state["data"]
+        self.data_state = data_position(state, self.proc.rank, self.proc.world_size)
         streams = state.get("rank_rng") or []
         if len(streams) == self.proc.world_size:
             set_rank_rng(streams[self.proc.rank])
@@ -155,9 +216,12 @@ class Trainer:
             start += s.steps
         return len(self.cfg.train.stages), self.cfg.train.stages[-1], start
 
-    def autocast(self):
+    def _bf16(self) -> bool:
         p = self.cfg.train.precision
-        if p == "bf16" or (p == "auto" and self.device.type == "cuda"):
+        return p == "bf16" or (p == "auto" and self.device.type == "cuda")
+
+    def autocast(self):
+        if self._bf16():
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -202,7 +266,10 @@ class Trainer:
             reconstruction=objective.cfg.needs_reconstruction,
             contrastive=objective.cfg.needs_contrastive,
             caption=objective.cfg.needs_caption,
+            pixel_fraction=objective.cfg.pixel_loss_fraction,
         )
+        if cfg.data.latents:
+            check_cache_vae(loader.latent_meta, self.model.vae)
         if self.proc.is_main:
             log.info(
                 "stage %d: %d px, steps %d-%d, global batch %d, peak lr %.3g, lpips %.2f",
@@ -215,25 +282,26 @@ class Trainer:
                 stage.lpips_weight,
             )
         self.train_model.train()
-        window, t0, n0 = {}, time.perf_counter(), 0
+        # Terms stay on the device; the host syncs once per log / checkpoint / eval step.
+        window, t0, n0 = StepTerms(), time.perf_counter(), 0
         for batch in loader:
             batch = {
                 k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                 for k, v in batch.items()
             }
-            with self.autocast():
-                out = self.train_model(batch, **branches)
-                loss, terms = objective(out)
-            if not torch.isfinite(loss):
-                detail = {k: float(v) for k, v in terms.items()}
-                raise NonFiniteLossError(f"non-finite loss at step {self.step}: {detail}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.optim.grad_clip)
-                if tc.optim.grad_clip
-                else None
+            terms = forward_backward(
+                self.train_model,
+                self.model,
+                objective,
+                batch,
+                tc.accum_steps,
+                branches,
+                self.autocast,
             )
+            if tc.optim.grad_clip:
+                params = self.model.parameters()
+                terms["grad_norm"] = clip_grad_norm_(params, tc.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             if self.model.text is not None:
@@ -241,20 +309,22 @@ class Trainer:
                     self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
             if self.ema is not None:
                 self.ema.update(self.model)
+            window.add(self.step, terms)
             self.step += 1
             self.samples += stage.batch_size
             n0 += stage.batch_size
-            for k, v in terms.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            window["_count"] = window.get("_count", 0) + 1
-            if grad_norm is not None:
-                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
             self.stopped = self.step == tc.stop_at
             last = self.step == end or self.stopped
+            evaluate = tc.eval_every and self.step % tc.eval_every == 0 and not last
+            if self.step % tc.log_every == 0 or self.step % tc.ckpt_every == 0 or evaluate or last:
+                bad = window.non_finite()  # the step's loss, checked before any save or log
+                if bad is not None:
+                    raise NonFiniteLossError(bad)
             if self.step % tc.log_every == 0 or last:
+                scalars = window.mean()
                 rate = n0 / (time.perf_counter() - t0)
-                self._log(window, rate, stage, index, bar)
-                window, t0, n0 = {}, time.perf_counter(), 0
+                self._log(scalars, rate, stage, index, bar)
+                t0, n0 = time.perf_counter(), 0
             if self.step % tc.ckpt_every == 0 or last:
                 self.data_state = loader.state_dict()
                 self.save(index)
@@ -262,7 +332,7 @@ class Trainer:
                 log.info(
                     "stopped at step %d (train.stop_at); resume with the same command", self.step
                 )
-            if tc.eval_every and self.step % tc.eval_every == 0 and not last:
+            if evaluate:
                 self.log_eval(self.evaluate(stage.resolution))
             if last:
                 break
@@ -270,9 +340,7 @@ class Trainer:
         if loader.skipped and self.proc.is_main:
             log.warning("stage %d: skipped %d unreadable samples", index, loader.skipped)
 
-    def _log(self, window: dict, rate: float, stage: StageConfig, index: int, bar) -> None:
-        count = window.pop("_count")
-        scalars = {k: v / count for k, v in window.items()}
+    def _log(self, scalars: dict, rate: float, stage: StageConfig, index: int, bar) -> None:
         scalars = all_reduce_mean(scalars, self.device)
         scalars.update(
             lr=self.optimizer.param_groups[0]["lr"],
@@ -287,7 +355,8 @@ class Trainer:
         state = {
             "samples_seen": self.samples,
             "stage": stage_index,
-            "data": self.data_state,
+            "data": self.data_state,  # rank 0's (the single format's readers expect one)
+            "data_ranks": gather_object(self.data_state),  # every rank's, for data_position
             "rank_rng": gather_rank_rng(),
             "config": to_dict(self.cfg),
         }
@@ -300,12 +369,21 @@ class Trainer:
             self.ema,
             state=state,
             keep_last=self.cfg.train.keep_last,
+            format=self.cfg.train.ckpt_format,
         )
 
     # ------------------------------------------------------------------ evaluation / export
     @contextlib.contextmanager
     def eval_weights(self):
-        """The EMA weights when EMA is on, else the live ones; eval mode inside."""
+        """The EMA weights when EMA is on, else the live ones; eval mode inside. Under FSDP2:
+        an unsharded copy on every rank (collective; evaluation and export call the model's
+        methods, which bypass the root ``forward`` that unshards)."""
+        if self.parallel == "fsdp":
+            model = unsharded_copy(self.model)
+            if self.ema is not None:
+                self.ema.copy_to(model)  # gathers the sharded shadows
+            yield model.eval()
+            return
         ctx = self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
         with ctx:
             self.model.eval()
@@ -333,8 +411,8 @@ class Trainer:
     def finish(self) -> dict:
         """Export ``run_dir/final`` (EMA weights when on), evaluate, write ``results.json``."""
         final = self.run_dir / "final"
-        if self.proc.is_main:
-            with self.eval_weights() as model:
+        with self.eval_weights() as model:  # every rank: gathers the shards under FSDP2
+            if self.proc.is_main:
                 model.save_pretrained(
                     str(final),
                     card={

@@ -1,0 +1,443 @@
+"""Latent cache: the frozen VAE's posterior mean, computed once and read back in training.
+
+``write_latent_cache(cfg)`` (``ov3 cache-latents``) runs the VAE encoder over a split once.
+Training with ``data.latents=<dir>`` then reads these shards instead of decoding and encoding
+images: the encoder step and the VAE encoder (273 GFLOP per 256 px image, spec section 5)
+disappear from the training step. The pixel losses still decode through the frozen VAE
+decoder, against the stored image.
+
+A cache directory holds, for one resolution, per split and writer part ``p`` of ``n``:
+
+    {split}-{p:03d}-{shard:06d}.tar   webdataset shards; one sample per image:
+        png                  the transformed image (3, R, R) as 8-bit PNG: the pixel target,
+                             bit-exact with the on-the-fly pipeline (x = level / 127.5 - 1)
+        txt, json            alt text; {"key", "caption", "label"} (the raw loader layout)
+        latent.safetensors   {"mean": (C, R/8, R/8)[, "mean_flip": the same for the
+                             horizontally flipped image]}, already scaled (``FrozenVAE.encode``)
+    {split}-{p:03d}.json              the part's meta, written last (its presence marks a
+                                      complete part): resolution, VAE identity, counts
+
+Flips: a sample is flipped when ``torch.rand(1)`` under ``sample_seed(seed, epoch, key)`` is
+below ``data.hflip``, the same draw ``RandomHorizontalFlip`` makes on the fly, so cached and
+on-the-fly training see the same flips. Random resized crops cannot be cached (refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from openvision3.data.folder import ImageFolderSource
+from openvision3.data.images import decode_image
+from openvision3.data.loader import (
+    BadSample,
+    DataConfig,
+    ImageTextLoader,
+    SampleProcessor,
+    SyntheticSource,
+    sample_seed,
+)
+from openvision3.data.transforms import pil_to_tensor, to_uint8
+from openvision3.data.webdataset import WebDatasetStream, _tar_samples, list_shards, raw_to_sample
+from openvision3.models.vae import FrozenVAE, VAEConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ov3-latent-cache"
+VERSION = 1
+LATENT_EXT = "latent.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class CacheLatentsConfig:
+    """``ov3 cache-latents``: which split to encode, with which VAE, into which directory.
+
+    ``out`` may hold "{resolution}"; ``part``/``parts`` split the work between processes
+    (one per GPU), process ``part`` taking samples part, part + parts, ...; ``seed`` seeds the
+    construction of a config-built (random) VAE exactly as the trainer does (``train.seed``).
+    """
+
+    out: str = ""
+    split: str = "train"
+    resolution: int = 128
+    flip: bool = True  # also store the latent of the horizontally flipped image
+    batch_size: int = 64
+    shard_size: int = 1000
+    dtype: str = "float32"  # of the stored latents: float32 | bfloat16 | float16
+    part: int = 0
+    parts: int = 1
+    device: str = "auto"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+
+    def __post_init__(self):
+        if self.resolution <= 0 or self.resolution % 16:
+            raise ValueError(f"resolution must be a positive multiple of 16, got {self.resolution}")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("batch_size and shard_size must be >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not 0 <= self.part < self.parts:
+            raise ValueError(f"need 0 <= part < parts, got {self.part}, {self.parts}")
+
+    @classmethod
+    def from_experiment(cls, exp, **overrides) -> CacheLatentsConfig:
+        """Defaults from an ``ExperimentConfig``: its data, VAE, seed, first stage resolution."""
+        fields = dict(
+            out=exp.data.latents,
+            resolution=exp.train.stages[0].resolution,
+            seed=exp.train.seed,
+            data=dataclasses.replace(exp.data, latents=""),
+            vae=exp.model.vae,
+        )
+        return cls(**{**fields, **overrides})
+
+
+def resolve(path: str, resolution: int) -> str:
+    return path.replace("{resolution}", str(resolution))
+
+
+def vae_fingerprint(vae: FrozenVAE) -> str:
+    """sha256 of the VAE's weights and latent convention: the cache is only valid for it."""
+    h = hashlib.sha256()
+    c = vae.cfg
+    h.update(f"{c.convention}/{c.scaling_factor}/{c.shift_factor}".encode())
+    for name, t in sorted(vae.vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- writer
+def _raw_samples(data: DataConfig, split: str, resolution: int, stride: int, offset: int):
+    """Loaders of this share's raw samples (as ``SampleProcessor`` takes them): samples
+    offset, offset + stride, ... of the source, or whole shards when there are enough."""
+    if data.source == "webdataset":
+        shards = list_shards(data.path, split)
+        if len(shards) >= stride:
+            shards, stride, offset = shards[offset::stride], 1, 0
+        for i, raw in enumerate(_tar_samples(shards)):
+            if i % stride == offset:
+                yield lambda raw=raw: raw_to_sample(raw, data.alt_text_key, data.caption_key)
+        return
+    if data.source == "synthetic":
+        source = SyntheticSource(data.synthetic, split, resolution)
+    else:
+        source = ImageFolderSource(data.path, data.captions_file, split)
+    for i in range(offset, len(source), stride):
+        yield lambda i=i: source.load(i)
+
+
+def _identity(x):
+    return x
+
+
+class _ProcessedSamples(torch.utils.data.IterableDataset):
+    """This part's samples, processed (eval transform) in DataLoader workers; a failure becomes
+    ``{"bad": (key, reason)}`` so the writer counts it instead of stopping."""
+
+    def __init__(self, cfg: CacheLatentsConfig):
+        self.cfg = cfg
+        self.processor = SampleProcessor(cfg.data, cfg.resolution, train=False)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        c = self.cfg
+        stride, offset = c.parts * workers, c.part * workers + worker
+        for load in _raw_samples(c.data, c.split, c.resolution, stride, offset):
+            key = "?"
+            try:
+                raw = load()
+                key = str(raw.get("key", key))
+                yield self.processor(raw)
+            except Exception as e:  # never stop a long job on one sample; counted and logged
+                yield {"bad": (key, f"{type(e).__name__}: {e}")}
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """(3, H, W) in [-1, 1] -> PNG bytes (exact: the tensor came from 8-bit levels)."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class _ShardSink:
+    """Webdataset tars of at most ``shard_size`` samples, each written to a temporary name and
+    renamed when complete, so a crash never leaves a truncated shard under a shard name."""
+
+    def __init__(self, out: str, split: str, part: int, shard_size: int):
+        self.out, self.prefix, self.shard_size = out, f"{split}-{part:03d}", shard_size
+        self.shards: list[str] = []
+        self.writer, self.count = None, 0
+
+    def write(self, sample: dict) -> None:
+        import webdataset as wds
+
+        if self.writer is None:
+            name = f"{self.prefix}-{len(self.shards):06d}.tar"
+            self.tmp = os.path.join(self.out, name + ".tmp")
+            self.writer, self.name, self.count = wds.TarWriter(self.tmp), name, 0
+        self.writer.write(sample)
+        self.count += 1
+        if self.count == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, os.path.join(self.out, self.name))
+            self.shards.append(self.name)
+            self.writer = None
+
+
+def _encode_and_write(vae, samples: list[dict], cfg: CacheLatentsConfig, sink, device) -> None:
+    x = torch.stack([s["image"] for s in samples])  # (B, 3, R, R)
+    dtype = DTYPES[cfg.dtype]
+    from safetensors.torch import save
+
+    mean = vae.encode(x.to(device)).to("cpu", dtype)  # (B, C, R/8, R/8)
+    flip = vae.encode(x.flip(-1).to(device)).to("cpu", dtype) if cfg.flip else None
+    for i, s in enumerate(samples):
+        tensors = {"mean": mean[i].contiguous()}
+        if flip is not None:
+            tensors["mean_flip"] = flip[i].contiguous()
+        meta = {"key": s["key"], "caption": s["caption"], "label": s["label"]}
+        sink.write(
+            {
+                "__key__": s["key"].replace(".", "_").replace("/", "_"),  # tar keys: no dots
+                "png": _png(s["image"]),
+                "txt": s["alt_text"],
+                "json": meta,
+                LATENT_EXT: save(tensors),
+            }
+        )
+
+
+def write_latent_cache(cfg: CacheLatentsConfig, vae: FrozenVAE | None = None) -> dict:
+    """Encode ``cfg.split`` (this part of it) and write shards + meta; returns the meta.
+
+    ``vae``: the frozen VAE to use; default built from ``cfg.vae`` (after seeding with
+    ``cfg.seed``, so a config-built VAE equals the trainer's). Unreadable samples are skipped,
+    logged with their key and counted in ``meta["skipped"]``.
+    """
+    from openvision3.distributed.process import pick_device
+
+    if not cfg.out:
+        raise ValueError("cache-latents needs an output directory: --out DIR")
+    device = pick_device(cfg.device)
+    if vae is None:
+        torch.manual_seed(cfg.seed)
+        vae = FrozenVAE(cfg.vae)
+    vae = vae.to(device).eval()
+    out = resolve(cfg.out, cfg.resolution)
+    os.makedirs(out, exist_ok=True)
+    sink = _ShardSink(out, cfg.split, cfg.part, cfg.shard_size)
+    loader = torch.utils.data.DataLoader(
+        _ProcessedSamples(cfg),
+        batch_size=None,
+        num_workers=cfg.data.num_workers,
+        collate_fn=_identity,
+    )
+    pending, written, bad = [], 0, []
+    for sample in loader:
+        if "bad" in sample:
+            bad.append(sample["bad"])
+            log.warning("skipped %r (%s); %d skipped so far", *sample["bad"], len(bad))
+            continue
+        pending.append(sample)
+        if len(pending) == cfg.batch_size:
+            _encode_and_write(vae, pending, cfg, sink, device)
+            written, pending = written + len(pending), []
+    if pending:
+        _encode_and_write(vae, pending, cfg, sink, device)
+        written += len(pending)
+    sink.close()
+    c = cfg.resolution // vae.cfg.downsample
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "split": cfg.split,
+        "resolution": cfg.resolution,
+        "resize": cfg.data.resize,
+        "flip": cfg.flip,
+        "dtype": cfg.dtype,
+        "latent_shape": [vae.cfg.latent_channels, c, c],
+        "vae": {
+            "pretrained": cfg.vae.pretrained,
+            "convention": vae.cfg.convention,
+            "scaling_factor": vae.cfg.scaling_factor,
+            "shift_factor": vae.cfg.shift_factor,
+            "fingerprint": vae_fingerprint(vae),
+        },
+        "source": {"source": cfg.data.source, "path": cfg.data.path},
+        "part": cfg.part,
+        "parts": cfg.parts,
+        "written": written,
+        "skipped": len(bad),
+        "skipped_keys": [k for k, _ in bad[:100]],
+        "shards": sink.shards,
+    }
+    meta_path = os.path.join(out, f"{cfg.split}-{cfg.part:03d}.json")
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+    log.info("cached %d latents of %r in %s (%d skipped)", written, cfg.split, out, len(bad))
+    return meta
+
+
+# ---------------------------------------------------------------------- reader
+def read_cache_meta(path: str, split: str) -> dict:
+    """The merged meta of every written part of ``split`` under ``path`` (a cache directory)."""
+    metas = []
+    for p in sorted(glob.glob(os.path.join(path, f"{split}-[0-9][0-9][0-9].json"))):
+        with open(p) as f:
+            metas.append(json.load(f))
+    if not metas:
+        raise FileNotFoundError(
+            f"no latent cache of split {split!r} in {path!r}: write it with `ov3 cache-latents`"
+        )
+    parts = {m["parts"] for m in metas}
+    if len(parts) != 1 or len(metas) != parts.pop():
+        raise ValueError(
+            f"latent cache {path!r}: {len(metas)} parts written of {metas[0]['parts']}"
+        )
+    same = ("format", "version", "resolution", "resize", "flip", "latent_shape", "vae")
+    for m in metas[1:]:
+        diff = [k for k in same if m[k] != metas[0][k]]
+        if diff:
+            raise ValueError(f"latent cache {path!r}: parts disagree on {diff}")
+    merged = {k: metas[0][k] for k in same + ("split", "dtype", "source")}
+    merged["written"] = sum(m["written"] for m in metas)
+    merged["skipped"] = sum(m["skipped"] for m in metas)
+    return merged
+
+
+def check_cache_vae(meta: dict, vae: FrozenVAE | None) -> None:
+    """Raise unless the cache was written by exactly this VAE, with posterior means."""
+    if vae is None:
+        raise ValueError("data.latents: the model has no VAE to decode the pixel losses with")
+    if vae.cfg.sample_posterior:
+        raise ValueError(
+            "data.latents stores posterior means; set model.vae.sample_posterior=False"
+        )
+    if meta["vae"]["fingerprint"] != vae_fingerprint(vae):
+        raise ValueError(
+            f"data.latents was written with another VAE ({meta['vae']['pretrained']!r}, "
+            f"{meta['vae']['convention']}) than the model's ({vae.cfg.pretrained!r}, "
+            f"{vae.cfg.convention}); rewrite it with `ov3 cache-latents`"
+        )
+
+
+class LatentSampleProcessor:
+    """Raw cached sample -> {"image", "latent", texts, label, key}; a list -> a batch.
+
+    Picklable (runs in DataLoader workers). The flip is drawn per sample from
+    ``sample_seed(seed, epoch, key)`` like the on-the-fly transform (module docstring).
+    """
+
+    def __init__(self, cfg: DataConfig, resolution: int):
+        self.text = SampleProcessor(dataclasses.replace(cfg, hflip=0.0), resolution, train=False)
+        self.resolution, self.hflip, self.seed = resolution, cfg.hflip, cfg.seed
+
+    def __call__(self, raw: dict, epoch: int = 0) -> dict:
+        from safetensors.torch import load
+
+        key = raw["key"]
+        alt, caption = (raw.get("alt_text") or "").strip(), (raw.get("caption") or "").strip()
+        if not alt and not caption:
+            raise BadSample(f"sample {key!r} has no alt text and no caption")
+        if raw.get("image") is None or raw.get("latent") is None:
+            raise BadSample(f"sample {key!r} has no image or no {LATENT_EXT}")
+        x = pil_to_tensor(decode_image(raw["image"], key))  # (3, R, R)
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            raise BadSample(f"sample {key!r} is {tuple(x.shape)}, not {self.resolution} px")
+        tensors = load(raw["latent"])
+        flip = False
+        if self.hflip > 0:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, key))
+            flip = bool(torch.rand(1, generator=g) < self.hflip)
+        if flip:
+            x, z = x.flip(-1), tensors["mean_flip"]
+        else:
+            z = tensors["mean"]
+        return {
+            "image": x,
+            "latent": z.float(),
+            "alt_text": alt,
+            "caption": caption,
+            "label": raw.get("label"),
+            "key": key,
+        }
+
+    def collate(self, samples: list[dict]) -> dict:
+        """The image loader's batch plus ``latents`` float32 (B, C, R/8, R/8)."""
+        batch = self.text.collate(samples)
+        batch["latents"] = torch.from_numpy(np.stack([s["latent"].numpy() for s in samples]))
+        return batch
+
+
+class LatentStream(WebDatasetStream):
+    """The webdataset stream (same order, sharding and resume) over latent-cache shards."""
+
+    def _try(self, raw: dict, epoch: int, samples: list, bad: list) -> None:
+        key = raw.get("__key__", "?")
+        try:
+            sample = raw_to_sample(raw, *self.text_keys)
+            meta = json.loads(raw["json"]) if "json" in raw else {}
+            sample["key"] = meta.get("key", sample["key"])  # the source's key (flip seed)
+            sample["latent"] = raw.get(LATENT_EXT)
+            samples.append(self.process(sample, epoch))
+        except Exception as e:  # never crash on one sample; it is reported by the loader
+            bad.append((key, f"{type(e).__name__}: {e}"))
+
+
+def build_latent_loader(
+    cfg: DataConfig, split: str, resolution: int, batch_size: int, rank: int, world_size: int
+) -> ImageTextLoader:
+    """Train loader over a latent cache: the image loader's batches plus ``latents``.
+
+    Same order, resume and skipping as the webdataset train loader; ``loader.latent_meta``
+    holds the cache meta (check it against the model's VAE with ``check_cache_vae``).
+    """
+    path = resolve(cfg.latents, resolution)
+    meta = read_cache_meta(path, split)
+    if meta["resolution"] != resolution:
+        raise ValueError(
+            f"latent cache {path!r} is at {meta['resolution']} px, the stage at {resolution} px; "
+            "put '{resolution}' in data.latents and cache every stage's resolution"
+        )
+    if meta["resize"] != cfg.resize:
+        raise ValueError(f"latent cache used resize={meta['resize']!r}, data.resize={cfg.resize!r}")
+    if cfg.hflip > 0 and not meta["flip"]:
+        raise ValueError("data.hflip > 0 needs a cache written with flips (cache-latents --flip)")
+    processor = LatentSampleProcessor(cfg, resolution)
+    stream = LatentStream(
+        list_shards(path, split),
+        process=processor,
+        collate=processor.collate,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.seed,
+        train=True,
+        num_workers=cfg.num_workers,
+        shuffle_buffer=cfg.shuffle_buffer,
+        alt_text_key="txt",  # the cache's own layout, whatever the source used
+        caption_key="caption",
+    )
+    loader = ImageTextLoader(stream, None, train=True, num_workers=cfg.num_workers)
+    loader.latent_meta = meta
+    return loader

@@ -1,0 +1,74 @@
+"""Export a training checkpoint (``single`` or ``dcp``, any world size) as a pretrained model.
+
+``ov3 export <checkpoint or run dir> <out dir>`` writes what ``Trainer.finish`` writes into
+``run_dir/final`` (``config.json`` + ``model.safetensors`` + ``model_card.json``, and ``vae/``
+for config-built VAEs), in one process and without a process group: DCP reads every rank's
+shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from openvision3.config import ExperimentConfig
+from openvision3.dataclass_io import from_dict
+from openvision3.models.openvision3 import OpenVision3
+from openvision3.train.checkpoint import find_latest, read_meta
+from openvision3.train.checkpoint_dcp import load_weights
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str = "auto") -> Path:
+    """Write ``out_dir`` (``save_pretrained`` layout) from a checkpoint directory, or from the
+    newest checkpoint of a run directory. ``weights``: ``auto`` (the EMA when the run kept
+    one, as ``Trainer.finish``), ``ema`` or ``live``. Returns ``out_dir``.
+
+    The model is rebuilt from the run's config with the run's seed, so a VAE built from a
+    config (random weights, e.g. ``ov3-mu``) comes out exactly as in training; pretrained
+    VAEs load from their own source.
+    """
+    from openvision3.train.trainer import prune_model_config
+
+    if weights not in ("auto", "ema", "live"):
+        raise ValueError(f"weights must be auto, ema or live, got {weights!r}")
+    path = Path(checkpoint)
+    if not (path / "state.json").is_file():
+        latest = find_latest(path)
+        if latest is None:
+            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
+        path = latest
+    meta = read_meta(path)
+    cfg = from_dict(ExperimentConfig, meta["state"]["config"])
+    has_ema = (path / "ema.safetensors").is_file() or bool(meta.get("ema"))
+    use_ema = has_ema if weights == "auto" else weights == "ema"
+    torch.manual_seed(cfg.train.seed)  # as Trainer.__init__: the same config-built VAE
+    model = OpenVision3(prune_model_config(cfg.model, cfg.objective))
+    load_weights(path, model, ema=use_ema, strict=True)
+    model.save_pretrained(
+        str(out_dir),
+        card={
+            "experiment": cfg.name,
+            "steps": meta["step"],
+            "samples_seen": meta["state"].get("samples_seen"),
+            "data": cfg.data.source,
+            "weights": "ema" if use_ema else "live",
+            "exported_from": str(path),
+        },
+    )
+    log.info("exported %s (%s weights) to %s", path, "EMA" if use_ema else "live", out_dir)
+    return Path(out_dir)
+
+
+@dataclass
+class ExportArgs:
+    """``ov3 export``: a training checkpoint -> ``config.json`` + ``model.safetensors``."""
+
+    checkpoint: str  # a checkpoint directory (step_XXXXXXXX) or a run directory (its newest)
+    out: str  # output directory
+    weights: Literal["auto", "ema", "live"] = "auto"  # auto: EMA when the run kept one
