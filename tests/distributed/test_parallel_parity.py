@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tests.dist_utils import free_port
+from tests.dist_utils import free_port, worker_env
 
 from openvision3.configs import get_preset
 from openvision3.distributed.parallelize import clip_grad_norm_, is_sharded, parallelize
@@ -78,10 +78,7 @@ def _step(train_model, model, objective, batch) -> dict:
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
+    worker_env(rank, world, port)
     torch.distributed.init_process_group("gloo")
     cfg = _cfg()
     objective = Objective(cfg.objective)

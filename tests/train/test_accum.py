@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port
+from tests.dist_utils import free_port, worker_env
 
 from openvision3.config import StageConfig
 from openvision3.configs import get_preset
@@ -198,9 +198,8 @@ def test_step_syncs_with_the_host_only_at_log_steps(tmp_path, monkeypatch):
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    worker_env(rank, world, port)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     from torch.nn.parallel import DistributedDataParallel
 
     batch = synthetic_batch(8)

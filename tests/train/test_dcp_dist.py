@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port
+from tests.dist_utils import free_port, worker_env
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.tensor import DTensor
 
@@ -70,19 +70,8 @@ def assert_same(a, b, where="state"):
         assert a == b, where
 
 
-def _setenv(rank, world, port):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-
-
 def _save_on_two(rank, world, port, run_dir, out):
-    _setenv(rank, world, port)
+    worker_env(rank, world, port)
     trainer = Trainer(_cfg(run_dir, stop_at=2))
     assert trainer.fit() == {"stopped_at": 2}
     state = full_state(trainer)
@@ -118,7 +107,7 @@ def test_fsdp_checkpoint_resumes_on_one_process_and_exports(tmp_path):
 
 
 def _resume_on_two(rank, world, port, run_dir, out):
-    _setenv(rank, world, port)
+    worker_env(rank, world, port)
     trainer = Trainer(_cfg(run_dir))
     resumed = full_state(trainer)
     trainer.fit()  # to the end: FSDP2 export (run_dir/final) and evaluation

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port
+from tests.dist_utils import free_port, worker_env
 
 from openvision3.cli import main
 from openvision3.config import ExperimentConfig, StageConfig
@@ -109,14 +109,7 @@ def test_demo_command_writes_report(tmp_path):
 
 
 def _ddp_worker(rank, world, port, run_dir, out):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    worker_env(rank, world, port)
     cfg = smoke(run_dir)
     trainer = Trainer(cfg)
     trainer.fit()
