@@ -49,6 +49,7 @@ from openvision3.data.loader import (
 )
 from openvision3.data.transforms import pil_to_tensor, to_uint8
 from openvision3.data.webdataset import WebDatasetStream, _tar_samples, list_shards, raw_to_sample
+from openvision3.files import write_json
 from openvision3.models.vae import FrozenVAE, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -291,9 +292,7 @@ def write_latent_cache(cfg: CacheLatentsConfig, vae: FrozenVAE | None = None) ->
         "shards": sink.shards,
     }
     meta_path = os.path.join(out, f"{cfg.split}-{cfg.part:03d}.json")
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
+    write_json(meta_path, meta)
     log.info("cached %d latents of %r in %s (%d skipped)", written, cfg.split, out, len(bad))
     return meta
 

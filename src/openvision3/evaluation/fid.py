@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from openvision3.evaluation.reduce import all_reduce_sum, is_rank0
+from openvision3.files import atomic_write
 from openvision3.models.vae import MissingWeightsError
 
 # torch-fidelity's conversion of the TF 2015-12-05 Inception graph (the FID reference network).
@@ -124,16 +125,15 @@ class FeatureStats:
 
     def save(self, path: str, identity: dict) -> None:
         """Atomically write the sums and ``identity`` (JSON) to ``path`` (.npz)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(
-            tmp,
+        if not path.endswith(".npz"):
+            raise ValueError(f"FID statistics are written as .npz, got {path!r}")
+        arrays = dict(
             sum=self.sum.numpy(),
             outer=self.outer.numpy(),
             count=np.int64(self.count),
             identity=np.array(json.dumps(identity, sort_keys=True)),
         )
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))  # tmp keeps the .npz suffix
 
     @classmethod
     def load(cls, path: str) -> FeatureStats:

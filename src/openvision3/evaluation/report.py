@@ -10,6 +10,8 @@ import json
 import math
 import os
 
+from openvision3.files import write_json
+
 MAX_BAR_CLASSES = 100  # a per-class bar plot past this is unreadable
 
 
@@ -133,10 +135,7 @@ def write_report(results: dict, out_dir: str) -> None:
     for out in flat["tasks"].values():  # JSON keeps the metric floats; NaN as null
         out["metrics"] = {k: None if isinstance(v, float) and math.isnan(v) else v
                           for k, v in out["metrics"].items()}  # fmt: skip
-    tmp = os.path.join(out_dir, f".results.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(flat, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(out_dir, "results.json"))
+    write_json(os.path.join(out_dir, "results.json"), flat, default=str)
     model, data = results["model"], results["data"]
     lines = [
         "# Evaluation report",

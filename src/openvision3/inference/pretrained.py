@@ -20,6 +20,7 @@ import time
 import torch
 
 from openvision3.dataclass_io import from_dict, to_dict
+from openvision3.files import atomic_write, write_json
 from openvision3.models.encoder import EncoderConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import FrozenVAE, MissingWeightsError, VAEConfig
@@ -70,11 +71,12 @@ def save_pretrained(
     if has_vae and include_vae:
         model.vae.save_pretrained(os.path.join(path, "vae"))
         config["vae_subfolder"] = "vae"
-    tmp = os.path.join(path, f".{WEIGHTS_NAME}.tmp-{os.getpid()}")
-    save_model(_unwrap(model), tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
-    _write_json(os.path.join(path, CONFIG_NAME), config)
-    _write_json(os.path.join(path, CARD_NAME), _card(model, card))
+    weights = os.path.join(path, WEIGHTS_NAME)
+    atomic_write(
+        weights, lambda tmp: save_model(_unwrap(model), str(tmp), metadata={"format": "pt"})
+    )
+    write_json(os.path.join(path, CONFIG_NAME), config)
+    write_json(os.path.join(path, CARD_NAME), _card(model, card))
 
 
 def _card(model: OpenVision3, extra: dict | None) -> dict:
@@ -97,13 +99,6 @@ def _card(model: OpenVision3, extra: dict | None) -> dict:
     }
     card.update(extra or {})
     return card
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 import torch
 from tyro.conf import Positional, arg
 
+from openvision3.files import atomic_write
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.inputs import Batch, batches, list_items
 from openvision3.inference.latent_stats import LatentStats, load_latent_stats, normalize
@@ -25,7 +26,6 @@ from openvision3.inference.writers import (
     JsonlWriter,
     RunDir,
     TokenShardWriter,
-    _atomic,
     image_name,
     save_image,
 )
@@ -308,7 +308,7 @@ def run_latent_stats(cfg: LatentStatsConfig) -> int:
     def finish() -> None:
         if stats.count:
             meta = {"model": cfg.model, "resolution": pipe.resolution}
-            _atomic(run.target(name), lambda p: stats.save(str(p), pipe.token_grid(), meta))
+            atomic_write(run.target(name), lambda p: stats.save(str(p), pipe.token_grid(), meta))
             run.written = stats.count
 
     extra = lambda: {"images": stats.count}  # noqa: E731

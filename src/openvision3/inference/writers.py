@@ -19,20 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from openvision3.files import atomic_write, write_json
+
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.json"
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path`` (readers never see a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class RunDir:
@@ -148,7 +138,7 @@ class RunDir:
             "files": [f for f in self.files if f],
             **(extra or {}),
         }
-        _atomic(self.path / SUMMARY, lambda p: p.write_text(json.dumps(out, indent=2)))
+        write_json(self.path / SUMMARY, out)
         return out
 
 
@@ -188,7 +178,7 @@ class TokenShardWriter:
             return
         arrays = {name: torch.cat(parts) for name, parts in self.arrays.items()}
         name = f"tokens-{self.run.next_index('tokens'):05d}.{_EXT[self.fmt]}"
-        _atomic(self.run.target(name), lambda tmp: self._write(tmp, arrays))
+        atomic_write(self.run.target(name), lambda tmp: self._write(tmp, arrays))
         self.run.record_done(self.keys, name)
         self.keys, self.arrays = [], {}
 
@@ -248,7 +238,7 @@ class JsonlWriter:
                         break
                     if row.get("key") in run.done:
                         rows.append(line if line.endswith("\n") else line + "\n")
-            _atomic(self.path, lambda p: p.write_text("".join(rows), encoding="utf-8"))
+            atomic_write(self.path, lambda p: p.write_text("".join(rows), encoding="utf-8"))
 
     def write(self, rows: list[dict]) -> None:
         """Append rows (each with a ``key``) durably, then record their keys."""
@@ -268,4 +258,4 @@ def image_name(key: str, ext: str) -> str:
 def save_image(run: RunDir, name: str, image) -> None:
     """Write a PIL image atomically as ``run.path / name`` (format from the extension)."""
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[name.rsplit(".", 1)[1]]
-    _atomic(run.target(name), lambda p: image.save(p, format=fmt))
+    atomic_write(run.target(name), lambda p: image.save(p, format=fmt))
