@@ -99,6 +99,22 @@ def test_export_load_round_trip_offline(tmp_path, model_dir):
         load("nobody/no-such-openvision3-model", device="cpu")
 
 
+def test_version_1_exports_keep_their_caption_decoder(tmp_path, model_dir):
+    """Exports written before caption.image_pos existed load with the prefix they were
+    trained with ("none"), not the newer default."""
+    original = OpenVision3.from_pretrained(model_dir)
+    assert original.cfg.caption is not None
+    out = tmp_path / "export"
+    original.save_pretrained(str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["version"] == 2
+    assert OpenVision3.from_pretrained(str(out)).cfg.caption.image_pos == "sincos"
+    config["version"] = 1
+    del config["model"]["caption"]["image_pos"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert OpenVision3.from_pretrained(str(out)).cfg.caption.image_pos == "none"
+
+
 def test_open_clip_reference_matches_our_encoder():
     """The bench's released-recipe ViT is our encoder in open_clip's layout (sin-cos and
     learned tables, native and other grids)."""

@@ -31,6 +31,7 @@ CARD_NAME = "model_card.json"
 RELEASED_CONFIG = "open_clip_config.json"
 RELEASED_WEIGHTS = "open_clip_pytorch_model.bin"
 FORMAT = "openvision3"
+VERSION = 2  # 2: caption.image_pos (see _upgrade)
 
 
 def resolve(path: str) -> str:
@@ -67,7 +68,7 @@ def save_pretrained(
     cfg = model.cfg
     has_vae = model.vae is not None
     include_vae = (not cfg.vae.pretrained) if include_vae is None else include_vae
-    config = {"format": FORMAT, "version": 1, "model": to_dict(cfg), "has_vae": has_vae}
+    config = {"format": FORMAT, "version": VERSION, "model": to_dict(cfg), "has_vae": has_vae}
     if has_vae and include_vae:
         model.vae.save_pretrained(os.path.join(path, "vae"))
         config["vae_subfolder"] = "vae"
@@ -151,6 +152,16 @@ def _build_vae(vae, cfg: VAEConfig, local_vae_dir: str | None) -> FrozenVAE | No
     return FrozenVAE(cfg)
 
 
+def _upgrade(config: dict) -> dict:
+    """The model dict of an export, with fields added since its version set to what its
+    weights were trained with (a newer default would silently change the model)."""
+    model = dict(config["model"])
+    if config.get("version", 1) < 2 and model.get("caption"):
+        # version 2 added caption.image_pos (default "sincos"); earlier decoders had none
+        model["caption"] = {"image_pos": "none", **model["caption"]}
+    return model
+
+
 def _load_ours(local: str, vae) -> OpenVision3:
     from safetensors.torch import load_model
 
@@ -160,7 +171,7 @@ def _load_ours(local: str, vae) -> OpenVision3:
         raise ValueError(
             f"{local}/{CONFIG_NAME} is not an OpenVision3 config (format={config.get('format')!r})"
         )
-    cfg = from_dict(ModelConfig, config["model"], "model")
+    cfg = from_dict(ModelConfig, _upgrade(config), "model")
     vae_dir = os.path.join(local, config["vae_subfolder"]) if config.get("vae_subfolder") else None
     model = OpenVision3(cfg, vae=_build_vae(vae, cfg.vae, vae_dir))
     weights = os.path.join(local, WEIGHTS_NAME)
