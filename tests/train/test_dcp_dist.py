@@ -10,28 +10,19 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from tests.dist_utils import free_port, worker_env
+from tests.train.test_dcp import _smoke
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.tensor import DTensor
 
 from openvision3.cli import main
-from openvision3.config import StageConfig
-from openvision3.configs import get_preset
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.trainer import Trainer
 
 
 def _cfg(run_dir, **train):
-    cfg = get_preset("demo_smoke")
-    cfg.run_dir = str(run_dir)
-    cfg.train.stages = [
-        StageConfig(resolution=32, steps=4, batch_size=4, base_lr=0.05, warmup_steps=1)
-    ]
-    cfg.train.ckpt_every, cfg.train.log_every = 2, 1
-    cfg.train.ema_decay, cfg.train.ckpt_format, cfg.train.parallel = 0.9, "dcp", "fsdp"
-    cfg.eval.num_images = 4
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+    """test_dcp's smoke run (dcp checkpoints, EMA) sharded with FSDP2, no activation
+    checkpointing."""
+    return _smoke(run_dir, **{"parallel": "fsdp", "activation_checkpointing": False, **train})
 
 
 def full_state(trainer: Trainer) -> dict:

@@ -65,12 +65,12 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
-_WRAPPER_ATTRS = ("_orig_mod", "_checkpoint_wrapped_module")  # torch.compile, AC wrapper
+WRAPPER_ATTRS = ("_orig_mod", "_checkpoint_wrapped_module")  # torch.compile, AC wrapper
 
 
 def _inner(module: nn.Module) -> nn.Module:
     """The module under the compile / activation-checkpoint wrappers."""
-    for attr in _WRAPPER_ATTRS:
+    for attr in WRAPPER_ATTRS:
         module = getattr(module, attr, module)
     return module
 
@@ -81,7 +81,7 @@ def _block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
         (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if name not in _WRAPPER_ATTRS and isinstance(_inner(child), Block)
+        if name not in WRAPPER_ATTRS and isinstance(_inner(child), Block)
     ]
 
 

@@ -42,13 +42,14 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from openvision3.distributed.parallelize import is_sharded
+from openvision3.distributed.parallelize import WRAPPER_ATTRS, is_sharded
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 # Wrapper attributes whose names leak into state-dict keys: torch.compile, DDP/DataParallel,
-# torch.distributed activation-checkpoint wrappers.
-_WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+# torch.distributed activation-checkpoint wrappers (the block wrappers of parallelize.py) and the
+# FSDP1 wrapper.
+_WRAPPER_PARTS = (*WRAPPER_ATTRS, "_fsdp_wrapped_module")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
