@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from openvision3.distributed.parallelize import unwrap_model
 from openvision3.train import checkpoint as ckpt
 from openvision3.train.checkpoint import (
     clean_key,
@@ -16,7 +17,6 @@ from openvision3.train.checkpoint import (
     find_latest,
     load_checkpoint,
     save_checkpoint,
-    unwrap_model,
 )
 from openvision3.train.ema import EMA
 from openvision3.train.optim import OptimConfig, build_optimizer, build_scheduler

@@ -68,6 +68,17 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 WRAPPER_ATTRS = ("_orig_mod", "_checkpoint_wrapped_module")  # torch.compile, AC wrapper
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` / DDP / DataParallel wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def _inner(module: nn.Module) -> nn.Module:
     """The module under the compile / activation-checkpoint wrappers."""
     for attr in WRAPPER_ATTRS:

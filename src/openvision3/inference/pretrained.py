@@ -20,6 +20,7 @@ import time
 import torch
 
 from openvision3.dataclass_io import from_dict, to_dict
+from openvision3.distributed.parallelize import unwrap_model
 from openvision3.files import atomic_write, write_json
 from openvision3.models.encoder import EncoderConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
@@ -74,7 +75,7 @@ def save_pretrained(
         config["vae_subfolder"] = "vae"
     weights = os.path.join(path, WEIGHTS_NAME)
     atomic_write(
-        weights, lambda tmp: save_model(_unwrap(model), str(tmp), metadata={"format": "pt"})
+        weights, lambda tmp: save_model(unwrap_model(model), str(tmp), metadata={"format": "pt"})
     )
     write_json(os.path.join(path, CONFIG_NAME), config)
     write_json(os.path.join(path, CARD_NAME), _card(model, card))
@@ -100,12 +101,6 @@ def _card(model: OpenVision3, extra: dict | None) -> dict:
     }
     card.update(extra or {})
     return card
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def load_pretrained(

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from openvision3.distributed.parallelize import WRAPPER_ATTRS, is_sharded
+from openvision3.distributed.parallelize import WRAPPER_ATTRS, is_sharded, unwrap_model
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -50,17 +50,6 @@ _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 # torch.distributed activation-checkpoint wrappers (the block wrappers of parallelize.py) and the
 # FSDP1 wrapper.
 _WRAPPER_PARTS = (*WRAPPER_ATTRS, "_fsdp_wrapped_module")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``torch.compile`` / DDP / DataParallel wrappers."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
 
 
 def clean_key(key: str) -> str:

@@ -45,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from openvision3.distributed.parallelize import unwrap_model
 from openvision3.distributed.process import gather_object
 from openvision3.train.checkpoint import (
     _load_tree,
@@ -54,7 +55,6 @@ from openvision3.train.checkpoint import (
     read_meta,
     rng_state,
     set_rng_state,
-    unwrap_model,
 )
 
 
