@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from openvision3.distributed.parallelize import unwrap_model
 from openvision3.train import checkpoint as ckpt
 from openvision3.train.checkpoint import (
     clean_key,
@@ -20,6 +19,7 @@ from openvision3.train.checkpoint import (
 )
 from openvision3.train.ema import EMA
 from openvision3.train.optim import OptimConfig, build_optimizer, build_scheduler
+from openvision3.wrappers import unwrap_model
 
 FILES = {
     "model.safetensors",

@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from openvision3.models.layers import Block
 from openvision3.models.openvision3 import OpenVision3
+from openvision3.wrappers import WRAPPER_ATTRS
 
 PARALLEL_MODES = ("auto", "ddp", "fsdp")
 
@@ -63,20 +64,6 @@ def resolve_parallel(parallel: str, world_size: int) -> str:
 def blocks(model: nn.Module) -> list[nn.Module]:
     """Every transformer block of every tower (the unit for compile / checkpointing / sharding)."""
     return [m for m in model.modules() if isinstance(m, Block)]
-
-
-WRAPPER_ATTRS = ("_orig_mod", "_checkpoint_wrapped_module")  # torch.compile, AC wrapper
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``torch.compile`` / DDP / DataParallel wrappers."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
-        elif isinstance(model, (DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
 
 
 def _inner(module: nn.Module) -> nn.Module:

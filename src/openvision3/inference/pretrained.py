@@ -20,11 +20,11 @@ import time
 import torch
 
 from openvision3.dataclass_io import from_dict, to_dict
-from openvision3.distributed.parallelize import unwrap_model
 from openvision3.files import atomic_write, write_json
 from openvision3.models.encoder import EncoderConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import FrozenVAE, MissingWeightsError, VAEConfig
+from openvision3.wrappers import unwrap_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

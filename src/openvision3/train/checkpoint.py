@@ -42,7 +42,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from openvision3.distributed.parallelize import WRAPPER_ATTRS, is_sharded, unwrap_model
+from openvision3.distributed.parallelize import is_sharded
+from openvision3.wrappers import WRAPPER_ATTRS, unwrap_model
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")

@@ -45,7 +45,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from openvision3.distributed.parallelize import unwrap_model
 from openvision3.distributed.process import gather_object
 from openvision3.train.checkpoint import (
     _load_tree,
@@ -56,6 +55,7 @@ from openvision3.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from openvision3.wrappers import unwrap_model
 
 
 def _distributed() -> bool:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from openvision3.distributed.parallelize import unwrap_model
 from openvision3.train.checkpoint import clean_key
+from openvision3.wrappers import unwrap_model
 
 
 class EMA:
