@@ -46,6 +46,7 @@ from openvision3.data.loader import (
     SampleProcessor,
     SyntheticSource,
     sample_seed,
+    stream_loader,
 )
 from openvision3.data.transforms import pil_to_tensor, to_uint8
 from openvision3.data.webdataset import WebDatasetStream, _tar_samples, list_shards, raw_to_sample
@@ -423,20 +424,19 @@ def build_latent_loader(
     if cfg.hflip > 0 and not meta["flip"]:
         raise ValueError("data.hflip > 0 needs a cache written with flips (cache-latents --flip)")
     processor = LatentSampleProcessor(cfg, resolution)
-    stream = LatentStream(
-        list_shards(path, split),
-        process=processor,
-        collate=processor.collate,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-        seed=cfg.seed,
+    shards = list_shards(path, split)
+    # The cache's own text layout (txt + json caption), whatever the source used.
+    loader = stream_loader(
+        LatentStream,
+        shards,
+        processor,
+        cfg,
+        batch_size,
+        rank,
+        world_size,
         train=True,
-        num_workers=cfg.num_workers,
-        shuffle_buffer=cfg.shuffle_buffer,
-        alt_text_key="txt",  # the cache's own layout, whatever the source used
+        alt_text_key="txt",
         caption_key="caption",
     )
-    loader = ImageTextLoader(stream, None, train=True, num_workers=cfg.num_workers)
     loader.latent_meta = meta
     return loader

@@ -341,6 +341,37 @@ class ImageTextLoader:
         self._loaded = True
 
 
+def stream_loader(
+    stream_cls: type[WebDatasetStream],
+    shards: list[str],
+    processor,
+    cfg: DataConfig,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    train: bool,
+    alt_text_key: str | None = None,
+    caption_key: str | None = None,
+) -> ImageTextLoader:
+    """An ``ImageTextLoader`` over a ``stream_cls`` (``WebDatasetStream`` or a subclass) of
+    ``shards``, batched by ``processor``; the text keys default to the config's."""
+    stream = stream_cls(
+        shards,
+        process=processor,
+        collate=processor.collate,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.seed,
+        train=train,
+        num_workers=cfg.num_workers,
+        shuffle_buffer=cfg.shuffle_buffer,
+        alt_text_key=alt_text_key or cfg.alt_text_key,
+        caption_key=caption_key or cfg.caption_key,
+    )
+    return ImageTextLoader(stream, None, train=train, num_workers=cfg.num_workers)
+
+
 def build_loader(
     cfg: DataConfig,
     split: str,
@@ -361,21 +392,10 @@ def build_loader(
         return build_latent_loader(cfg, split, resolution, batch_size, rank, world_size)
     processor = SampleProcessor(cfg, resolution, train)
     if cfg.source == "webdataset":
-        stream = WebDatasetStream(
-            list_shards(cfg.path, split),
-            process=processor,
-            collate=processor.collate,
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=cfg.seed,
-            train=train,
-            num_workers=cfg.num_workers,
-            shuffle_buffer=cfg.shuffle_buffer,
-            alt_text_key=cfg.alt_text_key,
-            caption_key=cfg.caption_key,
+        shards = list_shards(cfg.path, split)
+        return stream_loader(
+            WebDatasetStream, shards, processor, cfg, batch_size, rank, world_size, train
         )
-        return ImageTextLoader(stream, None, train=train, num_workers=cfg.num_workers)
     if cfg.source == "synthetic":
         source = SyntheticSource(cfg.synthetic, split, resolution)
     else:
