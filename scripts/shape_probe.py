@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from openvision3.configs.presets import demo_model
 from openvision3.data.synthetic import SHAPES, SyntheticWorld, long_caption
+from openvision3.losses.caption import caption_loss
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
 from openvision3.tokenizer import Tokenizer
@@ -109,9 +110,7 @@ def main() -> None:
         z, c = z_train[step * b : (step + 1) * b], c_train[step * b : (step + 1) * b]
         tokens = model.encoder(z)
         out = model.captioner(tokens, c)
-        loss = F.cross_entropy(
-            out["logits"].flatten(0, 1), out["targets"].flatten(), ignore_index=0
-        )
+        loss = caption_loss(out["logits"], out["targets"], cfg.caption.pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
