@@ -12,6 +12,14 @@ Every ``--every`` steps it prints, on ``--val`` held-out images, the teacher-for
 the main object's shape word and colour word (chance 1/8 each) and the accuracy of a linear
 probe trained online on the detached, mean-pooled tokens (how much shape the encoder carries,
 whatever the decoder does with it). ``--depth`` / ``--lr`` vary the decoder and the peak LR.
+
+Two switches look at why colour words hold the shape back:
+
+- ``--grad-every N`` prints, every N steps, the training batch's loss on the shape words and on
+  the colour words, the norm of each one's gradient on the encoder's parameters, and the
+  cosine between the two gradients.
+- ``--encoder-grad shape`` lets only the shape words' loss reach the encoder; the decoder
+  learns every word, the other words through detached tokens (same loss value).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from openvision3.configs.presets import demo_model
-from openvision3.data.synthetic import SHAPES, SyntheticWorld, long_caption
+from openvision3.data.synthetic import COLORS, SHAPES, SyntheticWorld, long_caption
 from openvision3.losses.caption import caption_loss
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
@@ -61,6 +69,30 @@ def word_positions(ids: torch.Tensor, word_ids: set[int]) -> torch.Tensor:
     return hit.float().argmax(1)
 
 
+def masked(targets: torch.Tensor, keep: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``targets`` with every position outside ``keep`` set to ``pad_id`` (ignored by the loss)."""
+    return torch.where(keep, targets, torch.full_like(targets, pad_id))
+
+
+def loss_on_words(out: dict, words: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Caption loss of the targets that are one of ``words`` (1-D tensor of ids)."""
+    keep = torch.isin(out["targets"], words)
+    return caption_loss(out["logits"], masked(out["targets"], keep, pad_id), pad_id)
+
+
+def encoder_grads(losses: list[torch.Tensor], params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The flat gradient of each loss on ``params`` (zeros where a parameter is unused)."""
+    out = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        out.append(
+            torch.cat(
+                [(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)]
+            )
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--captions", choices=sorted(CAPTIONS), default="colour-shape")
@@ -73,6 +105,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grad-every", type=int, default=0, help="gradient log every N steps")
+    ap.add_argument("--encoder-grad", choices=("all", "shape"), default="all")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -94,7 +128,10 @@ def main() -> None:
     shape_of = lambda ss: torch.tensor([SHAPES.index(s.objects[0].shape) for s in ss])  # noqa: E731
     y_train, y_val = shape_of(train_scenes), shape_of(val_scenes)
     shape_ids = {int(tok(s)[0, 1]) for s in SHAPES}
-    colour_ids = {int(tok(s.objects[0].color)[0, 1]) for s in val_scenes}
+    colour_ids = {int(tok(c)[0, 1]) for c in COLORS}
+    shape_words, colour_words = (torch.tensor(sorted(w)) for w in (shape_ids, colour_ids))
+    if args.encoder_grad == "shape" and args.captions == "shape":
+        ap.error("--encoder-grad shape needs captions with other words than the shape")
     sp = word_positions(c_val, shape_ids)
     cp = word_positions(c_val, colour_ids) if args.captions != "shape" else None
 
@@ -110,7 +147,35 @@ def main() -> None:
         z, c = z_train[step * b : (step + 1) * b], c_train[step * b : (step + 1) * b]
         tokens = model.encoder(z)
         out = model.captioner(tokens, c)
-        loss = caption_loss(out["logits"], out["targets"], cfg.caption.pad_id)
+        pad = cfg.caption.pad_id
+        if args.encoder_grad == "shape":
+            # Shape words through the live tokens, every other word through detached ones; the
+            # two token-means recombine into the caption loss over all words.
+            is_shape = torch.isin(out["targets"], shape_words)
+            rest = ~is_shape & (out["targets"] != pad)
+            other = model.captioner(tokens.detach(), c)
+            n_shape, n_rest = is_shape.sum(), rest.sum()
+            loss = (
+                caption_loss(out["logits"], masked(out["targets"], is_shape, pad), pad) * n_shape
+                + caption_loss(other["logits"], masked(other["targets"], rest, pad), pad) * n_rest
+            ) / (n_shape + n_rest)
+        else:
+            loss = caption_loss(out["logits"], out["targets"], pad)
+        if args.grad_every and step % args.grad_every == 0:
+            words = {"shape": shape_words}
+            if args.captions != "shape":
+                words["colour"] = colour_words
+            losses = [loss_on_words(out, w, pad) for w in words.values()]
+            params = [p for n, p in model.encoder.named_parameters() if not n.startswith("head")]
+            grads = encoder_grads(losses, params)
+            parts = [
+                f"{name} words: loss {lw.item():.3f} |g_enc| {g.norm().item():.2e}"
+                for name, lw, g in zip(words, losses, grads)
+            ]
+            if len(grads) == 2:
+                cos = F.cosine_similarity(grads[0], grads[1], dim=0).item()
+                parts.append(f"cosine {cos:+.2f}")
+            print(f"grad {step:5d}  " + "  ".join(parts), flush=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
