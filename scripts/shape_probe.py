@@ -19,7 +19,10 @@ Two switches look at why colour words hold the shape back:
   the colour words, the norm of each one's gradient on the encoder's parameters, and the
   cosine between the two gradients.
 - ``--encoder-grad shape`` lets only the shape words' loss reach the encoder; the decoder
-  learns every word, the other words through detached tokens (same loss value).
+  still learns every word. ``--encoder-grad balanced`` lets every word's loss reach the
+  encoder, but scales the other words' gradient on the tokens down to the norm of the shape
+  words' gradient whenever it is larger. Both run the decoder twice, once per word group; the
+  loss value stays the caption loss over all words.
 """
 
 from __future__ import annotations
@@ -93,6 +96,23 @@ def encoder_grads(losses: list[torch.Tensor], params: list[torch.Tensor]) -> lis
     return out
 
 
+def log_grads(step, out, model, shape_words, colour_words, captions, pad) -> None:
+    """Print the shape (and colour) words' loss, gradient norm on the encoder and cosine."""
+    words = {"shape": shape_words}
+    if captions != "shape":
+        words["colour"] = colour_words
+    losses = [loss_on_words(out, w, pad) for w in words.values()]
+    params = [p for n, p in model.encoder.named_parameters() if not n.startswith("head")]
+    grads = encoder_grads(losses, params)
+    parts = [
+        f"{name} words: loss {lw.item():.3f} |g_enc| {g.norm().item():.2e}"
+        for name, lw, g in zip(words, losses, grads)
+    ]
+    if len(grads) == 2:
+        parts.append(f"cosine {F.cosine_similarity(grads[0], grads[1], dim=0).item():+.2f}")
+    print(f"grad {step:5d}  " + "  ".join(parts), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--captions", choices=sorted(CAPTIONS), default="colour-shape")
@@ -106,7 +126,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grad-every", type=int, default=0, help="gradient log every N steps")
-    ap.add_argument("--encoder-grad", choices=("all", "shape"), default="all")
+    ap.add_argument("--encoder-grad", choices=("all", "shape", "balanced"), default="all")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -130,8 +150,10 @@ def main() -> None:
     shape_ids = {int(tok(s)[0, 1]) for s in SHAPES}
     colour_ids = {int(tok(c)[0, 1]) for c in COLORS}
     shape_words, colour_words = (torch.tensor(sorted(w)) for w in (shape_ids, colour_ids))
-    if args.encoder_grad == "shape" and args.captions == "shape":
-        ap.error("--encoder-grad shape needs captions with other words than the shape")
+    if args.encoder_grad != "all" and args.captions == "shape":
+        ap.error(f"--encoder-grad {args.encoder_grad} needs captions with other words too")
+    if args.encoder_grad != "all" and args.grad_every:
+        ap.error("--grad-every logs the plain caption loss: use it with --encoder-grad all")
     sp = word_positions(c_val, shape_ids)
     cp = word_positions(c_val, colour_ids) if args.captions != "shape" else None
 
@@ -146,38 +168,34 @@ def main() -> None:
     for step in range(args.steps):
         z, c = z_train[step * b : (step + 1) * b], c_train[step * b : (step + 1) * b]
         tokens = model.encoder(z)
-        out = model.captioner(tokens, c)
         pad = cfg.caption.pad_id
-        if args.encoder_grad == "shape":
-            # Shape words through the live tokens, every other word through detached ones; the
-            # two token-means recombine into the caption loss over all words.
-            is_shape = torch.isin(out["targets"], shape_words)
-            rest = ~is_shape & (out["targets"] != pad)
-            other = model.captioner(tokens.detach(), c)
+        opt.zero_grad(set_to_none=True)
+        if args.encoder_grad == "all":
+            out = model.captioner(tokens, c)
+            loss = caption_loss(out["logits"], out["targets"], pad)
+            if args.grad_every and step % args.grad_every == 0:
+                log_grads(step, out, model, shape_words, colour_words, args.captions, pad)
+            loss.backward()
+        else:
+            # The decoder runs on two detached copies of the tokens: the shape words' loss on
+            # one, every other word's on the other. Their token-means recombine into the
+            # caption loss over all words; the two token gradients then reach the encoder.
+            t_shape, t_rest = (tokens.detach().requires_grad_() for _ in range(2))
+            out_s, out_r = model.captioner(t_shape, c), model.captioner(t_rest, c)
+            is_shape = torch.isin(out_s["targets"], shape_words)
+            rest = ~is_shape & (out_s["targets"] != pad)
             n_shape, n_rest = is_shape.sum(), rest.sum()
             loss = (
-                caption_loss(out["logits"], masked(out["targets"], is_shape, pad), pad) * n_shape
-                + caption_loss(other["logits"], masked(other["targets"], rest, pad), pad) * n_rest
+                caption_loss(out_s["logits"], masked(out_s["targets"], is_shape, pad), pad)
+                * n_shape
+                + caption_loss(out_r["logits"], masked(out_r["targets"], rest, pad), pad) * n_rest
             ) / (n_shape + n_rest)
-        else:
-            loss = caption_loss(out["logits"], out["targets"], pad)
-        if args.grad_every and step % args.grad_every == 0:
-            words = {"shape": shape_words}
-            if args.captions != "shape":
-                words["colour"] = colour_words
-            losses = [loss_on_words(out, w, pad) for w in words.values()]
-            params = [p for n, p in model.encoder.named_parameters() if not n.startswith("head")]
-            grads = encoder_grads(losses, params)
-            parts = [
-                f"{name} words: loss {lw.item():.3f} |g_enc| {g.norm().item():.2e}"
-                for name, lw, g in zip(words, losses, grads)
-            ]
-            if len(grads) == 2:
-                cos = F.cosine_similarity(grads[0], grads[1], dim=0).item()
-                parts.append(f"cosine {cos:+.2f}")
-            print(f"grad {step:5d}  " + "  ".join(parts), flush=True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            loss.backward()  # decoder gradients; token gradients in t_shape.grad, t_rest.grad
+            if args.encoder_grad == "shape":
+                scale = 0.0
+            else:
+                scale = min(1.0, (t_shape.grad.norm() / t_rest.grad.norm().clamp_min(1e-30)).item())
+            tokens.backward(t_shape.grad + scale * t_rest.grad)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
