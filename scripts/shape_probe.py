@@ -64,9 +64,9 @@ def latents(vae: FrozenVAE, world: SyntheticWorld, split: str, n: int, res: int)
     return torch.cat(out)
 
 
-def word_positions(ids: torch.Tensor, word_ids: set[int]) -> torch.Tensor:
-    """Index (B,) of the first token of each row that is one of ``word_ids``."""
-    hit = torch.isin(ids, torch.tensor(sorted(word_ids)))
+def word_positions(ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Index (B,) of the first token of each row that is one of ``words`` (1-D ids)."""
+    hit = torch.isin(ids, words)
     if not bool(hit.any(1).all()):
         raise ValueError("a caption has no word of the set")
     return hit.float().argmax(1)
@@ -147,15 +147,14 @@ def main() -> None:
     c_val = tok([caption(s) for s in val_scenes])
     shape_of = lambda ss: torch.tensor([SHAPES.index(s.objects[0].shape) for s in ss])  # noqa: E731
     y_train, y_val = shape_of(train_scenes), shape_of(val_scenes)
-    shape_ids = {int(tok(s)[0, 1]) for s in SHAPES}
-    colour_ids = {int(tok(c)[0, 1]) for c in COLORS}
-    shape_words, colour_words = (torch.tensor(sorted(w)) for w in (shape_ids, colour_ids))
+    # The first token id of each shape / colour name (1-D tensors of ids).
+    shape_words, colour_words = (tok(list(names))[:, 1] for names in (SHAPES, COLORS))
     if args.encoder_grad != "all" and args.captions == "shape":
         ap.error(f"--encoder-grad {args.encoder_grad} needs captions with other words too")
     if args.encoder_grad != "all" and args.grad_every:
         ap.error("--grad-every logs the plain caption loss: use it with --encoder-grad all")
-    sp = word_positions(c_val, shape_ids)
-    cp = word_positions(c_val, colour_ids) if args.captions != "shape" else None
+    sp = word_positions(c_val, shape_words)
+    cp = word_positions(c_val, colour_words) if args.captions != "shape" else None
 
     model = OpenVision3(cfg, vae=None)
     probe = torch.nn.Linear(cfg.encoder.width, len(SHAPES))
@@ -163,12 +162,11 @@ def main() -> None:
     ocfg = OptimConfig(weight_decay=0.05)
     opt = build_optimizer(model, ocfg, args.lr)
     sched = build_scheduler(opt, warmup_steps=min(30, args.steps), total_steps=args.steps)
-    rows = torch.arange(args.val)
+    rows, pad = torch.arange(args.val), cfg.caption.pad_id
     t0 = time.perf_counter()
     for step in range(args.steps):
         z, c = z_train[step * b : (step + 1) * b], c_train[step * b : (step + 1) * b]
         tokens = model.encoder(z)
-        pad = cfg.caption.pad_id
         opt.zero_grad(set_to_none=True)
         if args.encoder_grad == "all":
             out = model.captioner(tokens, c)
@@ -186,8 +184,7 @@ def main() -> None:
             rest = ~is_shape & (out_s["targets"] != pad)
             n_shape, n_rest = is_shape.sum(), rest.sum()
             loss = (
-                caption_loss(out_s["logits"], masked(out_s["targets"], is_shape, pad), pad)
-                * n_shape
+                loss_on_words(out_s, shape_words, pad) * n_shape
                 + caption_loss(out_r["logits"], masked(out_r["targets"], rest, pad), pad) * n_rest
             ) / (n_shape + n_rest)
             loss.backward()  # decoder gradients; token gradients in t_shape.grad, t_rest.grad
