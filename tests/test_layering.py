@@ -1,5 +1,5 @@
 """House rule 1: models/ imports nothing from train/, distributed/, data/, evaluation/;
-inference/ never imports torch.distributed."""
+inference/ never imports torch.distributed; nothing in the package imports experiments/."""
 
 import ast
 from pathlib import Path
@@ -37,5 +37,15 @@ def test_layering(package):
         for f in files
         for name in imports(f)
         if any(name == p or name.startswith(p + ".") for p in RULES[package])
+    ]
+    assert not bad, bad
+
+
+def test_package_never_imports_experiments():
+    bad = [
+        (f.name, name)
+        for f in sorted(SRC.rglob("*.py"))
+        for name in imports(f)
+        if name == "experiments" or name.startswith("experiments.")
     ]
     assert not bad, bad

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from openvision3.data.loader import DataConfig
 from openvision3.dataclass_io import from_dict, to_dict
+from openvision3.errors import ConfigError
 from openvision3.losses.objective import ObjectiveConfig
 from openvision3.models.openvision3 import ModelConfig
 from openvision3.train.optim import OptimConfig
@@ -135,6 +136,30 @@ class ExperimentConfig:
                 )
         if not self.run_dir:
             self.run_dir = f"runs/{self.name}"
+
+    def validate(self) -> None:
+        """Checks on the final values, after the command line: raises ``ConfigError`` naming
+        the flag. Presets leave such fields (the data path) to the command line, so these
+        checks cannot run while a preset is built."""
+        if not self.data.has_images and not self.data.latents:
+            raise ConfigError(
+                f"--data.path is required for source {self.data.source!r} "
+                "(or --data.latents to train from a latent cache)"
+            )
+        towers = (("text", "text_context"), ("caption", "caption_context"))
+        for tower, field_name in towers:
+            cfg = getattr(self.model, tower)
+            if cfg is not None and getattr(self.data, field_name) > cfg.context_length:
+                raise ConfigError(
+                    f"--data.{field_name.replace('_', '-')} {getattr(self.data, field_name)} "
+                    f"exceeds --model.{tower}.context-length {cfg.context_length}"
+                )
+        for i, s in enumerate(self.train.stages):
+            if s.warmup_steps > s.steps:
+                raise ConfigError(
+                    f"--train.stages.{i}.warmup-steps {s.warmup_steps} exceeds "
+                    f"--train.stages.{i}.steps {s.steps}"
+                )
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2)

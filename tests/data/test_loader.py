@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from openvision3.data import DataConfig, SyntheticConfig, SyntheticWorld, build_loader, write_shards
+from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 
 SYN = SyntheticConfig(seed=0, train_size=40, val_size=11)
@@ -279,8 +280,13 @@ def test_folder_source_with_classes_and_captions(tmp_path):
 
 
 def test_config_validation():
-    for bad in [dict(source="s3"), dict(source="folder"), dict(num_workers=-1), dict(resize="x")]:
+    for bad in [dict(source="s3"), dict(num_workers=-1), dict(resize="x")]:
         with pytest.raises(ValueError):
             DataConfig(**bad)
+    # A file source builds without a path (presets leave it to the command line); reading it
+    # without one is an error that names the flag.
+    folder = DataConfig(source="folder")
+    with pytest.raises(ConfigError, match="--data.path is required for source 'folder'"):
+        build_loader(folder, "val", 16, 4, train=False)
     with pytest.raises(ValueError, match="fewer than one batch"):
         build_loader(DataConfig(synthetic=SYN), "train", 16, 64)

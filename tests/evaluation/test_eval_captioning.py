@@ -3,7 +3,9 @@ import torch
 from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
 from torchmetrics.functional.text import bleu_score
 
+from openvision3.data.synthetic import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
+from openvision3.evaluation.suite import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
 
 SCRIPT = [
     "a red circle on a blue square background",
@@ -41,7 +43,7 @@ def test_perfect_captions_score_bleu_one():
     assert out["bleu4"] == pytest.approx(1.0, abs=1e-12)
     # CIDEr-D of captions equal to their single reference: cosine 1 for n = 1..4, times 10.
     assert out["cider"] == pytest.approx(10.0, rel=1e-9)
-    assert out["count"] == 5 and "attribute_accuracy" not in out
+    assert out["count"] == 5 and not any(k.endswith("_accuracy") for k in out)
     assert model.calls == [(12, 3)] * 3
     assert ev.samples == [
         {"key": f"k{i}", "generated": SCRIPT[i], "reference": SCRIPT[i]} for i in range(3)
@@ -62,7 +64,7 @@ def test_corpus_bleu_and_attribute_accuracy():
         assert row["key"] == f"k{int(row['label'])}"
         return colour in text.split() and shape in text.split()
 
-    ev = CaptionEvaluator(attribute_match=names_truth)
+    ev = CaptionEvaluator(attributes={"attribute": names_truth})
     out = ev.run(
         ScriptedCaptioner(SCRIPT), _batches(5, 2, refs, "refs"), references=lambda b: b["refs"]
     )
@@ -71,6 +73,54 @@ def test_corpus_bleu_and_attribute_accuracy():
     assert 0.3 < expected < 0.95
     assert out["bleu4"] == pytest.approx(expected, abs=1e-6)
     assert out["attribute_accuracy"] == pytest.approx(4 / 5)
+
+
+# Hand-made captions of the synthetic world, each with its image's main object and whether it
+# names that object's (colour, shape, "colour shape") first / together.
+WORLD = [
+    (
+        "A large red circle in the top left, a small blue square below it, on a plain grey "
+        "background.",
+        "red circle",
+        (True, True, True),
+    ),
+    (  # names the main object second: the first colour and shape are the small object's
+        "A large blue square in the center, a small red circle to the left of it.",
+        "red circle",
+        (False, False, True),
+    ),
+    ("There is a large red heart in the top.", "red star", (True, False, False)),
+    ("A large green star on a striped sage background.", "red star", (False, True, False)),
+    ("A large ring in the top right.", "white ring", (False, True, False)),  # no colour word
+    ("Orange, hexagon!", "orange hexagon", (True, True, False)),  # words, not the phrase
+]
+
+
+def test_synthetic_colour_and_shape_words():
+    script = [caption for caption, _, _ in WORLD]
+    labels = torch.tensor([CLASS_NAMES.index(main) for _, main, _ in WORLD])
+    batches = [
+        {
+            "images": index_images(range(i, i + 3)),
+            "label": labels[i : i + 3],
+            "caption_text": script[i : i + 3],
+        }
+        for i in (0, 3)
+    ]
+    out = CaptionEvaluator(attributes=SYNTHETIC_CAPTION_ATTRIBUTES).run(
+        ScriptedCaptioner(script), batches
+    )
+    colour, shape, both = (sum(t[i] for _, _, t in WORLD) / len(WORLD) for i in range(3))
+    assert (colour, shape, both) == (3 / 6, 4 / 6, 2 / 6)
+    assert out["colour_accuracy"] == pytest.approx(colour)
+    assert out["shape_accuracy"] == pytest.approx(shape)
+    assert out["attribute_accuracy"] == pytest.approx(both)
+
+
+def test_first_word_among_matches_whole_words():
+    assert first_word_among("A striped ring, then a string.", SHAPES) == "ring"
+    assert first_word_among("on a Striped background", ("striped", "plain")) == "striped"
+    assert first_word_among("nothing here", SHAPES) is None
 
 
 def test_reference_count_must_match():

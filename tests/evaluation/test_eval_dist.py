@@ -77,7 +77,7 @@ def _evaluate(indices, tmp_dir, tag):
         "retrieval": RetrievalEvaluator(ks=(1, 2, 5)).run(m["table"], _batches(indices)),
     }
     caption = CaptionEvaluator(
-        num_samples=5, attribute_match=lambda text, row: SCRIPT[int(row["label"])] == text
+        num_samples=5, attributes={"exact": lambda text, row: SCRIPT[int(row["label"])] == text}
     )
     out["caption"] = caption.run(m["caption"], _batches(indices))
     out["samples"] = [s["key"] for s in caption.samples]

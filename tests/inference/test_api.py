@@ -115,6 +115,24 @@ def test_version_1_exports_keep_their_caption_decoder(tmp_path, model_dir):
     assert OpenVision3.from_pretrained(str(out)).cfg.caption.image_pos == "none"
 
 
+def test_load_runs_at_the_resolution_the_export_was_trained_at(tmp_path, model_dir):
+    """``save_pretrained(resolution=...)`` records it; ``load`` defaults to it. Exports
+    without it (written before it existed) keep the position grid's default (256 px)."""
+    model = OpenVision3.from_pretrained(model_dir)
+    out = tmp_path / "export"
+    model.save_pretrained(str(out), resolution=64)
+    assert json.loads((out / "config.json").read_text())["resolution"] == 64
+    assert json.loads((out / "model_card.json").read_text())["resolution"] == 64
+    pipe = load(str(out), device="cpu")
+    assert pipe.resolution == 64 and pipe.token_grid() == (4, 4)
+    assert pipe.encode(random_image(0)).shape == (1, (64 // 16) ** 2, 32)
+    assert load(str(out), device="cpu", resolution=RES).resolution == RES  # asked for: wins
+    assert "resolution" not in json.loads(open(os.path.join(model_dir, "config.json")).read())
+    assert load(model_dir, device="cpu").resolution == 16 * 16
+    with pytest.raises(ValueError, match="multiple of 16"):
+        model.save_pretrained(str(tmp_path / "bad"), resolution=40)
+
+
 def test_open_clip_reference_matches_our_encoder():
     """The bench's released-recipe ViT is our encoder in open_clip's layout (sin-cos and
     learned tables, native and other grids)."""

@@ -1,6 +1,8 @@
 """End-to-end ``ov3`` inference commands on a tiny model: awkward files, no overwrite, resume."""
 
 import json
+import os
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -52,9 +54,9 @@ def test_no_overwrite_without_the_flag(model_dir, awkward_folder, tmp_path):
     # Reconstructions: a foreign file with an output's name is never replaced silently.
     rec = tmp_path / "rec"
     rec.mkdir()
-    (rec / "good.png").write_bytes(b"precious")
+    (rec / "good.png.png").write_bytes(b"precious")
     assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec) == 1
-    assert (rec / "good.png").read_bytes() == b"precious"
+    assert (rec / "good.png.png").read_bytes() == b"precious"
     assert (
         ov3(
             "reconstruct",
@@ -69,8 +71,8 @@ def test_no_overwrite_without_the_flag(model_dir, awkward_folder, tmp_path):
     )
     from PIL import Image
 
-    assert Image.open(rec / "good.png").size == (2 * RES, RES)
-    assert Image.open(rec / "sub" / "good2.png").size == (2 * RES, RES)
+    assert Image.open(rec / "good.png.png").size == (2 * RES, RES)
+    assert Image.open(rec / "sub" / "good2.jpg.png").size == (2 * RES, RES)
     # Running a finished command again writes nothing.
     before = {p.name: p.stat().st_mtime_ns for p in rec.rglob("*.png")}
     assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec) == 0
@@ -121,6 +123,105 @@ def test_caption_resume_drops_unrecorded_rows(model_dir, awkward_folder, tmp_pat
     assert ov3("caption", model_dir, awkward_folder, "--output", out, "--max-len", 4) == 0
     rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in rows) == GOOD
+
+
+def test_inputs_with_one_stem_get_their_own_outputs(model_dir, tmp_path):
+    """photo.png, photo.jpg and sub/photo.png: three outputs named ``<relative path>.<ext>``;
+    a rerun continues an interrupted run without losing or replacing any."""
+    from PIL import Image
+
+    root = tmp_path / "same"
+    (root / "sub").mkdir(parents=True)
+    random_image(0).save(root / "photo.png")
+    random_image(1).save(root / "photo.jpg", quality=95)
+    random_image(2).save(root / "sub" / "photo.png")
+    keys = ["photo.jpg", "photo.png", "sub/photo.png"]
+    rec = tmp_path / "rec"
+    args = ("--output", rec, "--batch-size", 1)
+    assert ov3("reconstruct", model_dir, root, *args, "--limit", 2) == 0
+    first = {k: (rec / f"{k}.png").stat().st_mtime_ns for k in keys[:2]}
+    assert ov3("reconstruct", model_dir, root, *args) == 0
+    s = summary(rec)
+    assert (s["done"], s["written_this_run"], s["skipped"]) == (3, 1, [])
+    written = sorted(p.relative_to(rec).as_posix() for p in rec.rglob("*.png"))
+    assert written == [f"{k}.png" for k in keys]
+    assert {k: (rec / f"{k}.png").stat().st_mtime_ns for k in keys[:2]} == first
+    pipe = load(model_dir, device="cpu", resolution=RES)
+    for k in keys:  # each output is the reconstruction of its own input
+        ref = np.asarray(pipe.to_pil(pipe.reconstruct(str(root / k)))[0], dtype=int)
+        assert np.abs(np.asarray(Image.open(rec / f"{k}.png"), dtype=int) - ref).max() <= 1, k
+    cap = tmp_path / "cap"
+    assert ov3("caption", model_dir, root, "--output", cap, "--max-len", 4) == 0
+    rows = [json.loads(line) for line in (cap / "captions.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in rows) == keys
+    # webdataset token shards: one sample per input (a dot would end the sample key there)
+    import webdataset as wds
+
+    tok = tmp_path / "tok"
+    assert ov3("encode", model_dir, root, "--output", tok, "--format", "webdataset") == 0
+    shard = str(next(tok.glob("tokens-*.tar")))
+    samples = list(wds.WebDataset(shard, shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == ["photo%2Ejpg", "photo%2Epng", "sub/photo%2Epng"]
+    assert [unquote(s["__key__"]) for s in samples] == [s["json"]["key"] for s in samples] == keys
+    assert all(s["tokens.npy"].shape == (4, 32) for s in samples)
+
+
+def test_every_file_not_written_is_listed_with_its_reason(model_dir, tmp_path):
+    root = tmp_path / "odd"
+    (root / "album.png").mkdir(parents=True)  # a folder named like an image is searched, not listed
+    random_image(0).save(root / "good.png")
+    random_image(1).save(root / "album.png" / "inner.jpg")
+    (root / "linked.png").symlink_to(root / "good.png")  # a working link is an input as any other
+    (root / "dangling.png").symlink_to(root / "gone.png")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    os.mkfifo(root / "pipe.png")  # must never be opened: reading it would block
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    reasons = {
+        "corrupt.png": "cannot decode",
+        "dangling.png": "dangling symlink",
+        "empty.jpg": "cannot decode",
+        "loop.png": "dangling symlink",
+        "pipe.png": "not a regular file",
+    }
+    if os.geteuid() != 0:  # root reads any file
+        random_image(2).save(root / "locked.png")
+        os.chmod(root / "locked.png", 0)
+        reasons["locked.png"] = "PermissionError"
+    out = tmp_path / "tokens"
+    for _ in range(2):  # the rerun writes nothing and lists the same files
+        assert ov3("encode", model_dir, root, "--output", out, "--batch-size", 2) == 0
+        skipped = {x["key"]: x["error"] for x in summary(out)["skipped"]}
+        assert sorted(skipped) == sorted(reasons)
+        assert all(reasons[k] in e for k, e in skipped.items()), skipped
+        assert sorted(read_token_shards(out)) == ["album.png/inner.jpg", "good.png", "linked.png"]
+    assert summary(out)["written_this_run"] == 0
+
+
+def test_webdataset_repeated_keys_and_a_broken_shard(model_dir, tmp_path):
+    """Samples repeating an earlier ``__key__`` get ``#2``, ``#3``, ...; a shard that breaks
+    off is listed with its reason after the samples read before the break."""
+    import tarfile
+
+    import webdataset as wds
+
+    for i, keys in enumerate((["s0", "s1"], ["s0", "s1"], ["t0", "t1"])):
+        with wds.TarWriter(str(tmp_path / f"d-{i}.tar")) as sink:
+            for j, key in enumerate(keys):
+                sink.write({"__key__": key, "png": random_image(2 * i + j, (64, 64))})
+    broken = tmp_path / "d-2.tar"
+    with tarfile.open(broken) as tar:
+        cut = next(m.offset_data for m in tar.getmembers() if m.name.startswith("t1")) + 100
+    broken.write_bytes(broken.read_bytes()[:cut])
+    out = tmp_path / "cap"
+    shards = tmp_path / "d-{0..2}.tar"
+    for _ in range(2):  # the rerun writes nothing and lists the same shard
+        assert ov3("caption", model_dir, shards, "--output", out, "--max-len", 4) == 0
+        rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+        assert [r["key"] for r in rows] == ["s0", "s1", "s0#2", "s1#2", "t0"]
+        [skipped] = summary(out)["skipped"]
+        assert skipped["key"] == str(broken) and "unreadable webdataset shard" in skipped["error"]
+    assert summary(out)["written_this_run"] == 0
 
 
 def test_classify_topk(model_dir, awkward_folder, tmp_path):

@@ -233,3 +233,37 @@ def test_bad_arguments(tmp_path):
     path = save_checkpoint(tmp_path, 1, model)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(path, Toy(), ema=EMA(Toy()))
+
+
+def test_exports_load_at_the_resolution_they_were_last_trained_at(tmp_path):
+    """The trainer's ``final`` export and ``ov3 export`` of each checkpoint record the
+    resolution of the last stage that ran; ``load`` runs there, not at the position grid's
+    default (256 px for ov3-mu)."""
+    from openvision3.config import EvalConfig, StageConfig
+    from openvision3.configs import get_preset
+    from openvision3.inference.api import load
+    from openvision3.train.export import export_checkpoint
+    from openvision3.train.trainer import Trainer
+
+    cfg = get_preset("demo_smoke")
+    cfg.run_dir = str(tmp_path / "run")
+    cfg.train.stages = [
+        StageConfig(resolution=32, steps=1, batch_size=2, base_lr=0.05),
+        StageConfig(resolution=64, steps=1, batch_size=2, base_lr=0.05),
+    ]
+    cfg.train.ckpt_every, cfg.train.keep_last = 1, 2
+    cfg.eval = EvalConfig(
+        num_images=2, zero_shot=False, retrieval=False, reconstruction=False, captioning=False
+    )
+    Trainer(cfg).fit()
+    first, last = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    exports = {
+        tmp_path / "run" / "final": 64,
+        export_checkpoint(last, tmp_path / "last"): 64,
+        export_checkpoint(first, tmp_path / "first"): 32,  # stopped after the 32 px stage
+    }
+    for path, resolution in exports.items():
+        pipe = load(str(path), device="cpu")
+        assert pipe.resolution == resolution, path
+        tokens = pipe.encode(torch.rand(1, 3, 40, 48) * 2 - 1)
+        assert tokens.shape[1] == (resolution // 16) ** 2

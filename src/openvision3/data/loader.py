@@ -28,6 +28,7 @@ from openvision3.data.images import decode_image
 from openvision3.data.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticWorld
 from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, build_transform
 from openvision3.data.webdataset import WebDatasetStream, list_shards
+from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ class DataConfig:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if self.source != "synthetic" and not self.path:
-            raise ValueError(f"source {self.source!r} needs a path")
         if self.num_workers < 0 or self.shuffle_buffer < 1:
             raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")
         if self.text_context < 3 or self.caption_context < 3:
@@ -85,6 +84,20 @@ class DataConfig:
             raise ValueError(
                 "data.latents: random resized crops cannot be cached; set crop_scale=(1, 1)"
             )
+
+    @property
+    def has_images(self) -> bool:
+        """Whether images can be read (the synthetic world, or a path); the training split can
+        also come from ``latents`` alone."""
+        return self.source == "synthetic" or bool(self.path)
+
+    def require_images(self) -> None:
+        """Raise ``ConfigError`` naming the flag when a file source has no ``path``.
+
+        Not in ``__post_init__``: presets set the source and leave the path to the command line,
+        so a preset must build before its flags are applied."""
+        if not self.has_images:
+            raise ConfigError(f"--data.path is required for source {self.source!r}")
 
 
 class BadSample(ValueError):
@@ -382,6 +395,8 @@ def build_loader(
     train: bool = True,
 ) -> ImageTextLoader:
     """The loader of ``split`` for this rank; batches of ``batch_size`` images (3, R, R)."""
+    if not (cfg.latents and train):
+        cfg.require_images()
     if batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(
             f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"

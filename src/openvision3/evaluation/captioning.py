@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,10 +80,10 @@ class CaptionEvaluator:
         beam_size: 1 = greedy, else beam search.
         num_samples: how many (key, generated, reference) rows to keep for reports (rank 0's
             first ones, then the other ranks' in rank order).
-        attribute_match: optional ``fn(generated_text, row) -> bool`` where ``row`` is that
-            image's slice of the batch (``row["label"]``, ``row["key"]``, ...); its mean is
-            reported as ``attribute_accuracy`` (e.g. the synthetic world checks that the
-            caption names the right colour and shape).
+        attributes: optional ``{name: fn(generated_text, row) -> bool}`` where ``row`` is that
+            image's slice of the batch (``row["label"]``, ``row["key"]``, ...); each mean is
+            reported as ``<name>_accuracy`` (e.g. the synthetic world checks that the caption
+            names the main object's colour, its shape, or both).
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class CaptionEvaluator:
         max_len: int | None = None,
         beam_size: int = 1,
         num_samples: int = 16,
-        attribute_match: Callable[[str, dict], bool] | None = None,
+        attributes: Mapping[str, Callable[[str, dict], bool]] | None = None,
     ):
         if beam_size < 1 or num_samples < 0 or (max_len is not None and max_len < 1):
             raise ValueError(
@@ -99,7 +99,7 @@ class CaptionEvaluator:
                 f"{beam_size}, {num_samples}, {max_len}"
             )
         self.max_len, self.beam_size, self.num_samples = max_len, beam_size, num_samples
-        self.attribute_match = attribute_match
+        self.attributes = dict(attributes or {})
         self.samples: list[dict] = []
 
     def run(
@@ -117,13 +117,12 @@ class CaptionEvaluator:
                 callable batch -> that list.
 
         Returns:
-            ``{"bleu4", "cider" (None without pycocoevalcap), ["attribute_accuracy",] "count"}``
-            over all ranks. ``self.samples`` holds the kept rows (on rank 0 when distributed).
+            ``{"bleu4", "cider" (None without pycocoevalcap), "<name>_accuracy" for each
+            attribute, "count"}`` over all ranks. ``self.samples`` holds the kept rows (on rank 0 when distributed).
         """
         from torchmetrics.text import BLEUScore  # lazy: a slow import
 
-        names = ("generated", "attribute") if self.attribute_match else ("generated",)
-        acc = MetricAccumulator(*names)
+        acc = MetricAccumulator("generated", *self.attributes)
         bleu = BLEUScore(n_gram=4, sync_on_compute=False)  # synced below, by us
         generated_all, refs_all, samples = [], [], []
         device = model_device(model)
@@ -139,18 +138,17 @@ class CaptionEvaluator:
                 refs_all += refs
                 acc.add("generated", torch.ones(len(generated)))
                 keys = batch.get("key", [None] * len(generated))
-                if self.attribute_match:
-                    match = [
-                        self.attribute_match(g, _row(batch, i)) for i, g in enumerate(generated)
-                    ]
-                    acc.add("attribute", torch.tensor(match, dtype=torch.float64))
+                rows = [_row(batch, i) for i in range(len(generated))] if self.attributes else []
+                for name, match in self.attributes.items():
+                    hits = [match(g, row) for g, row in zip(generated, rows)]
+                    acc.add(name, torch.tensor(hits, dtype=torch.float64))
                 for key, g, r in zip(keys, generated, refs):
                     if len(samples) < self.num_samples:
                         samples.append({"key": key, "generated": g, "reference": r[0]})
         acc.all_reduce()
         result = {"bleu4": self._reduced_bleu(bleu), "cider": _cider(generated_all, refs_all)}
-        if self.attribute_match:
-            result["attribute_accuracy"] = acc.compute()["attribute"]
+        means = acc.compute()
+        result.update({f"{name}_accuracy": means[name] for name in self.attributes})
         shards = gather_objects_to_rank0(samples)
         self.samples = (
             [] if shards is None else [s for shard in shards for s in shard][: self.num_samples]

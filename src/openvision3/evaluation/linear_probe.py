@@ -1,7 +1,8 @@
 """Linear probe: multinomial logistic regression on frozen pooled image features.
 
 Features are ``model.embed_image(images, normalize=False)`` (the pooled, projected
-embedding), gathered from every rank in rank order, standardised with the train mean and
+embedding) unless another feature function is given (the demo probes the mean-pooled unified
+tokens), gathered from every rank in rank order, standardised with the train mean and
 standard deviation. The classifier is fit full-batch with L-BFGS (strong Wolfe line search) in
 float64 on every rank (the same data gives the same weights); the L2 strength is picked on a
 held-out part of train, then the classifier is refit on all of train and scored on val.
@@ -9,7 +10,7 @@ held-out part of train, then the classifier is refit on all of train and scored 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,15 +41,25 @@ class LinearProbeConfig:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
 
 
+Features = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def pooled_embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> the unnormalised pooled, projected embedding (B, E)."""
+    return model.embed_image(images, normalize=False)
+
+
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, batches: Iterable[dict]
+    model: nn.Module, batches: Iterable[dict], features: Features = pooled_embedding
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every rank's images, gathered in rank order.
 
     Args:
-        model: has ``embed_image(images (B, 3, H, W), normalize=False) -> (B, E)``.
+        model: what ``features`` reads; by default it has ``embed_image(images (B, 3, H, W),
+            normalize=False) -> (B, E)``.
         batches: dicts with ``images`` and ``label`` (B,) long.
+        features: ``fn(model, images (B, 3, H, W)) -> (B, E)``.
 
     Returns:
         features (N, E) float64 and labels (N,) long, on CPU, identical on every rank.
@@ -57,7 +68,7 @@ def extract_features(
     feats, labels = [], []
     with evaluating(model):
         for batch in batches:
-            feats.append(model.embed_image(batch["images"].to(device), normalize=False).double())
+            feats.append(features(model, batch["images"].to(device)).double())
             labels.append(batch["label"].to(device))
     x = torch.cat(feats) if feats else torch.zeros((0, 0), dtype=torch.float64, device=device)
     y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
@@ -143,15 +154,24 @@ def linear_probe(
 
 
 class LinearProbeEvaluator:
-    """Top-k of a logistic-regression probe on frozen features of a labelled train/val pair."""
+    """Top-k of a logistic-regression probe on frozen features of a labelled train/val pair.
 
-    def __init__(self, num_classes: int, cfg: LinearProbeConfig | None = None):
+    ``features(model, images (B, 3, H, W)) -> (B, E)`` picks what is probed (default: the
+    unnormalised pooled embedding)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        cfg: LinearProbeConfig | None = None,
+        features: Features = pooled_embedding,
+    ):
         if num_classes < 2:
             raise ValueError(f"a linear probe needs >= 2 classes, got {num_classes}")
         self.num_classes, self.cfg = num_classes, cfg or LinearProbeConfig()
+        self.features = features
 
     def run(self, model: nn.Module, train: Iterable[dict], val: Iterable[dict]) -> dict:
         """Call on every rank with that rank's train and val batches; same result everywhere."""
-        train_x, train_y = extract_features(model, train)
-        val_x, val_y = extract_features(model, val)
+        train_x, train_y = extract_features(model, train, self.features)
+        val_x, val_y = extract_features(model, val, self.features)
         return linear_probe(train_x, train_y, val_x, val_y, self.num_classes, self.cfg)

@@ -25,7 +25,7 @@ from openvision3.data.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from openvision3.dataclass_io import to_dict
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.pairs import PairsConfig, pair_batches, read_pairs
-from openvision3.evaluation.suite import limited, synthetic_caption_match
+from openvision3.evaluation.suite import SYNTHETIC_CAPTION_ATTRIBUTES, limited
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +322,13 @@ def run_captioning(run: _Run) -> dict:
         raise TaskUnavailable("no reference captions: pass --pairs.annotations")
     cc = run.cfg.captioning
     if run.pairs is not None:
-        refs, match = "captions", None
+        refs, attributes = "captions", None
     else:
         tok = Tokenizer()
         refs = lambda batch: tok.decode_batch(batch["caption"])  # noqa: E731
-        match = synthetic_caption_match if run.cfg.data.source == "synthetic" else None
-    cap = CaptionEvaluator(cc.max_len or None, cc.beam_size, cc.samples, match)
+        synthetic = run.cfg.data.source == "synthetic"
+        attributes = SYNTHETIC_CAPTION_ATTRIBUTES if synthetic else None
+    cap = CaptionEvaluator(cc.max_len or None, cc.beam_size, cc.samples, attributes)
     metrics = cap.run(run.model, run.image_batches(), refs)
     settings = {
         "decoding": "greedy" if cc.beam_size == 1 else f"beam search, {cc.beam_size} beams",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Collection, Iterator
 
 from torch import nn
 
 from openvision3.data.loader import DataConfig, ImageTextLoader, build_loader
-from openvision3.data.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
+from openvision3.data.synthetic import CLASS_NAMES, COLORS, SHAPES, ZERO_SHOT_TEMPLATES
 from openvision3.evaluation.captioning import CaptionEvaluator
 from openvision3.evaluation.reconstruction import ReconstructionEvaluator
 from openvision3.evaluation.retrieval import RetrievalEvaluator
@@ -45,6 +46,33 @@ def limited(loader: ImageTextLoader, num_images: int, rank: int, world: int) -> 
 def synthetic_caption_match(generated: str, row: dict) -> bool:
     """The caption names the colour and shape of the largest object (``"red circle"``)."""
     return CLASS_NAMES[int(row["label"])] in generated.lower()
+
+
+def first_word_among(text: str, words: Collection[str]) -> str | None:
+    """The first word of ``text`` (lowercased, split at non-letters) that is in ``words``."""
+    return next((w for w in re.findall(r"[a-z]+", text.lower()) if w in words), None)
+
+
+def synthetic_colour_match(generated: str, row: dict) -> bool:
+    """The first colour the caption names is the main object's: the world's captions name the
+    main (largest) object first, so a caption that names its colour anywhere but first does
+    not count (``"a small red circle ..."`` for a blue main object names red first)."""
+    colour = CLASS_NAMES[int(row["label"])].split()[0]
+    return first_word_among(generated, COLORS) == colour
+
+
+def synthetic_shape_match(generated: str, row: dict) -> bool:
+    """The first shape the caption names is the main object's (as for the colour)."""
+    shape = CLASS_NAMES[int(row["label"])].split()[1]
+    return first_word_among(generated, SHAPES) == shape
+
+
+# Caption checks on the synthetic world, reported as caption_<name>_accuracy.
+SYNTHETIC_CAPTION_ATTRIBUTES = {
+    "attribute": synthetic_caption_match,
+    "colour": synthetic_colour_match,
+    "shape": synthetic_shape_match,
+}
 
 
 def evaluate_model(
@@ -109,11 +137,15 @@ def evaluate_model(
     if cfg.captioning and has("captioner"):
         tok = Tokenizer()
         refs = lambda batch: tok.decode_batch(batch["caption"])  # noqa: E731
-        match = synthetic_caption_match if data.source == "synthetic" else None
-        cap = CaptionEvaluator(beam_size=1, num_samples=cfg.caption_samples, attribute_match=match)
+        attributes = SYNTHETIC_CAPTION_ATTRIBUTES if data.source == "synthetic" else None
+        cap = CaptionEvaluator(beam_size=1, num_samples=cfg.caption_samples, attributes=attributes)
         metrics.update({f"caption_{n}": v for n, v in cap.run(model, batches(), refs).items()})
         settings["captioning"] = {
             "decoding": "greedy",
+            "attributes": "colour / shape: the first colour / shape word named is the main "
+            "object's; attribute: its 'colour shape' named anywhere"
+            if attributes
+            else None,
             "bleu": "torchmetrics BLEUScore n_gram=4",
             "cider": "pycocoevalcap CIDEr-D, lowercase + punctuation-stripped tokens"
             if metrics.get("caption_cider") is not None

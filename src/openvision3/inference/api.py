@@ -30,8 +30,9 @@ from openvision3.models.openvision3 import OpenVision3
 class PipelineConfig:
     """Preprocessing and speed settings of a ``Pipeline``.
 
-    resolution: square input side in pixels; None = the encoder's native grid x pixel patch
-        (256 for the released B/2 checkpoints). Must be a multiple of the pixel patch.
+    resolution: square input side in pixels; None = the encoder's position grid x pixel patch
+        (256 for the released B/2 checkpoints; ``load`` passes the resolution an export was
+        last trained at instead). Must be a multiple of the pixel patch.
     resize: "center_crop" | "resize" | "pad" (as in training, ``data/transforms.py``).
     autocast: bf16 autocast; None = on for CUDA, off elsewhere.
     channels_last: VAE convolutions in channels_last (CUDA only).
@@ -262,12 +263,17 @@ def load(
     hub cache) or a released OpenVision 3 encoder -> ``Pipeline``.
 
     ``device``: None = CUDA when available; ``dtype``: weights dtype (None = float32; the fast
-    path is bf16 autocast, which keeps fp32 weights); ``vae``: see ``load_pretrained``.
+    path is bf16 autocast, which keeps fp32 weights); ``vae``: see ``load_pretrained``;
+    ``resolution``: None = the one the export was last trained at (its ``config.json``), else
+    (released encoders, exports written before it was recorded) the encoder's position grid.
     """
-    from openvision3.inference.pretrained import load_pretrained
+    from openvision3.inference.pretrained import load_pretrained, resolve, trained_resolution
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = load_pretrained(name_or_path, vae=vae, device=device or default_device(), dtype=dtype)
+    local = resolve(name_or_path)
+    model = load_pretrained(local, vae=vae, device=device or default_device(), dtype=dtype)
+    if resolution is None:
+        resolution = trained_resolution(local)
     cfg = PipelineConfig(resolution=resolution, resize=resize, autocast=autocast, compile=compile)
     return Pipeline(model, cfg)

@@ -35,6 +35,7 @@ class BenchConfig:
     preset: str = "ov3-B/2"
     """model preset used when --model is empty (random weights, VAE built from its arch)"""
     resolution: int | None = None
+    """input side in pixels; default: the one --model was last trained at, else its grid's"""
     batch_size: int = 32
     steps: int = 10
     warmup: int = 3
@@ -141,11 +142,16 @@ def bench_encode(cfg: BenchConfig) -> dict:
     "ms_per_batch", "speedup", "rel_error", "max_abs_error"}]}; errors are against the recipe's
     tokens (relative error = ||ours - ref|| / ||ref||, Frobenius).
     """
+    from openvision3.inference.pretrained import trained_resolution
+
     device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
     model = _model(cfg, str(device))
     if model.vae is None:
         raise ValueError("the benchmark needs a model with a VAE")
-    fp32 = Pipeline(model, PipelineConfig(cfg.resolution, autocast=False, channels_last=False))
+    resolution = cfg.resolution
+    if resolution is None and cfg.model:
+        resolution = trained_resolution(cfg.model)
+    fp32 = Pipeline(model, PipelineConfig(resolution, autocast=False, channels_last=False))
     res = fp32.resolution
     grid = fp32.token_grid()
     gen = torch.Generator().manual_seed(0)
@@ -158,7 +164,7 @@ def bench_encode(cfg: BenchConfig) -> dict:
     del recipe  # frees the recipe's copy of the weights before the fast path
     out, t = _time(fp32.encode, x, cfg.steps, cfg.warmup)
     rows.append(("ours, fp32", out, t))
-    fast = Pipeline(model, PipelineConfig(cfg.resolution, autocast=True, compile=cfg.compile))
+    fast = Pipeline(model, PipelineConfig(resolution, autocast=True, compile=cfg.compile))
     name = "ours, bf16 autocast" + (", channels_last VAE" if device.type == "cuda" else "")
     out, t = _time(fast.encode, x, cfg.steps, cfg.warmup)
     rows.append((name + (", torch.compile" if cfg.compile else ""), out, t))

@@ -1,7 +1,7 @@
 """Parse and dispatch the inference commands of ``ov3``; the work lives in ``runs.py`` / ``bench.py``.
 
 ov3 encode MODEL INPUT --output DIR [--format safetensors|npz|webdataset] [--pooled] [--layout grid]
-ov3 reconstruct MODEL INPUT --output DIR [--side-by-side]
+ov3 reconstruct MODEL INPUT --output DIR [--side-by-side]   (sub/a.jpg -> DIR/sub/a.jpg.png)
 ov3 caption MODEL INPUT --output DIR
 ov3 classify MODEL INPUT --output DIR --labels cat dog ... [--topk 5]
 ov3 latent-stats MODEL INPUT --output DIR

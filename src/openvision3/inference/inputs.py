@@ -7,12 +7,16 @@ path, its bytes, a uint8 array / tensor and the matching float tensor give the s
   - uint8 arrays / tensors, (H, W, 3) or (3, H, W), become PIL images losslessly;
   - float tensors (3, H, W) are in [-1, 1] (the model's convention); at the target size they
     pass through untouched, otherwise they are rounded to uint8 and transformed like the rest.
-Sources for the commands: one image file, a folder (recursive), or webdataset tar shards.
+Sources for the commands: one image file, a folder (recursive), or webdataset tar shards. Every
+input a source lists either reaches the model or comes back in ``Batch.bad`` with its reason
+(an undecodable file, a dangling symlink, a fifo, a shard that breaks off), so a command can
+account for each one.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,10 +92,12 @@ def to_batch(images, cfg: ImageTransformConfig) -> torch.Tensor:
 # ---------------------------------------------------------------------- command sources
 @dataclass
 class Item:
-    """One image of a source: ``key`` names it in outputs; ``data`` is a path or bytes."""
+    """One input of a source: ``key`` names it in outputs (unique within the source); ``data``
+    is a path or bytes; ``error``, when set, says why it cannot be read (it is not opened)."""
 
     key: str
     data: str | bytes | None
+    error: str = ""
 
 
 @dataclass
@@ -107,39 +113,99 @@ def _is_shards(path: str) -> bool:
     return path.endswith(".tar") or ("{" in path and ".tar" in path)
 
 
+def _folder_items(root: Path) -> list[Item]:
+    """Every entry under ``root`` with an image extension that is not a folder, sorted by key
+    (its relative posix path); dangling symlinks and non-regular files carry their reason."""
+    items = []
+    for p in root.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir():
+            key = p.relative_to(root).as_posix()
+            items.append(Item(key, str(p), _unreadable_reason(key, p)))
+    return sorted(items, key=lambda item: item.key)
+
+
+def _unreadable_reason(key: str, path: Path) -> str:
+    """Why ``path`` cannot be read as an image file ("" when it is a regular file). Fifos and
+    devices are never opened: reading one could block forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if path.is_symlink():
+            return f"{key!r} is a dangling symlink to {os.readlink(path)!r} ({err.strerror})"
+        return f"cannot open {key!r}: {type(err).__name__}: {err.strerror}"
+    return "" if stat.S_ISREG(mode) else f"{key!r} is not a regular file"
+
+
+class _UniqueKeys:
+    """``key``, or ``key#2``, ``key#3``, ... for later samples repeating an earlier key (shards
+    are read in a fixed order, so a rerun gives every sample the same key)."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.repeats: dict[str, int] = {}
+
+    def __call__(self, key: str) -> str:
+        unique = key
+        while unique in self.used:
+            self.repeats[key] = self.repeats.get(key, 1) + 1
+            unique = f"{key}#{self.repeats[key]}"
+        self.used.add(unique)
+        return unique
+
+
 def _tar_items(shards: list[str]) -> Iterator[Item]:
+    unique = _UniqueKeys()
+    for shard in shards:
+        yield from _shard_items(shard, unique)
+
+
+def _shard_items(shard: str, unique: _UniqueKeys) -> Iterator[Item]:
+    """The samples of one shard in order; if it cannot be read to its end, one more item, keyed
+    by the shard's path, carries the error (the samples after it are not read)."""
     from webdataset.tariterators import tarfile_samples
 
     from openvision3.data.webdataset import raw_to_sample
 
-    def bad_tar(exn: Exception) -> bool:
-        raise UnreadableImageError(f"unreadable webdataset shard: {exn!r}")
+    errors: list[Exception] = []
 
-    for raw in tarfile_samples([{"url": s} for s in shards], handler=bad_tar):
+    def stop(exn: Exception) -> bool:
+        errors.append(exn)
+        return False  # webdataset: stop reading this shard
+
+    count = 0
+    for raw in tarfile_samples([{"url": shard}], handler=stop):
         sample = raw_to_sample(raw)
-        yield Item(str(sample["key"]), sample["image"])
+        count += 1
+        yield Item(unique(str(sample["key"])), sample["image"])
+    if errors:
+        err = errors[0]
+        message = err.args[0] if err.args else ""
+        yield Item(
+            unique(shard),
+            None,
+            f"unreadable webdataset shard {shard!r} after {count} samples: "
+            f"{type(err).__name__}: {message}",
+        )
 
 
 def list_items(path: str | os.PathLike) -> tuple[Iterator[Item], int | None]:
     """An image file, a folder (recursive; a folder of ``*.tar`` only is read as shards) or
     webdataset shards (``a.tar``, ``data-{000..009}.tar``) -> (items, count or None).
 
-    Folder keys are relative posix paths; shard keys are the samples' ``__key__``.
+    Folder keys are relative posix paths, extension included (``sub/photo.jpg``); every entry
+    with an image extension is listed, readable or not. Shard keys are the samples' ``__key__``;
+    a sample repeating an earlier sample's key is keyed ``<key>#2``, ``<key>#3``, ...
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         root = Path(path)
-        files = sorted(
-            p.relative_to(root).as_posix()
-            for p in root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
+        items = _folder_items(root)
+        if not items:
             shards = sorted(str(p) for p in root.glob("*.tar"))
             if shards:
                 return _tar_items(shards), None
             raise ValueError(f"no images (or *.tar shards) under {path!r}")
-        return (Item(f, str(root / f)) for f in files), len(files)
+        return iter(items), len(items)
     if _is_shards(path):
         from webdataset.shardlists import expand_urls
 
@@ -166,8 +232,10 @@ def batches(
     transform = build_transform(cfg, train=False)
 
     def load(item: Item):
+        if item.error:
+            return item.key, None, item.error
         if item.data is None:
-            return item.key, None, "sample holds no image"
+            return item.key, None, f"sample {item.key!r} holds no image"
         try:
             img = decode_image(item.data, name=item.key)
             return item.key, transform(img), ""

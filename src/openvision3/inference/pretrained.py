@@ -1,7 +1,8 @@
 """Loading and saving OpenVision 3 models.
 
 Two layouts are read:
-  - ours: ``config.json`` (``{"format": "openvision3", "model": ModelConfig}``) +
+  - ours: ``config.json`` (``{"format": "openvision3", "model": ModelConfig}``, and
+    ``"resolution"``: the input side in pixels the weights were last trained at, when known) +
     ``model.safetensors`` (+ ``vae/`` for VAEs built from a config, + ``model_card.json``);
   - the authors' released encoder: ``open_clip_config.json`` + ``open_clip_pytorch_model.bin``
     (an open_clip ``VisionTransformer`` with a 16-channel patch conv; keys with or without
@@ -56,20 +57,32 @@ def resolve(path: str) -> str:
 
 # ---------------------------------------------------------------------- our layout
 def save_pretrained(
-    model: OpenVision3, path: str, card: dict | None = None, include_vae: bool | None = None
+    model: OpenVision3,
+    path: str,
+    card: dict | None = None,
+    include_vae: bool | None = None,
+    resolution: int | None = None,
 ) -> None:
     """Write ``config.json``, ``model.safetensors`` and ``model_card.json`` into ``path``.
 
     The VAE is written to ``vae/`` when it was built from a config (no hub id / folder to
-    reference) or when ``include_vae`` is True.
+    reference) or when ``include_vae`` is True. ``resolution``: the input side in pixels the
+    weights were last trained at, recorded in both JSON files; ``load`` runs there by default.
     """
     from safetensors.torch import save_model
 
-    os.makedirs(path, exist_ok=True)
     cfg = model.cfg
+    if resolution is not None and (resolution < 1 or resolution % cfg.pixel_patch):
+        raise ValueError(
+            f"resolution {resolution} must be a positive multiple of {cfg.pixel_patch} "
+            "(pixels per token)"
+        )
+    os.makedirs(path, exist_ok=True)
     has_vae = model.vae is not None
     include_vae = (not cfg.vae.pretrained) if include_vae is None else include_vae
     config = {"format": FORMAT, "version": VERSION, "model": to_dict(cfg), "has_vae": has_vae}
+    if resolution is not None:
+        config["resolution"] = resolution
     if has_vae and include_vae:
         model.vae.save_pretrained(os.path.join(path, "vae"))
         config["vae_subfolder"] = "vae"
@@ -78,10 +91,10 @@ def save_pretrained(
         weights, lambda tmp: save_model(unwrap_model(model), str(tmp), metadata={"format": "pt"})
     )
     write_json(os.path.join(path, CONFIG_NAME), config)
-    write_json(os.path.join(path, CARD_NAME), _card(model, card))
+    write_json(os.path.join(path, CARD_NAME), _card(model, card, resolution))
 
 
-def _card(model: OpenVision3, extra: dict | None) -> dict:
+def _card(model: OpenVision3, extra: dict | None, resolution: int | None) -> dict:
     cfg = model.cfg
     count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     card = {
@@ -99,6 +112,8 @@ def _card(model: OpenVision3, extra: dict | None) -> dict:
         },
         "tokens": f"(B, (H/{cfg.pixel_patch})(W/{cfg.pixel_patch}), {cfg.encoder.width})",
     }
+    if resolution is not None:
+        card["resolution"] = resolution
     card.update(extra or {})
     return card
 
@@ -128,6 +143,16 @@ def load_pretrained(
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def trained_resolution(path: str) -> int | None:
+    """The input side in pixels an export was last trained at (``config.json`` "resolution"),
+    or None for exports written before it was recorded and for released encoders."""
+    config = os.path.join(resolve(path), CONFIG_NAME)
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        return json.load(f).get("resolution")
 
 
 def _build_vae(vae, cfg: VAEConfig, local_vae_dir: str | None) -> FrozenVAE | None:

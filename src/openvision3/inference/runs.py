@@ -1,9 +1,11 @@
 """The batched ``ov3`` inference commands: encode, reconstruct, caption, classify, latent-stats.
 
 Each reads an image file, a folder (recursive) or webdataset shards, decodes in threads, runs
-the ``Pipeline`` batch by batch and writes through ``writers.py``: unreadable inputs are
-skipped and listed in ``summary.json``, nothing is overwritten without ``--overwrite``, and
-running the same command again continues an interrupted run.
+the ``Pipeline`` batch by batch and writes through ``writers.py``: every input that is not
+written (undecodable, a dangling symlink, a broken shard) is listed with its reason in
+``summary.json``, nothing is overwritten without ``--overwrite``, and running the same command
+again continues an interrupted run. Outputs name each input by its key (``inputs.list_items``):
+its path relative to the folder, extension included, or the sample's ``__key__``.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ class RunConfig:
     model: Annotated[Positional[str], arg(metavar="MODEL")]
     """our export directory, a Hugging Face repo id, or a released OpenVision 3 encoder"""
     input: Annotated[Positional[str], arg(metavar="INPUT")]
-    """an image file, a folder (searched recursively), or webdataset shards (a.tar, d-{0..9}.tar)"""
+    """an image file, a folder (searched recursively), or webdataset shards (a.tar, d-{0..9}.tar).
+    Outputs key inputs by relative path (sub/photo.jpg) or __key__ (repeats get #2, #3, ...)"""
     output: str
     """output directory (created); running again continues an interrupted run"""
     batch_size: int = 32
     """images per forward; 0 = the largest that fits (GPU) or 32 (CPU)"""
     resolution: int | None = None
-    """square input side in pixels; default: the model's native resolution"""
+    """square input side in pixels; default: the one the export was last trained at (exports
+    without it, and released encoders: the position grid's, 256 px for B/2)"""
     resize: Literal["center_crop", "resize", "pad"] = "center_crop"
     device: str = "auto"
     weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -93,6 +97,10 @@ class EncodeConfig(RunConfig):
 
 @dataclass
 class ReconstructConfig(RunConfig):
+    """One image per input, named <key>.<ext>: the input's relative path with its own extension
+    kept (sub/photo.jpg -> OUTPUT/sub/photo.jpg.png; webdataset sample s0 -> OUTPUT/s0.png), so
+    photo.png and photo.jpg get their own outputs and a rerun finds the same names."""
+
     side_by_side: bool = False
     """write the (preprocessed) input and its reconstruction next to each other"""
     ext: Literal["png", "jpg", "webp"] = "png"
@@ -234,7 +242,7 @@ def run_encode(cfg: EncodeConfig) -> int:
 
 
 def run_reconstruct(cfg: ReconstructConfig) -> int:
-    """One image file per input: the reconstruction, or input | reconstruction."""
+    """One image file per input, ``<key>.<ext>``: the reconstruction, or input | reconstruction."""
     pipe = _pipeline(cfg)
     run = RunDir(cfg.output, overwrite=cfg.overwrite)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -152,7 +152,8 @@ class TokenShardWriter:
 
     Each shard holds ``tokens`` (B, N, D) or (B, D, h, w) [+ ``pooled`` (B, E)] and the keys:
     safetensors: tensors + ``keys`` (a JSON list) in the metadata; npz: arrays + ``keys``;
-    webdataset: one sample per image, ``<key>.tokens.npy`` [+ ``.pooled.npy``].
+    webdataset: one sample per image, ``<wds key>.tokens.npy`` [+ ``.pooled.npy``] and
+    ``<wds key>.json`` holding the key (see ``webdataset_key``).
     """
 
     def __init__(self, run: RunDir, fmt: str, shard_size: int, dtype: torch.dtype, meta: dict):
@@ -196,9 +197,16 @@ class TokenShardWriter:
 
             with wds.TarWriter(str(tmp)) as sink:
                 for i, key in enumerate(self.keys):
-                    sample = {"__key__": key, "json": self.meta}
+                    sample = {"__key__": webdataset_key(key), "json": {**self.meta, "key": key}}
                     sample.update({f"{k}.npy": v[i].numpy() for k, v in arrays.items()})
                     sink.write(sample)
+
+
+def webdataset_key(key: str) -> str:
+    """An input key as a webdataset ``__key__``. Readers split a member's name at the first dot
+    after the last ``/`` (key, then field), so dots are percent-encoded (and ``%`` first):
+    ``sub/photo.jpg`` -> ``sub/photo%2Ejpg``; ``urllib.parse.unquote`` gives the key back."""
+    return key.replace("%", "%25").replace(".", "%2E")
 
 
 def read_token_shards(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -250,9 +258,17 @@ class JsonlWriter:
 
 
 def image_name(key: str, ext: str) -> str:
-    """Output file name for an input key: same relative path, new extension."""
-    stem = key.rsplit(".", 1)[0] if "." in Path(key).name else key
-    return f"{stem}.{ext}"
+    """Output file name for an input key: the key, extension included, then ``.{ext}``
+    (``sub/photo.jpg`` -> ``sub/photo.jpg.png``; a webdataset sample ``s0`` -> ``s0.png``).
+
+    Keys are unique within a source, so names are too (``photo.png`` and ``photo.jpg`` do not
+    share ``photo.png``), and a rerun finds the same names. Keys that would leave the output
+    directory (absolute, or with ``..``) are refused.
+    """
+    parts = PurePosixPath(key).parts
+    if not parts or key.startswith("/") or ".." in parts:
+        raise ValueError(f"input key {key!r} does not name a file inside the output directory")
+    return f"{key}.{ext}"
 
 
 def save_image(run: RunDir, name: str, image) -> None:

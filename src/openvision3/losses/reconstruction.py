@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openvision3.errors import MissingWeightsError
+
 # lpips net name -> torchvision IMAGENET1K_V1 checkpoint of its backbone.
 BACKBONE_URLS = {
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
@@ -54,14 +56,14 @@ def _backbone_path(net: str, lpips_weights: str) -> str:
     url = BACKBONE_URLS[net]
     if lpips_weights:
         if not os.path.isfile(lpips_weights):
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"lpips_weights={lpips_weights!r} does not exist. It must be torchvision's "
                 f"ImageNet state dict for the LPIPS '{net}' backbone, downloaded from {url}"
             )
         return lpips_weights
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     if not os.path.isfile(cached):
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"LPIPS (lpips_weight > 0) needs the ImageNet weights of its '{net}' backbone, "
             f"and this machine cannot download them. Download {url} and either put it at "
             f"{cached} (the torch hub cache; set TORCH_HOME to move it) or set the config "

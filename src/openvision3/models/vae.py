@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from openvision3.errors import MissingWeightsError  # noqa: F401  (raised here; imported from here)
+
 FLUX_VAE_ID = "black-forest-labs/FLUX.1-dev"
 
 # VAEs shipped inside the package (name -> folder), e.g. the small VAE of the offline demo,
@@ -78,10 +80,6 @@ class VAEConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.arch.get("block_out_channels", [0] * 4)) - 1)
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Raised when pretrained weights are neither local nor downloadable."""
 
 
 def _missing_vae_message(source: str, subfolder: str, err: Exception) -> str:

@@ -3,7 +3,8 @@
 ``ov3 export <checkpoint or run dir> <out dir>`` writes what ``Trainer.finish`` writes into
 ``run_dir/final`` (``config.json`` + ``model.safetensors`` + ``model_card.json``, and ``vae/``
 for config-built VAEs), in one process and without a process group: DCP reads every rank's
-shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result.
+shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result. Both record
+the resolution of the stage that ran the last step, the one ``openvision3.load`` runs at.
 """
 
 from __future__ import annotations
@@ -15,13 +16,24 @@ from typing import Literal
 
 import torch
 
-from openvision3.config import ExperimentConfig
+from openvision3.config import ExperimentConfig, StageConfig
 from openvision3.dataclass_io import from_dict
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.checkpoint import find_latest, read_meta
 from openvision3.train.checkpoint_dcp import load_weights
 
 log = logging.getLogger(__name__)
+
+
+def last_trained_resolution(stages: list[StageConfig], step: int) -> int:
+    """Input side in pixels of the stage that ran the last of ``step`` optimizer steps (the
+    first stage's before any step; the last stage's past the end)."""
+    end = 0
+    for stage in stages:
+        end += stage.steps
+        if step <= end:
+            return stage.resolution
+    return stages[-1].resolution
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str = "auto") -> Path:
@@ -52,6 +64,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     load_weights(path, model, ema=use_ema, strict=True)
     model.save_pretrained(
         str(out_dir),
+        resolution=last_trained_resolution(cfg.train.stages, meta["step"]),
         card={
             "experiment": cfg.name,
             "steps": meta["step"],

@@ -37,6 +37,7 @@ from openvision3.distributed.process import (
     gather_object,
     init_process,
 )
+from openvision3.errors import ConfigError
 from openvision3.losses.contrastive import MAX_LOGIT_SCALE
 from openvision3.losses.objective import Objective
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
@@ -48,6 +49,7 @@ from openvision3.train.checkpoint import (
 )
 from openvision3.train.checkpoint_dcp import load_weights
 from openvision3.train.ema import EMA
+from openvision3.train.export import last_trained_resolution
 from openvision3.train.metrics import MetricsLogger, ProgressBar
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
 from openvision3.train.speed import speed_up_vae
@@ -133,6 +135,7 @@ class Trainer:
     """``Trainer(cfg).fit()`` trains through every stage and returns the final metrics."""
 
     def __init__(self, cfg: ExperimentConfig, proc: ProcessInfo | None = None):
+        cfg.validate()
         self.cfg = cfg
         tc = cfg.train
         self.proc = proc or init_process(tc.device)
@@ -180,7 +183,7 @@ class Trainer:
         """Weights (not optimiser state) from an export or a training checkpoint directory of
         either format (``single``/``dcp``), into the model before it is sharded."""
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"train.init_from: {path} does not exist")
+            raise ConfigError(f"--train.init-from: {path} does not exist")
         try:
             missing, unexpected = load_weights(path, self.model, strict=False)
         except FileNotFoundError as e:
@@ -397,6 +400,9 @@ class Trainer:
 
         ec = self.cfg.eval
         res = ec.resolution or resolution or self.cfg.train.stages[-1].resolution
+        if not self.cfg.data.has_images:  # trained from a latent cache alone
+            log.warning("no evaluation: set --data.path to evaluate on the held-out split")
+            return {"metrics": {}, "skipped": "no --data.path (trained from --data.latents)"}
         with self.eval_weights() as model, self.autocast():
             return evaluate_model(model, self.cfg.data, ec, res, out_dir=out_dir)
 
@@ -415,6 +421,7 @@ class Trainer:
             if self.proc.is_main:
                 model.save_pretrained(
                     str(final),
+                    resolution=last_trained_resolution(self.cfg.train.stages, self.step),
                     card={
                         "experiment": self.cfg.name,
                         "steps": self.step,

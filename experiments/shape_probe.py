@@ -1,6 +1,6 @@
-"""Does the caption path teach the encoder the main object's shape? (docs/demo-learning.md)
+"""Does the caption path teach the encoder the main object's shape? (experiments/README.md)
 
-    python scripts/shape_probe.py --captions colour-shape --steps 400
+    python experiments/shape_probe.py --captions colour-shape --steps 400
 
 Trains the demo encoder + demo caption decoder (no generation branch, no text tower) on the
 shipped demo VAE's latents of the synthetic world, with one of four caption kinds for the main
