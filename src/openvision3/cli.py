@@ -102,7 +102,7 @@ def cmd_demo(argv: list[str]) -> int:
         preset, argv = argv[0], argv[1:]
     preset = preset or default_demo_preset()
     cfg = _experiment(preset, argv, f"ov3 demo --preset {preset}")
-    from openvision3.train.demo import run_demo
+    from openvision3.demo.run import run_demo
 
     report = run_demo(cfg)
     print(f"report: {report}")
@@ -112,7 +112,7 @@ def cmd_demo(argv: list[str]) -> int:
 def cmd_train_vae(argv: list[str]) -> int:
     import tyro
 
-    from openvision3.train.vae import VAETrainConfig, train_vae
+    from openvision3.demo.vae import VAETrainConfig, train_vae
 
     cfg = tyro.cli(VAETrainConfig, args=argv, prog="ov3 train-vae")
     print(train_vae(cfg))
@@ -177,7 +177,7 @@ def _inference(name: str):
 
 def cmd_bench(argv: list[str]) -> int:
     if argv and argv[0] == "train":
-        from openvision3.train.bench import main as bench_train_main
+        from openvision3.ov3.bench import main as bench_train_main
 
         return bench_train_main(argv[1:])
     if argv and argv[0] == "encode":

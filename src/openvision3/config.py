@@ -7,100 +7,14 @@ Written as ``config.json`` into every run directory and checkpoint. Presets live
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from openvision3.data.loader import DataConfig
-from openvision3.dataclass_io import from_dict, to_dict
 from openvision3.errors import ConfigError
 from openvision3.losses.objective import ObjectiveConfig
 from openvision3.models.openvision3 import ModelConfig
-from openvision3.train.optim import OptimConfig
-
-
-@dataclass
-class StageConfig:
-    """One stage of progressive training (the paper: 128 px without LPIPS, then 256 px with)."""
-
-    resolution: int = 128
-    steps: int = 1000
-    batch_size: int = 256  # global, over all ranks
-    base_lr: float = 8e-6  # peak LR = base_lr * batch_size / 256
-    warmup_steps: int = 0
-    lpips_weight: float = 0.0
-
-    def __post_init__(self):
-        if self.resolution <= 0 or self.resolution % 16:
-            raise ValueError(
-                f"stage resolution must be a positive multiple of 16, got {self.resolution}"
-            )
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError("stage steps and batch_size must be positive")
-        if self.base_lr <= 0 or self.lpips_weight < 0 or self.warmup_steps < 0:
-            raise ValueError("stage base_lr must be > 0; lpips_weight and warmup_steps >= 0")
-
-
-@dataclass
-class TrainConfig:
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile per transformer block
-    compile_vae: bool = False  # torch.compile the frozen VAE's encoder and decoder
-    channels_last_vae: bool = True  # NHWC convolutions in the frozen VAE (CUDA only)
-    # Data parallelism over torchrun ranks: auto (DDP when > 1 rank) | ddp | fsdp (FSDP2);
-    # one process trains the plain model. See docs/scaling.md.
-    parallel: str = "auto"
-    activation_checkpointing: bool = False  # recompute each block's activations in backward
-    # auto (dcp when FSDP-sharded, else single) | single (rank 0 writes safetensors) | dcp
-    # (torch.distributed.checkpoint: every rank writes its shards; resumable on any world size)
-    ckpt_format: str = "auto"
-    ema_decay: float = 0.0  # 0 = no EMA
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_last: int = 2
-    eval_every: int = 0  # 0 = evaluate only at the end
-    tensorboard: bool = False
-    init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
-    resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
-    stop_at: int = (
-        0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
-    )
-    # Micro-batches per optimizer step; the stage batch stays the global batch and the
-    # contrastive loss keeps its negatives over all of it (train/accumulate.py).
-    accum_steps: int = 1
-
-    def __post_init__(self):
-        if not self.stages:
-            raise ValueError("train.stages must hold at least one stage")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("train.ema_decay must be in [0, 1)")
-        if self.parallel not in ("auto", "ddp", "fsdp"):
-            raise ValueError(f"train.parallel must be auto, ddp or fsdp, got {self.parallel!r}")
-        if self.ckpt_format not in ("auto", "single", "dcp"):
-            raise ValueError(
-                f"train.ckpt_format must be auto, single or dcp, got {self.ckpt_format!r}"
-            )
-        if self.stop_at < 0:
-            raise ValueError("train.stop_at must be >= 0")
-        if self.log_every <= 0 or self.ckpt_every <= 0 or self.eval_every < 0:
-            raise ValueError("train.log_every and ckpt_every must be > 0, eval_every >= 0")
-        if self.accum_steps < 1:
-            raise ValueError(f"train.accum_steps must be >= 1, got {self.accum_steps}")
-        for s in self.stages:
-            if s.batch_size % self.accum_steps:
-                raise ValueError(
-                    f"stage batch {s.batch_size} is not divisible by train.accum_steps "
-                    f"{self.accum_steps}"
-                )
-
-    @property
-    def total_steps(self) -> int:
-        return sum(s.steps for s in self.stages)
+from openvision3.train.config import StageConfig, TrainConfig
+from openvision3.train.task import RunConfig
 
 
 @dataclass
@@ -118,29 +32,31 @@ class EvalConfig:
 
 
 @dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    run_dir: str = ""  # "" = runs/<name>
+class ExperimentConfig(RunConfig):
+    """An OpenVision 3 training run: the model, its objective, data and evaluation, on the
+    engine's ``train`` settings (``RunConfig``)."""
+
+    TASK = "openvision3"
+
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        super().__post_init__()
         p = self.model.pixel_patch
         for s in self.train.stages:
             if s.resolution % p:
                 raise ValueError(
                     f"stage resolution {s.resolution} is not a multiple of {p} (pixels per token)"
                 )
-        if not self.run_dir:
-            self.run_dir = f"runs/{self.name}"
 
     def validate(self) -> None:
         """Checks on the final values, after the command line: raises ``ConfigError`` naming
         the flag. Presets leave such fields (the data path) to the command line, so these
         checks cannot run while a preset is built."""
+        super().validate()
         if not self.data.has_images and not self.data.latents:
             raise ConfigError(
                 f"--data.path is required for source {self.data.source!r} "
@@ -154,16 +70,11 @@ class ExperimentConfig:
                     f"--data.{field_name.replace('_', '-')} {getattr(self.data, field_name)} "
                     f"exceeds --model.{tower}.context-length {cfg.context_length}"
                 )
-        for i, s in enumerate(self.train.stages):
-            if s.warmup_steps > s.steps:
-                raise ConfigError(
-                    f"--train.stages.{i}.warmup-steps {s.warmup_steps} exceeds "
-                    f"--train.stages.{i}.steps {s.steps}"
-                )
 
-    def to_json(self) -> str:
-        return json.dumps(to_dict(self), indent=2)
+    def build_task(self):
+        from openvision3.ov3.task import OpenVision3Task
 
-    @classmethod
-    def from_json(cls, text: str) -> ExperimentConfig:
-        return from_dict(cls, json.loads(text))
+        return OpenVision3Task(self)
+
+
+__all__ = ["EvalConfig", "ExperimentConfig", "StageConfig", "TrainConfig"]

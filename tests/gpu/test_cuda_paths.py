@@ -12,9 +12,9 @@ from openvision3.configs import get_preset
 from openvision3.losses.objective import Objective
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
-from openvision3.train.bench import TrainBenchConfig, TrainStep, bench_train, random_batch
+from openvision3.ov3.bench import TrainBenchConfig, TrainStep, bench_train, random_batch
+from openvision3.ov3.speed import channels_last_vae, compile_vae
 from openvision3.train.optim import OptimConfig, build_optimizer
-from openvision3.train.speed import channels_last_vae, compile_vae
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

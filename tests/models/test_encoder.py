@@ -92,3 +92,150 @@ def test_b2_encoder_parameter_count_matches_released():
     # released ViT-B/2 with E=512: 85.7M (150 tensors)
     assert abs(n - 85.7e6) < 0.05e6, n
     assert len(enc.state_dict()) == 150
+
+
+# Layer taps (timm's forward_intermediates, CLIP's hidden_states) against a manual loop.
+
+
+def deep_encoder():
+    torch.manual_seed(0)
+    return Encoder(EncoderConfig(width=32, depth=4, heads=2, embed_dim=16)).eval()
+
+
+def manual_states(enc, z):
+    """Embedding output then every block's output, each (B, 1 + N, D), written out by hand."""
+    x = enc.patch_embed(z)
+    grid = (x.shape[2], x.shape[3])
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([enc.cls_token.expand(x.shape[0], 1, -1), x], dim=1)
+    states = [x + enc.position_table(grid, x.device, x.dtype)]
+    for block in enc.blocks:
+        states.append(block(states[-1]))
+    return states
+
+
+@pytest.mark.parametrize(
+    "indices, blocks",
+    [
+        (None, [0, 1, 2, 3]),
+        (2, [2, 3]),  # int: the last n
+        ([0, 2], [0, 2]),
+        ([-1], [3]),
+        ([-2], [2]),  # LLaVA's penultimate layer
+        ([3, 0], [0, 3]),  # block order, as timm
+        ([-3, 1], [1]),  # the same block once
+    ],
+)
+def test_forward_intermediates_select_blocks(indices, blocks):
+    enc = deep_encoder()
+    z = torch.randn(2, 16, 8, 12)
+    ref = manual_states(enc, z)
+    final, taps = enc.forward_intermediates(z, indices=indices)
+    assert torch.equal(final, enc.forward_features(z))  # (B, 1 + N, D), no norm
+    assert len(taps) == len(blocks)
+    for tap, i in zip(taps, blocks):
+        assert tap.shape == (2, 24, 32)
+        assert torch.equal(tap, ref[i + 1][:, 1:])
+    only = enc.forward_intermediates(z, indices=indices, intermediates_only=True)
+    assert isinstance(only, list) and all(torch.equal(a, b) for a, b in zip(only, taps))
+
+
+def test_forward_intermediates_nchw_is_row_major_grid():
+    enc = deep_encoder()
+    z = torch.randn(2, 16, 8, 12)  # grid 4 x 6: h != w, so a swapped reshape fails
+    nlc = enc.forward_intermediates(z, indices=[1], intermediates_only=True)[0]
+    nchw = enc.forward_intermediates(z, indices=[1], output_fmt="NCHW", intermediates_only=True)[0]
+    assert nchw.shape == (2, 32, 4, 6) and nchw.is_contiguous()
+    for r in range(4):
+        for c in range(6):
+            assert torch.equal(nchw[:, :, r, c], nlc[:, r * 6 + c])
+
+
+def test_forward_intermediates_prefix_tokens_and_norm():
+    enc = deep_encoder()
+    z = torch.randn(2, 16, 8, 8)
+    ref = manual_states(enc, z)
+    pairs = enc.forward_intermediates(
+        z, indices=[0, -1], return_prefix_tokens=True, intermediates_only=True
+    )
+    for (patch, cls), i in zip(pairs, [0, 3]):
+        assert cls.shape == (2, 1, 32)
+        assert torch.equal(cls, ref[i + 1][:, :1])
+        assert torch.equal(patch, ref[i + 1][:, 1:])
+    (patch, cls), *_ = enc.forward_intermediates(
+        z, indices=[0], output_fmt="NCHW", return_prefix_tokens=True, intermediates_only=True
+    )
+    assert patch.shape == (2, 32, 4, 4) and torch.equal(cls, ref[1][:, :1])
+    # norm=True: self.norm on every token of each tap; the final features stay raw.
+    final, taps = enc.forward_intermediates(z, indices=[2], norm=True)
+    assert torch.equal(taps[0], enc.norm(ref[3])[:, 1:])
+    assert not torch.allclose(taps[0], ref[3][:, 1:])
+    assert torch.equal(final, ref[-1])
+
+
+def test_forward_intermediates_stop_early_skips_later_blocks():
+    enc = deep_encoder()
+    z = torch.randn(2, 16, 8, 8)
+    calls = []
+    for i, block in enumerate(enc.blocks):
+        block.register_forward_hook(lambda *_, i=i: calls.append(i))
+    full = enc.forward_intermediates(z, indices=[0, 1], intermediates_only=True)
+    assert calls == [0, 1, 2, 3]
+    calls.clear()
+    final, early = enc.forward_intermediates(z, indices=[0, 1], stop_early=True)
+    assert calls == [0, 1]
+    assert all(torch.equal(a, b) for a, b in zip(early, full))
+    assert torch.equal(final[:, 1:], early[-1])  # as timm: the last block run
+
+
+@pytest.mark.parametrize("indices", [0, 5, [4], [-5], [], [0, 4]])
+def test_forward_intermediates_out_of_range_is_a_clear_error(indices):
+    enc = deep_encoder()
+    with pytest.raises(ValueError, match="out of range|empty"):
+        enc.forward_intermediates(torch.randn(1, 16, 4, 4), indices=indices)
+
+
+def test_forward_intermediates_bad_arguments():
+    enc = deep_encoder()
+    z = torch.randn(1, 16, 4, 4)
+    with pytest.raises(ValueError, match="output_fmt"):
+        enc.forward_intermediates(z, output_fmt="NHWC")
+    with pytest.raises(TypeError, match="bool"):
+        enc.forward_intermediates(z, indices=True)
+    with pytest.raises(TypeError, match="not an int"):
+        enc.forward_intermediates(z, indices=[1.0])
+
+
+def test_hidden_states_clip_convention():
+    enc = deep_encoder()
+    z = torch.randn(2, 16, 8, 12)
+    ref = manual_states(enc, z)
+    states = enc.hidden_states(z)
+    assert len(states) == enc.cfg.depth + 1
+    assert all(s.shape == (2, 24, 32) for s in states)
+    assert torch.equal(states[0], ref[0][:, 1:])  # embedding output, before any block
+    for s, r in zip(states, ref):
+        assert torch.equal(s, r[:, 1:])
+    assert torch.equal(states[-1], enc(z))  # the unified tokens, exactly
+    tap = enc.forward_intermediates(z, indices=[-2], intermediates_only=True)[0]
+    assert torch.equal(states[-2], tap)
+    with_cls = enc.hidden_states(z, include_prefix=True)
+    assert len(with_cls) == 5 and with_cls[0].shape == (2, 25, 32)
+    for s, r in zip(with_cls, ref):
+        assert torch.equal(s, r)
+    assert torch.equal(with_cls[-1], enc.forward_features(z))
+
+
+def test_prune_intermediate_layers():
+    enc = deep_encoder()
+    cfg = enc.cfg
+    z = torch.randn(2, 16, 8, 8)
+    before = enc.forward_intermediates(z, indices=[1], intermediates_only=True)[0]
+    assert enc.prune_intermediate_layers([-3]) == [1]
+    assert len(enc.blocks) == 2 and enc.cfg.depth == 2 and cfg.depth == 4
+    assert isinstance(enc.head, torch.nn.Identity)
+    assert isinstance(enc.norm, torch.nn.LayerNorm)  # prune_norm=False keeps it
+    after = enc.forward_intermediates(z, indices=[1], intermediates_only=True)[0]
+    assert torch.equal(after, before)
+    assert torch.equal(enc(z), before)
+    assert enc.pool(enc(z)).shape == (2, 32)

@@ -1,8 +1,11 @@
 """Apply parallelism, activation checkpointing and compilation to a model from the outside.
 
-The model files know nothing of this module: every transformer block of every tower (encoder,
-reconstruction decoder, text encoder, caption decoder) is an ``nn.Module`` with a ``forward``
-(``models/layers.Block``), and that block is the unit everything below is applied to.
+The model files know nothing of this module. A model declares its repeated blocks by class
+name in ``_no_split_modules`` (Hugging Face's convention, which transformers models already
+follow; ``OpenVision3`` names ``Block``, the transformer block of every tower), and each such
+block (an ``nn.Module`` with a ``forward``) is the unit everything
+below is applied to: OpenVision 3's towers, a diffusion transformer's blocks, a language
+model's decoder layers alike.
 
 Order (torchtitan's), each step wrapping the block in its slot of the parent ``ModuleList``:
 
@@ -34,6 +37,8 @@ A single process (no process group) gets steps 1-2 only: the model itself is ret
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -44,8 +49,6 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from openvision3.models.layers import Block
-from openvision3.models.openvision3 import OpenVision3
 from openvision3.wrappers import WRAPPER_ATTRS
 
 PARALLEL_MODES = ("auto", "ddp", "fsdp")
@@ -61,9 +64,22 @@ def resolve_parallel(parallel: str, world_size: int) -> str:
     return "ddp" if parallel == "auto" else parallel
 
 
+def block_names(model: nn.Module) -> set[str]:
+    """The class names that ``model`` declares in ``_no_split_modules`` (the root's own list:
+    a frozen part's declaration, such as diffusers' VAE blocks, is not the trainer's unit)."""
+    names = set(getattr(_inner(model), "_no_split_modules", None) or ())
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} declares no repeated blocks: set _no_split_modules to the "
+            "class names of its blocks (the unit of activation checkpointing, compile and FSDP2)"
+        )
+    return names
+
+
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """Every transformer block of every tower (the unit for compile / checkpointing / sharding)."""
-    return [m for m in model.modules() if isinstance(m, Block)]
+    """Every declared block (the unit for compile / checkpointing / sharding)."""
+    names = block_names(model)
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def _inner(module: nn.Module) -> nn.Module:
@@ -75,11 +91,12 @@ def _inner(module: nn.Module) -> nn.Module:
 
 def _block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """(parent, name) of every block's outermost module (the block or its wrapper)."""
+    names = block_names(model)
     return [
         (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if name not in WRAPPER_ATTRS and isinstance(_inner(child), Block)
+        if name not in WRAPPER_ATTRS and type(_inner(child)).__name__ in names
     ]
 
 
@@ -106,8 +123,10 @@ def block_units(model: nn.Module) -> list[nn.Module]:
 
 
 def frozen_params(model: nn.Module) -> set[nn.Parameter]:
-    """Parameters that never train (the frozen VAE): kept out of FSDP's sharding."""
-    return {p for p in model.parameters() if not p.requires_grad}
+    """Frozen parameters outside the blocks (a frozen VAE): kept out of FSDP's sharding. Frozen
+    blocks are sharded like the others (gathered for the forward, no gradient)."""
+    in_blocks = {id(p) for unit in block_units(model) for p in unit.parameters()}
+    return {p for p in model.parameters() if not p.requires_grad and id(p) not in in_blocks}
 
 
 def apply_fsdp(model: nn.Module, device: torch.device, param_dtype: torch.dtype) -> None:
@@ -163,21 +182,21 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule) or any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def unsharded_copy(model: OpenVision3) -> OpenVision3:
+def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
     """A plain (unsharded, unwrapped) replica of an FSDP2-sharded model on every rank.
 
-    Collective: every rank all-gathers the full state dict. Used for evaluation and export,
-    whose methods (``embed_image``, ``reconstruct``, ``caption_ids``) bypass the root
-    ``forward`` that FSDP2 hooks to unshard the root's parameters. The frozen VAE module is
-    shared with ``model``, not copied. The global RNG is left untouched (building the towers
-    draws initial weights), so evaluating mid-run does not change the training noise.
+    Collective: every rank all-gathers the full state dict into ``build()`` (a fresh model of
+    the same architecture; the trainer passes its task's ``build_model``, which shares frozen
+    parts such as the VAE instead of copying them). Used for evaluation and export, whose
+    methods (``embed_image``, ``reconstruct``, ``caption_ids``) bypass the root ``forward``
+    that FSDP2 hooks to unshard the root's parameters. The global RNG is left untouched
+    (building draws initial weights), so evaluating mid-run does not change the training noise.
     """
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     device = next(iter(full.values())).device
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.device(device):
-        copy = OpenVision3(model.cfg, vae=None)
-    copy.vae = model.vae
+        copy = build()
     copy.load_state_dict(full, strict=True)
     return copy
 

@@ -67,6 +67,10 @@ class OpenVision3(nn.Module):
     N = (H/16)(W/16); embeddings (B, E); text ids (B, L).
     """
 
+    # The repeated block of every tower: the unit of activation checkpointing, compile and
+    # FSDP2 (applied from outside, ``distributed/parallelize.py``; Hugging Face's convention).
+    _no_split_modules = ["Block"]
+
     def __init__(self, cfg: ModelConfig, vae: FrozenVAE | None | str = "build"):
         super().__init__()
         self.cfg = cfg

@@ -16,11 +16,10 @@ from typing import Literal
 
 import torch
 
-from openvision3.config import ExperimentConfig, StageConfig
-from openvision3.dataclass_io import from_dict
-from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.checkpoint import find_latest, read_meta
 from openvision3.train.checkpoint_dcp import load_weights
+from openvision3.train.config import StageConfig
+from openvision3.train.task import config_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     newest checkpoint of a run directory. ``weights``: ``auto`` (the EMA when the run kept
     one, as ``Trainer.finish``), ``ema`` or ``live``. Returns ``out_dir``.
 
-    The model is rebuilt from the run's config with the run's seed, so a VAE built from a
-    config (random weights, e.g. ``ov3-mu``) comes out exactly as in training; pretrained
-    VAEs load from their own source.
+    The model is rebuilt by the run's task from its config with the run's seed, so a part
+    built from a config (a random VAE, e.g. ``ov3-mu``'s) comes out exactly as in training;
+    pretrained parts load from their own source.
     """
-    from openvision3.train.trainer import prune_model_config
-
     if weights not in ("auto", "ema", "live"):
         raise ValueError(f"weights must be auto, ema or live, got {weights!r}")
     path = Path(checkpoint)
@@ -56,24 +53,22 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
             raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
         path = latest
     meta = read_meta(path)
-    cfg = from_dict(ExperimentConfig, meta["state"]["config"])
+    cfg = config_from_checkpoint(meta["state"])
+    task = cfg.build_task()
     has_ema = (path / "ema.safetensors").is_file() or bool(meta.get("ema"))
     use_ema = has_ema if weights == "auto" else weights == "ema"
-    torch.manual_seed(cfg.train.seed)  # as Trainer.__init__: the same config-built VAE
-    model = OpenVision3(prune_model_config(cfg.model, cfg.objective))
+    torch.manual_seed(cfg.train.seed)  # as Trainer.__init__: the same config-built parts
+    model = task.build_model()
     load_weights(path, model, ema=use_ema, strict=True)
-    model.save_pretrained(
-        str(out_dir),
-        resolution=last_trained_resolution(cfg.train.stages, meta["step"]),
-        card={
-            "experiment": cfg.name,
-            "steps": meta["step"],
-            "samples_seen": meta["state"].get("samples_seen"),
-            "data": cfg.data.source,
-            "weights": "ema" if use_ema else "live",
-            "exported_from": str(path),
-        },
-    )
+    card = {
+        "experiment": cfg.name,
+        "steps": meta["step"],
+        "samples_seen": meta["state"].get("samples_seen"),
+        "weights": "ema" if use_ema else "live",
+        "exported_from": str(path),
+    }
+    resolution = last_trained_resolution(cfg.train.stages, meta["step"])
+    task.export(model, str(out_dir), card, resolution)
     log.info("exported %s (%s weights) to %s", path, "EMA" if use_ema else "live", out_dir)
     return Path(out_dir)
 

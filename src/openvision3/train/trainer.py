@@ -1,28 +1,23 @@
-"""The training engine: one loop for a single process and for ``torchrun`` (DDP).
+"""The training engine: one loop for a single process and for ``torchrun`` (DDP / FSDP2), for
+any model that a ``Task`` (``train/task.py``) supplies.
 
-The step reads top to bottom: forward, objective, backward, clip, step, schedule, clamp the
-temperature, EMA. Intervals (log, checkpoint, evaluate) are plain ``if``s in the loop.
-Stages (resolution, steps, batch, LR, LPIPS weight) run one after another; the encoder's
-sin-cos positions follow the grid of each stage's resolution (the paper's 128 -> 256 px
-schedule), and the data position carries over from one stage to the next.
+The step reads top to bottom: the task's forward and backward, clip, step, schedule, the
+task's after-step hook (OpenVision 3 clamps its temperature), EMA. Intervals (log, checkpoint,
+evaluate) are plain ``if``s in the loop. Stages (resolution, steps, batch, LR, frozen modules)
+run one after another, and the data position carries over from one stage to the next.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from openvision3.config import ExperimentConfig, StageConfig
-from openvision3.data.latents import check_cache_vae
-from openvision3.data.loader import build_loader
 from openvision3.dataclass_io import to_dict
 from openvision3.distributed.parallelize import (
     clip_grad_norm_,
@@ -38,21 +33,19 @@ from openvision3.distributed.process import (
     init_process,
 )
 from openvision3.errors import ConfigError
-from openvision3.losses.contrastive import MAX_LOGIT_SCALE
-from openvision3.losses.objective import Objective
-from openvision3.models.openvision3 import ModelConfig, OpenVision3
-from openvision3.train.accumulate import StepTerms, forward_backward
+from openvision3.train.accumulate import StepTerms
 from openvision3.train.checkpoint import (
+    clean_key,
     find_latest,
     load_checkpoint,
     save_checkpoint,
 )
-from openvision3.train.checkpoint_dcp import load_weights
+from openvision3.train.config import StageConfig
 from openvision3.train.ema import EMA
 from openvision3.train.export import last_trained_resolution
 from openvision3.train.metrics import MetricsLogger, ProgressBar
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
-from openvision3.train.speed import speed_up_vae
+from openvision3.train.task import RunConfig, frozen_names
 
 log = logging.getLogger(__name__)
 
@@ -121,22 +114,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the terms."""
 
 
-def prune_model_config(model: ModelConfig, objective) -> ModelConfig:
-    """Drop the heads whose loss weight is zero (ablations), so every parameter gets a gradient."""
-    return dataclasses.replace(
-        model,
-        decoder=model.decoder if objective.needs_reconstruction else None,
-        text=model.text if objective.needs_contrastive else None,
-        caption=model.caption if objective.needs_caption else None,
-    )
-
-
 class Trainer:
     """``Trainer(cfg).fit()`` trains through every stage and returns the final metrics."""
 
-    def __init__(self, cfg: ExperimentConfig, proc: ProcessInfo | None = None):
+    def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None):
         cfg.validate()
         self.cfg = cfg
+        self.task = cfg.build_task()
         tc = cfg.train
         self.proc = proc or init_process(tc.device)
         self.device = self.proc.device
@@ -147,9 +131,15 @@ class Trainer:
                     f"stage batch {s.batch_size} is not divisible by {self.proc.world_size} ranks"
                 )
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        self.model = OpenVision3(prune_model_config(cfg.model, cfg.objective)).to(self.device)
+        self.model = self.task.build_model().to(self.device)
         if tc.init_from:
             self._init_from(tc.init_from)
+        # Parameters frozen in every stage leave the optimiser (no state, no weight decay);
+        # the others are frozen stage by stage (``_freeze``).
+        self.trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        self.frozen = [set(frozen_names(self.model, s.freeze)) for s in tc.stages]
+        self._check_freezing()
+        self._freeze(set.intersection(*self.frozen))
         # AC -> compile -> DDP / FSDP2 (distributed/parallelize.py), before the optimizer and
         # the EMA: FSDP2 replaces the parameters by their shards.
         self.parallel = resolve_parallel(tc.parallel, self.proc.world_size)
@@ -162,7 +152,7 @@ class Trainer:
             activation_checkpointing=tc.activation_checkpointing,
             param_dtype=torch.bfloat16 if self._bf16() else torch.float32,
         )
-        speed_up_vae(self.model.vae, self.device, tc.compile_vae, tc.channels_last_vae)
+        self.task.prepare(self.model, self.device)
         self.optimizer = build_optimizer(self.model, tc.optim, lr=1.0)
         schedule = [(s.steps, peak_lr(s.base_lr, s.batch_size), s.warmup_steps) for s in tc.stages]
         self.scheduler = build_multi_stage_scheduler(
@@ -185,12 +175,27 @@ class Trainer:
         if not Path(path).is_dir():
             raise ConfigError(f"--train.init-from: {path} does not exist")
         try:
-            missing, unexpected = load_weights(path, self.model, strict=False)
+            missing, unexpected = self.task.init_from(self.model, path)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"train.init_from: {e}") from None
         log.info(
             "init_from %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
         )
+
+    def _check_freezing(self) -> None:
+        if len({frozenset(f) for f in self.frozen}) > 1 and self.proc.world_size > 1:
+            raise ConfigError(
+                "--train.stages.N.freeze differs between stages: DDP and FSDP2 fix the trained "
+                "parameters when they wrap the model, so run such stages in one process or as "
+                "separate runs (--train.init-from)"
+            )
+
+    def _freeze(self, names: set[str]) -> None:
+        """Train every trainable parameter (the model's own choice: a frozen VAE stays frozen)
+        but ``names``."""
+        for name, p in self.model.named_parameters():  # wrapped names after parallelize
+            name = clean_key(name)
+            p.requires_grad_(name in self.trainable and name not in names)
 
     def _maybe_resume(self) -> None:
         how = self.cfg.train.resume
@@ -248,41 +253,25 @@ class Trainer:
         return results
 
     def _run_stage(self, bar: ProgressBar) -> None:
-        tc, cfg = self.cfg.train, self.cfg
+        tc = self.cfg.train
         index, stage, start = self.stage_at(self.step)
         end = start + stage.steps
         per_rank = stage.batch_size // self.proc.world_size
-        loader = build_loader(
-            cfg.data,
-            "train",
-            stage.resolution,
-            per_rank,
-            rank=self.proc.rank,
-            world_size=self.proc.world_size,
-            train=True,
-        )
+        loader = self.task.build_loader(stage, per_rank, self.proc.rank, self.proc.world_size)
         if self.data_state is not None:
             loader.load_state_dict(self.data_state)
-        objective = Objective(dataclasses.replace(cfg.objective, lpips_weight=stage.lpips_weight))
-        objective.to(self.device)
-        branches = dict(
-            reconstruction=objective.cfg.needs_reconstruction,
-            contrastive=objective.cfg.needs_contrastive,
-            caption=objective.cfg.needs_caption,
-            pixel_fraction=objective.cfg.pixel_loss_fraction,
-        )
-        if cfg.data.latents:
-            check_cache_vae(loader.latent_meta, self.model.vae)
+        self._freeze(self.frozen[index])
+        self.task.begin_stage(stage, self.model, loader)
         if self.proc.is_main:
             log.info(
-                "stage %d: %d px, steps %d-%d, global batch %d, peak lr %.3g, lpips %.2f",
+                "stage %d: %s, steps %d-%d, global batch %d, peak lr %.3g%s",
                 index,
-                stage.resolution,
+                self.task.describe_stage(stage),
                 start,
                 end,
                 stage.batch_size,
                 peak_lr(stage.base_lr, stage.batch_size),
-                stage.lpips_weight,
+                f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "",
             )
         self.train_model.train()
         # Terms stay on the device; the host syncs once per log / checkpoint / eval step.
@@ -293,23 +282,15 @@ class Trainer:
                 for k, v in batch.items()
             }
             self.optimizer.zero_grad(set_to_none=True)
-            terms = forward_backward(
-                self.train_model,
-                self.model,
-                objective,
-                batch,
-                tc.accum_steps,
-                branches,
-                self.autocast,
+            terms = self.task.forward_backward(
+                self.train_model, self.model, batch, tc.accum_steps, self.autocast
             )
             if tc.optim.grad_clip:
                 params = self.model.parameters()
                 terms["grad_norm"] = clip_grad_norm_(params, tc.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            if self.model.text is not None:
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+            self.task.after_step(self.model)
             if self.ema is not None:
                 self.ema.update(self.model)
             window.add(self.step, terms)
@@ -361,6 +342,7 @@ class Trainer:
             "data": self.data_state,  # rank 0's (the single format's readers expect one)
             "data_ranks": gather_object(self.data_state),  # every rank's, for data_position
             "rank_rng": gather_rank_rng(),
+            "task": self.cfg.TASK,
             "config": to_dict(self.cfg),
         }
         return save_checkpoint(
@@ -382,7 +364,7 @@ class Trainer:
         an unsharded copy on every rank (collective; evaluation and export call the model's
         methods, which bypass the root ``forward`` that unshards)."""
         if self.parallel == "fsdp":
-            model = unsharded_copy(self.model)
+            model = unsharded_copy(self.model, lambda: self.task.build_model(self.model))
             if self.ema is not None:
                 self.ema.copy_to(model)  # gathers the sharded shadows
             yield model.eval()
@@ -396,15 +378,9 @@ class Trainer:
                 self.model.train()
 
     def evaluate(self, resolution: int | None = None, out_dir: str | None = None) -> dict:
-        from openvision3.evaluation.suite import evaluate_model
-
-        ec = self.cfg.eval
-        res = ec.resolution or resolution or self.cfg.train.stages[-1].resolution
-        if not self.cfg.data.has_images:  # trained from a latent cache alone
-            log.warning("no evaluation: set --data.path to evaluate on the held-out split")
-            return {"metrics": {}, "skipped": "no --data.path (trained from --data.latents)"}
+        """The task's evaluation of the EMA (else live) weights, on every rank."""
         with self.eval_weights() as model, self.autocast():
-            return evaluate_model(model, self.cfg.data, ec, res, out_dir=out_dir)
+            return self.task.evaluate(model, resolution, out_dir)
 
     def log_eval(self, results: dict) -> None:
         scalars = {
@@ -419,16 +395,13 @@ class Trainer:
         final = self.run_dir / "final"
         with self.eval_weights() as model:  # every rank: gathers the shards under FSDP2
             if self.proc.is_main:
-                model.save_pretrained(
-                    str(final),
-                    resolution=last_trained_resolution(self.cfg.train.stages, self.step),
-                    card={
-                        "experiment": self.cfg.name,
-                        "steps": self.step,
-                        "samples_seen": self.samples,
-                        "data": self.cfg.data.source,
-                    },
-                )
+                card = {
+                    "experiment": self.cfg.name,
+                    "steps": self.step,
+                    "samples_seen": self.samples,
+                }
+                resolution = last_trained_resolution(self.cfg.train.stages, self.step)
+                self.task.export(model, str(final), card, resolution)
         barrier()
         results = self.evaluate(out_dir=str(self.run_dir / "eval"))
         self.log_eval(results)

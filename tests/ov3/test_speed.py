@@ -3,7 +3,7 @@
 import torch
 
 from openvision3.models.vae import FrozenVAE
-from openvision3.train.speed import speed_up_vae
+from openvision3.ov3.speed import speed_up_vae
 
 
 def test_speed_up_vae_on_cpu_keeps_names():

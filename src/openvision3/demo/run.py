@@ -30,8 +30,9 @@ from openvision3.data.synthetic import CLASS_NAMES, COLORS, SHAPES
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.suite import limited
 from openvision3.files import write_json
+from openvision3.ov3.task import prune_model_config
 from openvision3.train.metrics import read_metrics
-from openvision3.train.trainer import Trainer, prune_model_config
+from openvision3.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

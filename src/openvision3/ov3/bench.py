@@ -10,7 +10,7 @@ backward, gradient clipping, optimizer step. Two modes, on the same weights and 
          our own baseline;
   fast   the trainer's speed options: ``torch.compile`` per transformer block
          (``distributed/parallelize.py``), compiled VAE encoder and decoder and a channels_last
-         VAE (``train/speed.py``), fused AdamW on CUDA.
+         VAE (``ov3/speed.py``), fused AdamW on CUDA.
 
 Per component (VAE encode, encoder, decoder, VAE decode, LPIPS, text tower, caption decoder)
 the calls of one step are captured and replayed alone (forward, plus backward where the step
@@ -47,11 +47,11 @@ from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.losses.reconstruction import BACKBONE_URLS
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import PACKAGED_VAES, VAEConfig
+from openvision3.ov3.accumulate import forward_backward
+from openvision3.ov3.speed import speed_up_vae
+from openvision3.ov3.task import prune_model_config, stage_objective
 from openvision3.tokenizer import EOT_ID, SOT_ID
-from openvision3.train.accumulate import forward_backward
 from openvision3.train.optim import build_optimizer, peak_lr
-from openvision3.train.speed import speed_up_vae
-from openvision3.train.trainer import prune_model_config
 
 MODES = ("eager", "fast")
 COMPONENTS = ("vae_encode", "encoder", "decoder", "vae_decode", "lpips", "text", "caption")
@@ -112,7 +112,7 @@ def paper_recipe() -> list[dict]:
             {
                 "stage": name,
                 "resolution": s.resolution,
-                "lpips": s.lpips_weight > 0,
+                "lpips": (s.lpips_weight or 0) > 0,
                 "samples": samples,
                 "epochs": round(samples / EPOCH, 2),
             }
@@ -378,7 +378,8 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
     stage = _stage(exp, resolution)
     lpips = cfg.lpips_weight
     if lpips is None:
-        lpips = stage.lpips_weight if stage is not None else exp.objective.lpips_weight
+        lpips = stage_objective(exp.objective, stage).lpips_weight if stage else None
+        lpips = exp.objective.lpips_weight if lpips is None else lpips
     ceiling = perf.matmul_ceiling(device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         objective_cfg = dataclasses.replace(exp.objective, lpips_weight=lpips)

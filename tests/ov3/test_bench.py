@@ -10,7 +10,7 @@ import pytest
 from openvision3.cli import main as cli_main
 from openvision3.configs.presets import EPOCH
 from openvision3.models.presets import model_config
-from openvision3.train.bench import (
+from openvision3.ov3.bench import (
     COMPONENTS,
     TrainBenchConfig,
     paper_recipe,

@@ -6,10 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from openvision3.data.synthetic import SyntheticWorld
-from openvision3.models.vae import FrozenVAE, VAEConfig
-from openvision3.train import vae as vae_mod
-from openvision3.train.metrics import read_metrics
-from openvision3.train.vae import (
+from openvision3.demo import vae as vae_mod
+from openvision3.demo.vae import (
     VAETrainConfig,
     calibrate_latent_scale,
     count_flops,
@@ -19,6 +17,8 @@ from openvision3.train.vae import (
     reproduce_command,
     train_vae,
 )
+from openvision3.models.vae import FrozenVAE, VAEConfig
+from openvision3.train.metrics import read_metrics
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -18,7 +18,8 @@ from openvision3.data.synthetic import SyntheticConfig
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
-from openvision3.train.accumulate import StepTerms, forward_backward, split_batch
+from openvision3.ov3.accumulate import forward_backward
+from openvision3.train.accumulate import StepTerms, split_batch
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics
 from openvision3.train.trainer import Trainer
@@ -178,7 +179,7 @@ def test_step_syncs_with_the_host_only_at_log_steps(tmp_path, monkeypatch):
     seeds come from the CPU generator: a host-side draw, never a device sync.)"""
     trainer = Trainer(smoke(tmp_path, log_every=3, ckpt_every=3, stop_at=3, accum_steps=2))
     trainer.cfg.train.stages[0].steps = 3
-    own = ("train/trainer.py", "train/accumulate.py")
+    own = ("train/trainer.py", "train/accumulate.py", "ov3/accumulate.py", "ov3/task.py")
     syncs = []
     for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
         original = getattr(torch.Tensor, name)

@@ -1,0 +1,114 @@
+"""``OpenVision3Task``: the unified tokenizer on the training engine (``train/task.py``).
+
+It builds the model (heads of zero-weight losses pruned), the image-text loaders, the paper's
+objective per stage (the stage's LPIPS weight), the step with OpenVision 3's gradient
+accumulation (contrastive negatives over the whole batch, ``ov3/accumulate.py``), the
+temperature clamp after each step, the evaluation suite and the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+from torch import nn
+
+from openvision3.config import ExperimentConfig
+from openvision3.data.latents import check_cache_vae
+from openvision3.data.loader import build_loader
+from openvision3.losses.contrastive import MAX_LOGIT_SCALE
+from openvision3.losses.objective import Objective, ObjectiveConfig
+from openvision3.models.openvision3 import ModelConfig, OpenVision3
+from openvision3.ov3.accumulate import forward_backward
+from openvision3.ov3.speed import speed_up_vae
+from openvision3.train.config import StageConfig
+from openvision3.train.task import Task
+
+log = logging.getLogger(__name__)
+
+
+def prune_model_config(model: ModelConfig, objective) -> ModelConfig:
+    """Drop the heads whose loss weight is zero (ablations), so every parameter gets a gradient."""
+    return dataclasses.replace(
+        model,
+        decoder=model.decoder if objective.needs_reconstruction else None,
+        text=model.text if objective.needs_contrastive else None,
+        caption=model.caption if objective.needs_caption else None,
+    )
+
+
+def stage_objective(objective: ObjectiveConfig, stage: StageConfig) -> ObjectiveConfig:
+    """The objective of one stage: its LPIPS weight when the stage sets one."""
+    if stage.lpips_weight is None:
+        return objective
+    return dataclasses.replace(objective, lpips_weight=stage.lpips_weight)
+
+
+class OpenVision3Task(Task):
+    cfg: ExperimentConfig
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__(cfg)
+        self.objective: Objective | None = None
+        self.branches: dict = {}
+
+    def build_model(self, frozen_from: nn.Module | None = None) -> OpenVision3:
+        model_cfg = prune_model_config(self.cfg.model, self.cfg.objective)
+        if frozen_from is None:
+            return OpenVision3(model_cfg)
+        model = OpenVision3(model_cfg, vae=None)
+        model.vae = frozen_from.vae  # frozen, never in a state dict: shared, not copied
+        return model
+
+    def prepare(self, model: OpenVision3, device: torch.device) -> None:
+        tc = self.cfg.train
+        speed_up_vae(model.vae, device, tc.compile_vae, tc.channels_last_vae)
+
+    def build_loader(self, stage: StageConfig, batch_size: int, rank: int, world: int):
+        return build_loader(
+            self.cfg.data, "train", stage.resolution, batch_size, rank, world, train=True
+        )
+
+    def begin_stage(self, stage: StageConfig, model: OpenVision3, loader) -> None:
+        device = model.encoder.cls_token.device
+        self.objective = Objective(stage_objective(self.cfg.objective, stage)).to(device)
+        oc = self.objective.cfg
+        self.branches = dict(
+            reconstruction=oc.needs_reconstruction,
+            contrastive=oc.needs_contrastive,
+            caption=oc.needs_caption,
+            pixel_fraction=oc.pixel_loss_fraction,
+        )
+        if self.cfg.data.latents:
+            check_cache_vae(loader.latent_meta, model.vae)
+
+    def describe_stage(self, stage: StageConfig) -> str:
+        lpips = stage_objective(self.cfg.objective, stage).lpips_weight
+        return f"{stage.resolution} px, lpips {lpips:.2f}"
+
+    def forward_backward(self, train_model, model, batch, accum_steps, autocast):
+        return forward_backward(
+            train_model, model, self.objective, batch, accum_steps, self.branches, autocast
+        )
+
+    def after_step(self, model: OpenVision3) -> None:
+        if model.text is not None:
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+
+    def evaluate(self, model: OpenVision3, resolution: int | None, out_dir: str | None) -> dict:
+        from openvision3.evaluation.suite import evaluate_model
+
+        ec = self.cfg.eval
+        res = ec.resolution or resolution or self.cfg.train.stages[-1].resolution
+        if not self.cfg.data.has_images:  # trained from a latent cache alone
+            log.warning("no evaluation: set --data.path to evaluate on the held-out split")
+            return {"metrics": {}, "skipped": "no --data.path (trained from --data.latents)"}
+        return evaluate_model(model, self.cfg.data, ec, res, out_dir=out_dir)
+
+    def export(self, model: OpenVision3, path: str, card: dict, resolution: int) -> None:
+        model.save_pretrained(
+            path, resolution=resolution, card={**card, "data": self.cfg.data.source}
+        )

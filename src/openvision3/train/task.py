@@ -1,0 +1,193 @@
+"""The seam between the training engine and what it trains.
+
+The engine (``train/trainer.py``) owns the loop, stages, gradient accumulation's bookkeeping,
+the optimiser and schedules, EMA, checkpoints (single file and DCP), metrics, evaluation and
+checkpoint intervals, exact resume and export. A ``Task`` supplies everything that depends on
+the model: the model itself, its batches, its loss terms (forward and backward), what runs
+after each optimiser step, its evaluation and its export. This is open_clip's ``TrainingTask``
+(``src/open_clip/task/``) and torchtitan's per-model trainer hooks
+(``torchtitan/models/flux/trainer.py``) in one small interface.
+
+A run's config is a ``RunConfig`` subclass: it names its task (``TASK``), holds ``name``,
+``run_dir`` and ``train`` (the engine's ``TrainConfig``) plus whatever its task needs, and
+builds the task with ``build_task()``. Checkpoints record the task name, so ``ov3 export`` and
+``train.init_from`` rebuild the right model; ``register_task`` adds a task from outside the
+package (a test, a plug-in) without touching the engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from openvision3.dataclass_io import from_dict, to_dict
+from openvision3.errors import ConfigError
+from openvision3.train.config import StageConfig, TrainConfig
+
+
+class Loader(Protocol):
+    """A resumable training loader: iterate for batch dicts; its position is counted in samples."""
+
+    skipped: int
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class RunConfig:
+    """The part of every experiment config the engine reads. Subclasses add their task's
+    fields and set ``TASK``; ``build_task`` returns the task for this config."""
+
+    TASK: ClassVar[str] = ""
+
+    name: str = "experiment"
+    run_dir: str = ""  # "" = runs/<name>
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if not self.run_dir:
+            self.run_dir = f"runs/{self.name}"
+
+    def validate(self) -> None:
+        """Checks on the final values, after the command line (``ConfigError`` names the flag)."""
+        for i, s in enumerate(self.train.stages):
+            if s.warmup_steps > s.steps:
+                raise ConfigError(
+                    f"--train.stages.{i}.warmup-steps {s.warmup_steps} exceeds "
+                    f"--train.stages.{i}.steps {s.steps}"
+                )
+
+    def build_task(self) -> Task:
+        raise NotImplementedError(f"{type(self).__name__} does not name its task")
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return from_dict(cls, json.loads(text))
+
+
+class Task(ABC):
+    """What one trainable system gives the engine. ``cfg`` is its ``RunConfig``."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ model
+    @abstractmethod
+    def build_model(self, frozen_from: nn.Module | None = None) -> nn.Module:
+        """The model with its initial weights, drawn from the global RNG (the engine seeds it).
+
+        ``frozen_from``: a model built by this task whose frozen, never-checkpointed parts
+        (a frozen VAE, say) the new one shares instead of building them again; the engine
+        passes it when it needs an unsharded replica of an FSDP2 model.
+        """
+
+    def init_from(self, model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+        """Load weights (not optimiser state) from ``path`` (an export or a checkpoint of this
+        task); returns (missing, unexpected) keys. Tasks that read other layouts override it."""
+        from openvision3.train.checkpoint_dcp import load_weights
+
+        return load_weights(path, model, strict=False)
+
+    def prepare(self, model: nn.Module, device: torch.device) -> None:
+        """After the engine's parallelism: speed options on frozen parts (none by default)."""
+        return None
+
+    # ------------------------------------------------------------------ data and step
+    @abstractmethod
+    def build_loader(self, stage: StageConfig, batch_size: int, rank: int, world: int) -> Loader:
+        """This rank's infinite training loader for ``stage``, ``batch_size`` samples a batch."""
+
+    def begin_stage(self, stage: StageConfig, model: nn.Module, loader: Loader) -> None:
+        """Set up what a stage needs (its loss weights, checks on its data); nothing by default."""
+        return None
+
+    def describe_stage(self, stage: StageConfig) -> str:
+        """A few words for the stage's log line."""
+        return f"{stage.resolution} px"
+
+    @abstractmethod
+    def forward_backward(
+        self,
+        train_model: nn.Module,
+        model: nn.Module,
+        batch: dict,
+        accum_steps: int,
+        autocast: Callable[[], Any],
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of one optimiser step's batch (split into ``accum_steps``
+        micro-batches, gradient sync on the last only). ``train_model`` is the wrapped model
+        (DDP / FSDP2 / compiled), ``model`` the plain one. Returns detached () terms on the
+        device, ``loss`` among them (non-finite losses are reported by the engine)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """After the optimiser step (clamps, projections); nothing by default."""
+        return None
+
+    # ------------------------------------------------------------------ evaluation and export
+    def evaluate(self, model: nn.Module, resolution: int, out_dir: str | None) -> dict:
+        """``{"metrics": {...}, ...}`` of ``model`` (eval mode, EMA weights when kept). Called on
+        every rank; none by default."""
+        return {"metrics": {}}
+
+    @abstractmethod
+    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+        """Write ``model`` as a pretrained folder (rank 0 only); ``card`` is the engine's
+        provenance (experiment, steps, samples seen); ``resolution`` the last trained one."""
+
+
+# ---------------------------------------------------------------------- registry
+# Task name -> "module:ConfigClass", imported only when a checkpoint of that task is read.
+_CONFIGS: dict[str, str | type[RunConfig]] = {
+    "openvision3": "openvision3.config:ExperimentConfig",
+}
+
+
+def register_task(config_cls: type[RunConfig]) -> type[RunConfig]:
+    """Make ``config_cls.TASK`` known to checkpoint readers (``ov3 export``); a decorator."""
+    if not config_cls.TASK:
+        raise ValueError(f"{config_cls.__name__}.TASK is empty")
+    _CONFIGS[config_cls.TASK] = config_cls
+    return config_cls
+
+
+def config_class(task: str) -> type[RunConfig]:
+    """The config class of a task name recorded in a checkpoint."""
+    if task not in _CONFIGS:
+        raise ConfigError(f"unknown task {task!r} in checkpoint; known: {sorted(_CONFIGS)}")
+    entry = _CONFIGS[task]
+    if isinstance(entry, str):
+        module, name = entry.split(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry
+
+
+def config_from_checkpoint(state: dict) -> RunConfig:
+    """The run config stored in a checkpoint's ``state`` (older ones: an OpenVision 3 run)."""
+    return from_dict(config_class(state.get("task", "openvision3")), state["config"])
+
+
+def frozen_names(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Parameter names under the module names ``patterns`` (a name, or a prefix ending in
+    ``.``: ``encoder`` freezes ``encoder.*``); a pattern that matches nothing is an error."""
+    names = [n for n, _ in model.named_parameters()]
+    out = []
+    for pat in patterns:
+        hits = [n for n in names if n == pat or n.startswith(pat.rstrip(".") + ".")]
+        if not hits:
+            raise ConfigError(f"freeze: no parameter under {pat!r} in {type(model).__name__}")
+        out += hits
+    return sorted(set(out))
