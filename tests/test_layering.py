@@ -1,5 +1,7 @@
 """House rule 1: models/ imports nothing from train/, distributed/, data/, evaluation/;
-inference/ never imports torch.distributed; nothing in the package imports experiments/."""
+inference/ never imports torch.distributed; the engine (train/) and distributed/ serve any model
+through the Task seam, so they import no model family, no experiment config and no task;
+nothing in the package imports experiments/."""
 
 import ast
 from pathlib import Path
@@ -15,6 +17,18 @@ RULES = {
         "openvision3.evaluation",
     ),
     "inference": ("torch.distributed", "openvision3.distributed", "openvision3.train"),
+    "train": (
+        "openvision3.models",
+        "openvision3.config",
+        "openvision3.configs",
+        "openvision3.ov3",
+        "openvision3.demo",
+        "openvision3.data",
+        "openvision3.losses",
+        "openvision3.evaluation",
+        "openvision3.inference",
+    ),
+    "distributed": ("openvision3.models", "openvision3.train", "openvision3.ov3"),
 }
 
 

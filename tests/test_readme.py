@@ -58,7 +58,7 @@ SHRINK = [
     (r"^ov3 presets$", ""),
     (r"^ov3 train demo_smoke$", ""),
     (r"^ov3 train \w+ --data\.latents ", f"{_TRAIN1} --run-dir runs/from-cache"),
-    (r"^ov3 train (pretrain|finetune)_\w+ ", _TRAIN1),
+    (r"^ov3 train (pretrain|finetune|decoder)_\w+ ", _TRAIN1),
     # The FSDP2 line is an alternative to the DDP one, not its continuation: its own run.
     (r"^torchrun .* --train\.parallel fsdp", f"{_TRAIN2} --run-dir runs/ov3_b2_fsdp"),
     (r"^(ov3 train|torchrun .* train) ov3_\w+ ", _TRAIN2),

@@ -7,6 +7,8 @@ Written as ``config.json`` into every run directory and checkpoint. Presets live
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from openvision3.data.loader import DataConfig
@@ -55,8 +57,10 @@ class ExperimentConfig(RunConfig):
     def validate(self) -> None:
         """Checks on the final values, after the command line: raises ``ConfigError`` naming
         the flag. Presets leave such fields (the data path) to the command line, so these
-        checks cannot run while a preset is built."""
+        checks cannot run while a preset is built. Also takes the encoder's architecture from
+        a released encoder named by ``--train.init-from`` (``decoder_b2``)."""
         super().validate()
+        self._adopt_released_encoder()
         if not self.data.has_images and not self.data.latents:
             raise ConfigError(
                 f"--data.path is required for source {self.data.source!r} "
@@ -70,6 +74,30 @@ class ExperimentConfig(RunConfig):
                     f"--data.{field_name.replace('_', '-')} {getattr(self.data, field_name)} "
                     f"exceeds --model.{tower}.context-length {cfg.context_length}"
                 )
+
+    def _adopt_released_encoder(self) -> None:
+        """With ``train.init_from`` a released encoder (``open_clip_config.json``; a folder or
+        a hub id), the model's encoder becomes that encoder's architecture (its stored position
+        table, width, depth), the caption decoder reads tokens of its width and the text tower
+        embeds into its contrastive space."""
+        path = self.train.init_from
+        if not path:
+            return
+        from openvision3.inference.pretrained import is_released, read_released, resolve
+
+        try:
+            local = path if os.path.isdir(path) else resolve(path)
+        except FileNotFoundError as err:
+            raise ConfigError(f"--train.init-from: {err}") from None
+        if not is_released(local):
+            return
+        encoder, _ = read_released(local)
+        text, caption = self.model.text, self.model.caption
+        if text is not None:  # the contrastive space is the encoder's
+            text = dataclasses.replace(text, embed_dim=encoder.embed_dim)
+        if caption is not None:
+            caption = dataclasses.replace(caption, image_width=encoder.width)
+        self.model = dataclasses.replace(self.model, encoder=encoder, text=text, caption=caption)
 
     def build_task(self):
         from openvision3.ov3.task import OpenVision3Task

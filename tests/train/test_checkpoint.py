@@ -51,7 +51,7 @@ class Toy(nn.Module):
 
 def _setup():
     model = Toy()
-    opt = build_optimizer(model, OptimConfig(warmup_steps=2), lr=1e-2)
+    opt = build_optimizer(model, OptimConfig(), lr=1e-2)
     sched = build_scheduler(opt, warmup_steps=2, total_steps=10, min_lr_ratio=0.1)
     return model, opt, sched, EMA(model, decay=0.9)
 

@@ -128,6 +128,37 @@ def ov3_l2() -> ExperimentConfig:
     return _paper("ov3_l2", [pretrain_stage(), finetune_stage()], model="ov3-L/2")
 
 
+RELEASED_B2 = "UCSC-VLAA/openvision3-vit-base-patch2-32"
+
+
+def decoder_b2() -> ExperimentConfig:
+    """The reconstruction decoder (ViT-B/1) on a frozen released encoder (RAE's stage 1): the
+    authors released the encoder only, so this is how their weights get a decoder and, from
+    it, reconstructions and generated images.
+
+    ``--train.init-from`` names the released encoder (default the B/2 at 256 px, a hub id or a
+    local folder); the model's encoder takes its architecture and weights and stays frozen
+    (``freeze=("encoder",)``). Losses: the paper's reconstruction terms (pixel L1 + 0.4 latent
+    L1 + 0.5 LPIPS) with the decoder's noise (tau 0.8). The understanding heads are off; with
+    ``--objective.und-weight 1`` the text tower and caption decoder train too, on the frozen
+    tokens. Choices (the paper gives no decoder-only recipe): 256 px, batch 512, 16 epochs as
+    RAE trains its decoders, base LR 1e-4 (peak 2e-4), warmup 1 epoch.
+    """
+    steps = _steps(16, 512)
+    stage = StageConfig(
+        resolution=256,
+        steps=steps,
+        batch_size=512,
+        base_lr=1e-4,
+        warmup_steps=_steps(1, 512),
+        lpips_weight=0.5,
+        freeze=("encoder",),
+    )
+    cfg = _paper("decoder_b2", [stage], init_from=RELEASED_B2)
+    cfg.objective = ObjectiveConfig(und_weight=0.0)
+    return cfg
+
+
 def demo_model() -> ModelConfig:
     """A small OpenVision 3 that learns the synthetic world on a laptop CPU."""
     return ModelConfig(
@@ -228,6 +259,7 @@ def _smoke(base: Callable[[], ExperimentConfig]) -> ExperimentConfig:
             base_lr=max(s.base_lr, 1e-4),
             warmup_steps=1,
             lpips_weight=0.0,
+            freeze=s.freeze,
         )
         for i, s in enumerate(cfg.train.stages)
     ]
@@ -246,6 +278,7 @@ _BASES: dict[str, Callable[[], ExperimentConfig]] = {
     "pretrain_l2": pretrain_l2,
     "finetune_l2": finetune_l2,
     "ov3_l2": ov3_l2,
+    "decoder_b2": decoder_b2,
     "demo": demo,
     "demo_gpu": demo_gpu,
 }

@@ -303,8 +303,8 @@ def convert_released_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def load_released(local: str, vae: FrozenVAE | str | None = "auto") -> OpenVision3:
-    """Released encoder directory -> encoder-only ``OpenVision3`` (no decoder / text towers)."""
+def read_released(local: str) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
+    """Released encoder directory -> (our ``EncoderConfig``, its ``Encoder`` state dict)."""
     with open(os.path.join(local, RELEASED_CONFIG)) as f:
         vision, embed_dim = _released_vision_cfg(json.load(f))
     weights = os.path.join(local, RELEASED_WEIGHTS)
@@ -343,6 +343,17 @@ def load_released(local: str, vae: FrozenVAE | str | None = "auto") -> OpenVisio
         pos_grid=(grid, grid),
         patch_bias="patch_embed.bias" in sd,
     )
+    return enc, sd
+
+
+def is_released(local: str) -> bool:
+    """Whether ``local`` (a directory) holds a released encoder (``open_clip_config.json``)."""
+    return os.path.isfile(os.path.join(local, RELEASED_CONFIG))
+
+
+def load_released(local: str, vae: FrozenVAE | str | None = "auto") -> OpenVision3:
+    """Released encoder directory -> encoder-only ``OpenVision3`` (no decoder / text towers)."""
+    enc, sd = read_released(local)
     vae_cfg = VAEConfig()
     cfg = ModelConfig(
         encoder=enc,

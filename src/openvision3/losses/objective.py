@@ -37,8 +37,17 @@ class ObjectiveConfig:
     # Speed-up that changes the recipe (off at 1.0): the model decodes only this fraction of
     # each batch through the frozen VAE decoder for the pixel terms (docs/training-speed.md).
     pixel_loss_fraction: float = 1.0
+    # Branches whose loss does not reach the encoder: their heads read the tokens with the
+    # gradient stopped at z_u (probes; heads trained on a frozen encoder).
+    stop_gradient: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self.stop_gradient = tuple(self.stop_gradient)
+        unknown = set(self.stop_gradient) - {"reconstruction", "contrastive", "caption"}
+        if unknown:
+            raise ValueError(
+                f"stop_gradient takes reconstruction, contrastive, caption; got {sorted(unknown)}"
+            )
         for name in ("rec_weight", "und_weight", "caption_weight", "contrastive_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

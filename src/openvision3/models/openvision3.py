@@ -56,6 +56,9 @@ class ModelConfig:
         return self.vae.downsample * self.encoder.patch_size
 
 
+BRANCHES = ("reconstruction", "contrastive", "caption")
+
+
 class MissingComponentError(RuntimeError):
     """A method needs a part (decoder, text towers, VAE) this model was built without."""
 
@@ -178,6 +181,7 @@ class OpenVision3(nn.Module):
         contrastive: bool = True,
         caption: bool = True,
         pixel_fraction: float = 1.0,
+        detach: tuple[str, ...] = (),
     ) -> dict[str, torch.Tensor]:
         """One training forward. ``batch``: ``images`` (B, 3, H, W) and/or ``latents``
         (B, C, h, w) already encoded by this VAE (a latent cache), ``text`` (B, L)
@@ -185,26 +189,32 @@ class OpenVision3(nn.Module):
         the pixel targets, so reconstruction needs them even when latents are given.
         ``pixel_fraction`` < 1 decodes only the first round(f * B) samples to pixels (a random
         subset when the batch is shuffled); the latent term still covers all B.
+        ``detach``: branches ("reconstruction", "contrastive", "caption") that read the tokens
+        with the gradient stopped at z_u: their heads (the pooling norm and projection, the
+        decoders) still train, the encoder gets none of their gradient (probes, frozen-encoder
+        heads).
 
         Returns the tensors the objective consumes (see ``losses/objective.py``).
         """
         latents = batch.get("latents")
         if latents is None:
             latents = self._need("vae").encode(batch["images"])
-        tokens = self.encoder(latents)  # (B, N, D)
+        z = self.encoder(latents)  # (B, N, D)
         grid = self.encoder.grid(latents.shape[-2:])  # (h, w) of the N tokens
+        tokens = {b: z.detach() if b in detach else z for b in BRANCHES}
         out: dict[str, torch.Tensor] = {}
         if contrastive:
-            out["image_embeds"] = F.normalize(self.encoder.pool(tokens), dim=-1)
+            pooled = self.encoder.pool(tokens["contrastive"])  # (B, E)
+            out["image_embeds"] = F.normalize(pooled, dim=-1)
             out["text_embeds"] = self.embed_text(batch["text"])
             if "text_2" in batch:
                 out["text_embeds_2"] = self.embed_text(batch["text_2"])
             out["logit_scale"] = self.logit_scale.exp()
         if caption:
-            cap = self._need("captioner")(tokens, batch["caption"], grid)
+            cap = self._need("captioner")(tokens["caption"], batch["caption"], grid)
             out["caption_logits"], out["caption_targets"] = cap["logits"], cap["targets"]
         if reconstruction:
-            latents_hat = self._need("decoder")(tokens, grid)
+            latents_hat = self._need("decoder")(tokens["reconstruction"], grid)
             out["latents"], out["latents_hat"] = latents, latents_hat
             n = max(1, round(latents.shape[0] * pixel_fraction))
             out["images"] = batch["images"][:n]  # (n, 3, H, W)

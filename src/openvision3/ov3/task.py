@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 
 import torch
 from torch import nn
@@ -62,6 +63,20 @@ class OpenVision3Task(Task):
         model.vae = frozen_from.vae  # frozen, never in a state dict: shared, not copied
         return model
 
+    def init_from(self, model: OpenVision3, path: str) -> tuple[list[str], list[str]]:
+        """Our exports and checkpoints (``Task.init_from``), or a released encoder (a folder or
+        hub id): its weights go into the encoder, whose architecture ``ExperimentConfig``
+        took from it (``validate``)."""
+        from openvision3.inference.pretrained import is_released, read_released, resolve
+
+        local = resolve(path) if not os.path.isdir(path) else path
+        if not is_released(local):
+            return super().init_from(model, local)
+        _, sd = read_released(local)
+        model.encoder.load_state_dict(sd, strict=True)
+        encoder = {f"encoder.{k}" for k in sd}
+        return [k for k in model.state_dict() if k not in encoder], []
+
     def prepare(self, model: OpenVision3, device: torch.device) -> None:
         tc = self.cfg.train
         speed_up_vae(model.vae, device, tc.compile_vae, tc.channels_last_vae)
@@ -80,6 +95,7 @@ class OpenVision3Task(Task):
             contrastive=oc.needs_contrastive,
             caption=oc.needs_caption,
             pixel_fraction=oc.pixel_loss_fraction,
+            detach=oc.stop_gradient,
         )
         if self.cfg.data.latents:
             check_cache_vae(loader.latent_meta, model.vae)

@@ -222,16 +222,18 @@ def load_weights(
     have = {k[len(prefix) :] for k in saved if k.startswith(prefix)}
     if ema and not have:
         raise FileNotFoundError(f"{path} holds no EMA weights")
-    missing, unexpected = sorted(set(own) - have), sorted(have - set(own))
+    # EMA shadows cover the trainable parameters: the rest (buffers, frozen parameters) come
+    # from the model part.
+    model_have = {k[len("model.") :] for k in saved if k.startswith("model.")}
+    available = have | model_have if ema else have
+    missing, unexpected = sorted(set(own) - available), sorted(have - set(own))
     if strict and (missing or unexpected):
         raise KeyError(f"{path}: missing {missing}, unexpected {unexpected}")
-    # EMA shadows cover the trainable parameters: the rest (buffers) come from the model.
     targets = {k: own[k] for k in sorted(have & set(own))}
     if ema:
-        model_part = {k: own[k] for k in sorted(set(own) - have) if f"model.{k}" in saved}
+        model_part = {k: own[k] for k in sorted(set(own) - have) if k in model_have}
         with _one_process_ok():
             dcp.load({"ema": {"params": targets}, "model": model_part}, **_reader(path))
-        missing = sorted(set(own) - have - set(model_part))
     else:
         with _one_process_ok():
             dcp.load({"model": targets}, **_reader(path))

@@ -40,11 +40,18 @@ class EMA:
         self.buffers = {k: b.detach().clone() for k, b in buffers.items()}
 
     @staticmethod
-    def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Trainable parameters and persistent buffers of the unwrapped model, by name."""
+    def _tensors(
+        model: nn.Module, names=None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Parameters (the trainable ones, or those named in ``names``: a module frozen for
+        one stage keeps its shadow) and persistent buffers of the unwrapped model, by name."""
         m = unwrap_model(model)
         persistent = set(m.state_dict(keep_vars=True))
-        params = {clean_key(k): p for k, p in m.named_parameters() if p.requires_grad}
+        params = {
+            clean_key(k): p
+            for k, p in m.named_parameters()
+            if (clean_key(k) in names if names is not None else p.requires_grad)
+        }
         buffers = {clean_key(k): b for k, b in m.named_buffers() if k in persistent}
         return params, buffers
 
@@ -58,7 +65,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Average ``model``'s current parameters into the shadows; copy its buffers."""
-        params, buffers = self._tensors(model)
+        params, buffers = self._tensors(model, self.params)
         if params.keys() != self.params.keys():
             raise KeyError("the model's trainable parameters differ from the EMA's")
         d = self.current_decay()
@@ -74,7 +81,7 @@ class EMA:
     def copy_to(self, model: nn.Module) -> None:
         """Write the EMA weights (cast to each parameter's dtype) and buffers into ``model``;
         sharded shadows into an unsharded model are gathered first (collective)."""
-        params, buffers = self._tensors(model)
+        params, buffers = self._tensors(model, self.params)
         for k, shadow in self.params.items():
             if isinstance(shadow, DTensor) and not isinstance(params[k], DTensor):
                 shadow = shadow.full_tensor()
@@ -89,7 +96,7 @@ class EMA:
         >>> with ema.swapped(model):
         ...     evaluate(model)
         """
-        params, buffers = self._tensors(model)
+        params, buffers = self._tensors(model, self.params)
         backup = {k: t.detach().clone() for k, t in {**params, **buffers}.items()}
         self.copy_to(model)
         try:

@@ -39,34 +39,27 @@ _NORM_TYPES = (
 
 @dataclass
 class OptimConfig:
-    """AdamW and schedule hyper-parameters.
-
-    ``warmup_steps`` is in optimizer steps; the experiment preset sets it (the paper warms up for
-    1% of training). ``grad_clip`` is the max global grad-norm, ``None`` disables clipping.
+    """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own base
+    LR and warmup: ``StageConfig``). ``min_lr_ratio``: the cosine's floor as a fraction of the
+    peak. ``grad_clip`` is the max global grad-norm, ``None`` disables clipping.
     ``fused``: ``None`` = fused AdamW when the parameters live on CUDA, ``True``/``False`` force it.
     """
 
-    base_lr: float = 8e-6
     weight_decay: float = 0.2
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     fused: bool | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # JSON gives a list
-        if not self.base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and not self.grad_clip > 0:

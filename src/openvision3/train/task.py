@@ -175,9 +175,21 @@ def config_class(task: str) -> type[RunConfig]:
     return entry
 
 
+# Fields that older checkpoints' configs hold and that no longer exist (each stage owns its
+# base LR and warmup): dropped when such a checkpoint is read.
+REMOVED_FIELDS = (("train", "optim", "base_lr"), ("train", "optim", "warmup_steps"))
+
+
 def config_from_checkpoint(state: dict) -> RunConfig:
     """The run config stored in a checkpoint's ``state`` (older ones: an OpenVision 3 run)."""
-    return from_dict(config_class(state.get("task", "openvision3")), state["config"])
+    config = json.loads(json.dumps(state["config"]))  # a copy to edit
+    for *parents, name in REMOVED_FIELDS:
+        node = config
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(name, None)
+    return from_dict(config_class(state.get("task", "openvision3")), config)
 
 
 def frozen_names(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:

@@ -170,14 +170,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _init_from(self, path: str) -> None:
-        """Weights (not optimiser state) from an export or a training checkpoint directory of
-        either format (``single``/``dcp``), into the model before it is sharded."""
-        if not Path(path).is_dir():
-            raise ConfigError(f"--train.init-from: {path} does not exist")
+        """Weights (not optimiser state) from what the task reads (an export or a training
+        checkpoint of either format; OpenVision 3 also a released encoder), into the model
+        before it is sharded."""
         try:
             missing, unexpected = self.task.init_from(self.model, path)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"train.init_from: {e}") from None
+            raise ConfigError(f"--train.init-from: {e}") from None
         log.info(
             "init_from %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
         )
