@@ -5,7 +5,7 @@ from torchmetrics.functional.text import bleu_score
 
 from openvision3.data.synthetic import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
-from openvision3.evaluation.suite import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
+from openvision3.evaluation.synthetic import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
 
 SCRIPT = [
     "a red circle on a blue square background",
@@ -129,10 +129,10 @@ def test_reference_count_must_match():
         CaptionEvaluator().run(ScriptedCaptioner(SCRIPT), [batch])
 
 
-def test_cider_tokens_and_imperfect_captions_score_lower():
-    from openvision3.evaluation.captioning import _cider, cider_tokens
+def test_normalize_caption_and_imperfect_captions_score_lower():
+    from openvision3.evaluation.captioning import _cider, normalize_caption
 
-    assert cider_tokens("A Dog, running.  Fast!") == "a dog running fast"
+    assert normalize_caption("A Dog, running.  Fast!") == "a dog running fast"
     # 5 words each, so every n-gram order up to 4 exists.
     refs = [["A red circle on grey."], ["A blue square on white."], ["A green heart on black."]]
     perfect = _cider(

@@ -1,10 +1,15 @@
-"""Captioning quality of the understanding branch: corpus BLEU-4 of ``model.caption``.
+"""Captioning quality of the understanding branch: corpus BLEU-4 and CIDEr-D of ``model.caption``.
+
+Generated and reference captions are normalised alike before every metric
+(``normalize_caption``: lowercase, punctuation replaced by spaces, whitespace-split), as the
+COCO caption toolkit does with its PTB tokenizer and punctuation removal (the java tokenizer
+itself is not used). So references read from raw text (caption files) and references decoded
+from tokens (the loaders, which space out punctuation) give the same scores.
 
 BLEU comes from torchmetrics (``BLEUScore``, n_gram=4, no smoothing); its n-gram match and
 length counters are sums, so they are all-reduced across ranks before the score is formed and
 uneven shards give the corpus BLEU of all images. CIDEr (CIDEr-D, Vedantam et al. 2015) is
-pycocoevalcap's ``Cider`` scorer on lowercased, punctuation-stripped, whitespace-split text (the
-COCO toolkit's java PTB tokenizer is not used); ``None`` when pycocoevalcap is not importable.
+pycocoevalcap's ``Cider`` scorer; ``None`` when pycocoevalcap is not importable.
 """
 
 from __future__ import annotations
@@ -50,14 +55,15 @@ def _row(batch: dict, i: int) -> dict:
     return row
 
 
-def cider_tokens(text: str) -> str:
+def normalize_caption(text: str) -> str:
     """Lowercase, punctuation replaced by spaces, single-spaced: ``"A Dog, running."`` ->
     ``"a dog running"`` (a stand-in for the PTB tokenizer, which needs java)."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
-    """Corpus CIDEr-D over all ranks, or None when pycocoevalcap is not importable."""
+    """Corpus CIDEr-D over all ranks (of normalised captions), or None when pycocoevalcap is
+    not importable."""
     try:  # optional; not a dependency
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
@@ -67,8 +73,8 @@ def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
         dist.all_gather_object(shards, (generated, refs))
         generated = [g for shard in shards for g in shard[0]]
         refs = [r for shard in shards for r in shard[1]]
-    gts = {i: [cider_tokens(t) for t in r] for i, r in enumerate(refs)}
-    res = {i: [cider_tokens(g)] for i, g in enumerate(generated)}
+    gts = {i: [normalize_caption(t) for t in r] for i, r in enumerate(refs)}
+    res = {i: [normalize_caption(g)] for i, g in enumerate(generated)}
     return float(Cider().compute_score(gts, res)[0])
 
 
@@ -133,9 +139,11 @@ class CaptionEvaluator:
                 refs = _references(batch, references)
                 if len(refs) != len(generated):
                     raise ValueError(f"{len(refs)} references for {len(generated)} images")
-                bleu.update(generated, refs)
-                generated_all += generated
-                refs_all += refs
+                words = [normalize_caption(g) for g in generated]
+                ref_words = [[normalize_caption(r) for r in rs] for rs in refs]
+                bleu.update(words, ref_words)
+                generated_all += words
+                refs_all += ref_words
                 acc.add("generated", torch.ones(len(generated)))
                 keys = batch.get("key", [None] * len(generated))
                 rows = [_row(batch, i) for i in range(len(generated))] if self.attributes else []

@@ -9,7 +9,7 @@ Everything here is a no-op without an initialised ``torch.distributed`` process 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -145,6 +145,23 @@ class MetricAccumulator:
             n: (self._sums[n] / self._counts[n]).item() if self._counts[n] > 0 else float("nan")
             for n in self.names
         }
+
+
+def limited(loader: Iterable[dict], num_images: int, rank: int, world: int) -> Iterator[dict]:
+    """This rank's share of the first ``num_images`` images (0 = all), batch by batch.
+
+    ``loader`` is this rank's evaluation loader, which holds the images r, r + world, ... of
+    the split (``data.loader.build_loader(..., train=False)``), so the shares of all ranks make
+    up exactly the first ``num_images`` images whatever the number of ranks."""
+    share = None if num_images <= 0 else num_images // world + int(rank < num_images % world)
+    seen = 0
+    for batch in loader:
+        if share is not None and seen >= share:
+            return
+        b = len(batch["key"])
+        take = b if share is None else min(b, share - seen)
+        seen += take
+        yield {k: v[:take] for k, v in batch.items()} if take < b else batch
 
 
 def model_device(model: nn.Module) -> torch.device:

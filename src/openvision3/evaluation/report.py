@@ -128,14 +128,19 @@ def _section(task: str, out: dict, out_dir: str) -> list[str]:
     return lines
 
 
+def _json_safe(tree):
+    """A copy with NaN floats as None (JSON has no NaN)."""
+    if isinstance(tree, dict):
+        return {k: _json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_json_safe(v) for v in tree]
+    return None if isinstance(tree, float) and math.isnan(tree) else tree
+
+
 def write_report(results: dict, out_dir: str) -> None:
     """Write ``results.json`` and ``report.md`` (with PNGs) into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    flat = {k: v for k, v in results.items()}
-    for out in flat["tasks"].values():  # JSON keeps the metric floats; NaN as null
-        out["metrics"] = {k: None if isinstance(v, float) and math.isnan(v) else v
-                          for k, v in out["metrics"].items()}  # fmt: skip
-    write_json(os.path.join(out_dir, "results.json"), flat, default=str)
+    write_json(os.path.join(out_dir, "results.json"), _json_safe(results), default=str)
     model, data = results["model"], results["data"]
     lines = [
         "# Evaluation report",
@@ -147,13 +152,13 @@ def write_report(results: dict, out_dir: str) -> None:
         f"{results['environment']['world_size']} rank(s). Every number and setting: `results.json`.",
         "",
     ]
+    # The flat names, as the trainer logs them (eval/<name>).
     summary = [
-        (task, k, v)
-        for task, out in results["tasks"].items()
-        for k, v in out["metrics"].items()
-        if not isinstance(v, dict) and k != "count"
+        (k, v)
+        for k, v in results["metrics"].items()
+        if not isinstance(v, dict) and not k.endswith("_count")
     ]
-    lines += ["## Summary", "", _table(summary, ("task", "metric", "value")), ""]
+    lines += ["## Summary", "", _table(summary, ("metric", "value")), ""]
     if results["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{t} ({r})" for t, r in results["skipped"].items()), ""]
     for task, out in results["tasks"].items():

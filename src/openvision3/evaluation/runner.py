@@ -5,12 +5,15 @@ on this rank's share of the data (launch with ``torchrun`` for several ranks), a
 ``results.json`` (every number, every setting, the model and data identity) and ``report.md``
 (tables and PNG plots) into ``cfg.out_dir``. A task the model or the data cannot support is an
 error when asked for by name and is skipped, with the reason recorded, under ``all``.
+
+The trainer's evaluation (``suite.evaluate_model``) is a subset of tasks and images of this
+same path: ``EvalRun`` + ``run_tasks``, so both report the same numbers under the same names
+(``flat_metrics``: ``rec_psnr``, ``zero_shot_top1``, ``retrieval_i2t_r1``, ``caption_bleu4``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
 import os
 import re
@@ -23,15 +26,31 @@ import torch
 from openvision3.data.loader import DataConfig, build_loader
 from openvision3.data.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from openvision3.dataclass_io import to_dict
+from openvision3.evaluation.identity import data_identity, environment, model_identity
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.pairs import PairsConfig, pair_batches, read_pairs
-from openvision3.evaluation.suite import SYNTHETIC_CAPTION_ATTRIBUTES, limited
+from openvision3.evaluation.reduce import limited, model_device
+from openvision3.evaluation.synthetic import SYNTHETIC_CAPTION_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
 TASKS = ("reconstruction", "zero-shot", "retrieval", "captioning", "linear-probe")
 SWITCH = ("auto", "on", "off")
 IMAGENET_WNID = re.compile(r"^n\d{8}$")
+# Flat metric names, shared by ``results.json`` ("metrics") and the trainer's log (eval/...):
+# "<prefix>_<metric>", e.g. rec_psnr, zero_shot_top1, retrieval_t2i_r5, caption_bleu4.
+METRIC_PREFIX = {
+    "reconstruction": "rec",
+    "zero-shot": "zero_shot",
+    "retrieval": "retrieval",
+    "captioning": "caption",
+    "linear-probe": "linear_probe",
+}
+# Reference captions are the loader's caption tokens decoded, tokenised at this length and not
+# at the training run's data.caption_context (the demo's 24 tokens cut most synthetic captions
+# in half, and BLEU / CIDEr against cut references are other numbers).
+REFERENCE_CONTEXT = 256
+RELEASED_RESOLUTION = 256  # input side for a released encoder (no recorded training resolution)
 
 
 class TaskUnavailable(ValueError):
@@ -104,10 +123,13 @@ class LinearProbeTaskConfig:
 
 @dataclass
 class EvalRunConfig:
-    """model: our export folder, a released checkpoint folder or a hub id. vae: "auto" (the
-    export's), a VAE folder / hub id, or "none". data: labelled images (zero-shot, linear probe; and the
-    rest when pairs.annotations is empty). Images are resized by ``data.resize``
-    ("center_crop": short side to ``resolution``, centre crop). num_images: 0 = all."""
+    """model: our export folder, a released checkpoint folder or a hub id (required by
+    ``run_eval``). vae: "auto" (the export's), a VAE folder / hub id, or "none". data: labelled
+    images (zero-shot, linear probe; and the rest when pairs.annotations is empty); pass the
+    training run's ``--data.*`` values to evaluate on its held-out split. Images are resized by
+    ``data.resize`` ("center_crop": short side to ``resolution``, centre crop). resolution: 0 =
+    the one the export was last trained at (its config.json; 256 for a released encoder).
+    num_images: the first N images of ``split`` (0 = all). out_dir: "" = write no files."""
 
     model: str = ""
     vae: str = "auto"
@@ -116,7 +138,7 @@ class EvalRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: str = "val"
-    resolution: int = 256
+    resolution: int = 0
     batch_size: int = 32
     num_images: int = 0
     reconstruction: ReconstructionTaskConfig = field(default_factory=ReconstructionTaskConfig)
@@ -126,21 +148,31 @@ class EvalRunConfig:
     linear_probe: LinearProbeTaskConfig = field(default_factory=LinearProbeTaskConfig)
 
     def __post_init__(self):
-        if not self.model:
-            raise ValueError("--model PATH is required (an export folder or a hub id)")
-        if self.resolution < 16 or self.batch_size < 1 or self.num_images < 0:
-            raise ValueError("need resolution >= 16, batch_size >= 1, num_images >= 0")
+        if self.resolution < 0 or 0 < self.resolution < 16:
+            raise ValueError(f"need resolution 0 (the export's) or >= 16, got {self.resolution}")
+        if self.batch_size < 1 or self.num_images < 0:
+            raise ValueError("need batch_size >= 1, num_images >= 0")
 
 
-class _Run:
-    """What every task needs: the config, the model, this rank, the output folder."""
+def evaluation_data(data: DataConfig, model) -> DataConfig:
+    """``data`` as every evaluation reads it, whatever the training run tokenised at: texts
+    (retrieval) at the model's text context length, reference captions at
+    ``REFERENCE_CONTEXT``."""
+    text = getattr(model.cfg, "text", None)
+    context = text.context_length if text is not None else data.text_context
+    return replace(data, text_context=context, caption_context=REFERENCE_CONTEXT)
+
+
+class EvalRun:
+    """What every task needs: the config (its resolution resolved), the model, this rank and
+    the output folder (None: write no files). ``ov3 eval`` and the trainer both build one."""
 
     def __init__(self, cfg: EvalRunConfig, model, rank: int, world: int):
+        if not cfg.resolution:
+            raise ValueError("EvalRun needs a resolution (run_eval resolves 0 from the export)")
         self.cfg, self.model, self.rank, self.world = cfg, model, rank, world
-        self.out = cfg.out_dir
-        text = getattr(model.cfg, "text", None)
-        # Loader texts are tokenized at the model's own context length.
-        self.data = replace(cfg.data, text_context=text.context_length) if text else cfg.data
+        self.out = cfg.out_dir or None
+        self.data = evaluation_data(cfg.data, model)
         self.pairs = read_pairs(**to_dict(cfg.pairs)) if cfg.pairs.annotations else None
 
     def loader_batches(self, split: str, num_images: int) -> Iterator[dict]:
@@ -194,7 +226,7 @@ def _cache_dir(cfg: ReconstructionTaskConfig) -> str:
     return cfg.stats_cache or os.path.join(base, "openvision3", "fid")
 
 
-def run_reconstruction(run: _Run) -> dict:
+def run_reconstruction(run: EvalRun) -> dict:
     from openvision3.evaluation.fid import (
         InceptionFeatures,
         ReconstructionFID,
@@ -214,8 +246,12 @@ def run_reconstruction(run: _Run) -> dict:
     )
     fid, settings = None, {}
     if rfid:
-        extractor = InceptionFeatures(rc.inception_weights).to(_device(run.model))
-        identity = {**_data_identity(run), "resolution": c.resolution, "num_images": c.num_images}
+        extractor = InceptionFeatures(rc.inception_weights).to(model_device(run.model))
+        identity = {
+            **data_identity(c, run.pairs),
+            "resolution": c.resolution,
+            "num_images": c.num_images,
+        }
         identity["inception"] = os.path.basename(extractor.weights)
         cache = reference_cache_path(_cache_dir(rc), identity)
         fid = ReconstructionFID(extractor, cache, identity)
@@ -227,19 +263,18 @@ def run_reconstruction(run: _Run) -> dict:
         }
     rec = ReconstructionEvaluator(lpips, rc.lpips_weights, rc.grid, rc.lpips_net, fid)
     metrics = rec.run(run.model, run.image_batches())
-    rec.write_csv(os.path.join(run.out, "reconstruction.csv"))
-    rec.save_grid(os.path.join(run.out, "reconstructions.png"), n=rc.grid)
+    files = []
+    if run.out:  # collective: every rank calls, rank 0 writes
+        rec.write_csv(os.path.join(run.out, "reconstruction.csv"))
+        rec.save_grid(os.path.join(run.out, "reconstructions.png"), n=rc.grid)
+        files = ["reconstruction.csv", "reconstructions.png"]
     settings.update(
         psnr="uint8-rounded images, data range 255",
         ssim="torchmetrics, Gaussian window 11, sigma 1.5, interior average (= skimage)",
         lpips=f"lpips {rc.lpips_net}" if lpips else "off (weights not on disk or switched off)",
         rfid_computed=rfid,
     )
-    return {
-        "metrics": metrics,
-        "settings": settings,
-        "files": ["reconstruction.csv", "reconstructions.png"],
-    }
+    return {"metrics": metrics, "settings": settings, "files": files}
 
 
 def _read_lines(path: str) -> list[str]:
@@ -247,7 +282,7 @@ def _read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def zero_shot_metadata(run: _Run) -> tuple[list[str], list, str]:
+def zero_shot_metadata(run: EvalRun) -> tuple[list[str], list, str]:
     """Class names, templates and a description of where they came from."""
     from openvision3.evaluation.zero_shot import imagenet_metadata
 
@@ -277,7 +312,7 @@ def zero_shot_metadata(run: _Run) -> tuple[list[str], list, str]:
     return names, templates, f"classes: {origin}; templates: {choice}"
 
 
-def run_zero_shot(run: _Run) -> dict:
+def run_zero_shot(run: EvalRun) -> dict:
     from openvision3.evaluation.zero_shot import ZeroShotEvaluator
     from openvision3.tokenizer import Tokenizer
 
@@ -290,12 +325,17 @@ def run_zero_shot(run: _Run) -> dict:
     texts = [t if isinstance(t, str) else t("{}") for t in templates]
     return {
         "metrics": metrics,
-        "settings": {"classes": len(names), "metadata": origin, "templates": texts, "topk": topk},
+        "settings": {
+            "classes": len(names),
+            "metadata": origin,
+            "templates": texts,
+            "topk": list(topk),
+        },
         "per_class": dict(zip(names, zs.per_class)),
     }
 
 
-def run_retrieval(run: _Run) -> dict:
+def run_retrieval(run: EvalRun) -> dict:
     from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator, RetrievalEvaluator
     from openvision3.tokenizer import Tokenizer
 
@@ -313,7 +353,7 @@ def run_retrieval(run: _Run) -> dict:
     return {"metrics": metrics, "settings": {"ks": list(ks), "texts": texts}}
 
 
-def run_captioning(run: _Run) -> dict:
+def run_captioning(run: EvalRun) -> dict:
     from openvision3.evaluation.captioning import CaptionEvaluator
     from openvision3.tokenizer import Tokenizer
 
@@ -332,17 +372,20 @@ def run_captioning(run: _Run) -> dict:
     metrics = cap.run(run.model, run.image_batches(), refs)
     settings = {
         "decoding": "greedy" if cc.beam_size == 1 else f"beam search, {cc.beam_size} beams",
-        "max_len": cc.max_len or "decoder default",
+        "max_len": cc.max_len or run.model.cfg.caption.context_length,  # tokens, SOT/EOT included
+        "references": "every caption of the image (pairs)"
+        if run.pairs is not None
+        else f"the loader's caption, decoded from {REFERENCE_CONTEXT} tokens",
+        "normalisation": "lowercase, punctuation replaced by spaces (generated and references)",
         "bleu4": "torchmetrics BLEUScore(n_gram=4), corpus level",
-        "cider": "pycocoevalcap Cider (CIDEr-D), lowercase + punctuation-stripped tokens "
-        "(not the java PTB tokenizer)"
+        "cider": "pycocoevalcap Cider (CIDEr-D) (not the java PTB tokenizer)"
         if metrics["cider"] is not None
         else "not computed (pycocoevalcap not installed)",
     }
     return {"metrics": metrics, "settings": settings, "samples": cap.samples}
 
 
-def run_linear_probe(run: _Run) -> dict:
+def run_linear_probe(run: EvalRun) -> dict:
     run.need("vae")
     c, lp = run.cfg, run.cfg.linear_probe
     names = run.class_names()
@@ -376,72 +419,86 @@ RUNNERS = {
 }
 
 
-def _device(model) -> torch.device:
-    from openvision3.evaluation.reduce import model_device
-
-    return model_device(model)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def flat_metrics(tasks: dict) -> dict:
+    """``{task: {"metrics": {name: value}}}`` -> ``{"<prefix>_<name>": value}`` (``METRIC_PREFIX``):
+    the names the trainer logs and ``results.json`` holds under "metrics"."""
+    return {
+        f"{METRIC_PREFIX[task]}_{name}": value
+        for task, out in tasks.items()
+        for name, value in out["metrics"].items()
+    }
 
 
-def model_identity(path: str, model) -> dict:
-    """Where the model came from: path, config name, model card, weights file and its sha256."""
-    from openvision3.inference.pretrained import (
-        CARD_NAME,
-        RELEASED_WEIGHTS,
-        WEIGHTS_NAME,
-        resolve,
-    )
-
-    local = resolve(path)
-    ident = {"path": path, "local": os.path.abspath(local), "config_name": model.cfg.name}
-    card = os.path.join(local, CARD_NAME)
-    if os.path.isfile(card):
-        with open(card) as f:
-            ident["model_card"] = json.load(f)
-    for name in (WEIGHTS_NAME, RELEASED_WEIGHTS):
-        if os.path.isfile(os.path.join(local, name)):
-            ident["weights"] = {"file": name, "sha256": _sha256(os.path.join(local, name))}
-            break
-    ident["parameters"] = sum(p.numel() for p in model.parameters())
-    return ident
+def _full_precision(device: torch.device):
+    # The protocol is float32: the trainer evaluates inside its bf16 autocast, ``ov3 eval`` not.
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
-def _data_identity(run: _Run) -> dict:
+def run_tasks(run: EvalRun, tasks: Sequence[str], explicit: bool) -> dict:
+    """Run ``tasks`` (names from ``TASKS``) on this rank's share, autocast off. A task the model
+    or the data cannot support raises ``TaskUnavailable`` when ``explicit``, else is skipped.
+
+    Returns ``{"metrics": flat_metrics, "tasks": {task: {"metrics", "settings", ...}},
+    "skipped": {task: reason}}``, the same on every rank.
+    """
+    done, skipped = {}, {}
+    with _full_precision(model_device(run.model)):
+        for task in tasks:
+            t0 = time.perf_counter()
+            try:
+                out = RUNNERS[task](run)
+            except TaskUnavailable as err:
+                if explicit:
+                    raise
+                skipped[task] = str(err)
+                log.info("skipped %s: %s", task, err)
+                continue
+            out["seconds"] = round(time.perf_counter() - t0, 3)
+            done[task] = out
+            log.info("%s: %s", task, out["metrics"])
+    return {"metrics": flat_metrics(done), "tasks": done, "skipped": skipped}
+
+
+def protocol_settings(run: EvalRun) -> dict:
+    """The settings every task shares (each task's own are in its "settings")."""
     c = run.cfg
-    d = c.data
-    ident = {"name": d.source, "source": d.source, "split": c.split, "resize": d.resize}
-    if d.source == "synthetic":
-        ident["synthetic"] = to_dict(d.synthetic)
-    else:
-        ident.update(name=os.path.basename(os.path.normpath(d.path)), path=os.path.abspath(d.path))
-        ident["captions_file"] = d.captions_file
-    if run.pairs is not None:
-        ann = c.pairs.annotations
-        ident = {
-            "name": os.path.basename(ann),
-            "annotations": os.path.abspath(ann),
-            "images_root": os.path.abspath(c.pairs.images_root or os.path.dirname(ann)),
-            "pairs_split": c.pairs.split,
-            "images": len(run.pairs),
-            "resize": d.resize,
-        }
-    return ident
+    return {
+        "split": c.split,
+        "resolution": c.resolution,
+        "resize": c.data.resize,
+        "num_images": c.num_images,
+        "batch_size": c.batch_size,
+        "world_size": run.world,
+        "source": c.data.source,
+        "text_context": run.data.text_context,
+        "reference_context": run.data.caption_context,
+        "precision": f"{next(run.model.parameters()).dtype}, autocast off",
+    }
+
+
+def results_header(run: EvalRun, model_path: str | None) -> dict:
+    """The model, data, config, environment and shared settings of ``results.json``."""
+    return {
+        "model": model_identity(model_path, run.model),
+        "data": data_identity(run.cfg, run.pairs),
+        "config": to_dict(run.cfg),
+        "environment": environment(run.world, model_device(run.model)),
+        "settings": protocol_settings(run),
+    }
 
 
 def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     """Run ``tasks`` (names from ``TASKS``; "all" = every one the model and data allow) and
-    write ``results.json`` and ``report.md`` into ``cfg.out_dir`` (rank 0). Returns the results."""
+    write ``results.json`` and ``report.md`` into ``cfg.out_dir`` (rank 0; none when "").
+    Returns the results: ``metrics`` (flat names), ``tasks``, ``skipped`` and the header."""
     from openvision3.distributed.process import init_process, shutdown
     from openvision3.evaluation.report import write_report
-    from openvision3.inference.pretrained import load_pretrained
+    from openvision3.inference.pretrained import load_pretrained, trained_resolution
 
+    if not cfg.model:
+        raise ValueError("--model PATH is required (an export folder or a hub id)")
     explicit = list(tasks) != ["all"]
     tasks = list(tasks) if explicit else list(TASKS)
     unknown = set(tasks) - set(TASKS)
@@ -452,35 +509,12 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     try:
         vae = None if cfg.vae == "none" else cfg.vae
         model = load_pretrained(cfg.model, vae=vae, device=proc.device)
-        run = _Run(cfg, model, proc.rank, proc.world_size)
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        results = {
-            "model": model_identity(cfg.model, model),
-            "data": _data_identity(run),
-            "config": to_dict(cfg),
-            "environment": {
-                "world_size": proc.world_size,
-                "device": str(proc.device),
-                "torch": torch.__version__,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            "tasks": {},
-            "skipped": {},
-        }
-        for task in tasks:
-            t0 = time.perf_counter()
-            try:
-                out = RUNNERS[task](run)
-            except TaskUnavailable as err:
-                if explicit:
-                    raise
-                results["skipped"][task] = str(err)
-                log.info("skipped %s: %s", task, err)
-                continue
-            out["seconds"] = round(time.perf_counter() - t0, 3)
-            results["tasks"][task] = out
-            log.info("%s: %s", task, out["metrics"])
-        if proc.rank == 0:
+        if not cfg.resolution:
+            trained = trained_resolution(cfg.model)
+            cfg = replace(cfg, resolution=trained or RELEASED_RESOLUTION)
+        run = EvalRun(cfg, model, proc.rank, proc.world_size)
+        results = {**results_header(run, cfg.model), **run_tasks(run, tasks, explicit)}
+        if proc.rank == 0 and cfg.out_dir:
             write_report(results, cfg.out_dir)
         return results
     finally:

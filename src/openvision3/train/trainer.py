@@ -377,8 +377,9 @@ class Trainer:
                 self.model.train()
 
     def evaluate(self, resolution: int | None = None, out_dir: str | None = None) -> dict:
-        """The task's evaluation of the EMA (else live) weights, on every rank."""
-        with self.eval_weights() as model, self.autocast():
+        """The task's evaluation of the EMA (else live) weights, on every rank (in the task's
+        own precision: ``ov3 eval``'s, so the numbers match it)."""
+        with self.eval_weights() as model:
             return self.task.evaluate(model, resolution, out_dir)
 
     def log_eval(self, results: dict) -> None:
