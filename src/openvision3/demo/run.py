@@ -54,19 +54,24 @@ CHECKS = (
 # The shape probe: a train-split subset to fit on, the first held-out images to score. With the
 # demo model at 128 px it takes about 7 s on one x86-64 CPU core (rendering, VAE, encoder, then
 # L-BFGS on the 192-wide tokens), less on two idle ones.
+BASELINE_IMAGES = 200
 PROBE_TRAIN_IMAGES = 256
 PROBE_VAL_IMAGES = 200
 SHAPE_OF_CLASS = torch.tensor([SHAPES.index(name.split()[1]) for name in CLASS_NAMES])
 
 
 def untrained_metrics(cfg: ExperimentConfig) -> dict:
-    """Reconstruction metrics of the same architecture at initialisation (the PSNR baseline)."""
+    """Reconstruction metrics of the same architecture at initialisation (the PSNR baseline), on
+    the first ``BASELINE_IMAGES`` of the evaluation images (it only sets the PSNR target)."""
     from openvision3.evaluation.suite import evaluate_model
     from openvision3.models.openvision3 import OpenVision3
 
     torch.manual_seed(cfg.train.seed)
     model = OpenVision3(prune_model_config(cfg.model, cfg.objective)).eval()
-    only_rec = dataclasses.replace(cfg.eval, zero_shot=False, retrieval=False, captioning=False)
+    n = min(cfg.eval.num_images or BASELINE_IMAGES, BASELINE_IMAGES)
+    only_rec = dataclasses.replace(
+        cfg.eval, zero_shot=False, retrieval=False, captioning=False, num_images=n
+    )
     res = cfg.eval.resolution or cfg.train.stages[-1].resolution
     with torch.no_grad():
         return evaluate_model(model, cfg.data, only_rec, res)["metrics"]
@@ -185,7 +190,7 @@ def shape_section(m: dict) -> list[str]:
     return [
         "## What the demo does not learn: shape",
         "",
-        "The CPU demo (preset `demo`, 530 steps on 2 CPU cores) does not learn the main "
+        "The CPU demo (preset `demo`, a few hundred steps on 2 CPU cores) does not learn the main "
         "object's shape. It learns colour, size and position, but once the colour words are "
         "learned their gradient on the encoder is tens of times the shape words' and starves "
         "them (measured: `docs/demo-learning.md`). Shape therefore has no pass mark; this run's "
