@@ -8,7 +8,6 @@ Written as ``config.json`` into every run directory and checkpoint. Presets live
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 from openvision3.data.loader import DataConfig
@@ -86,7 +85,7 @@ class ExperimentConfig(RunConfig):
         from openvision3.inference.pretrained import is_released, read_released, resolve
 
         try:
-            local = path if os.path.isdir(path) else resolve(path)
+            local = resolve(path)
         except FileNotFoundError as err:
             raise ConfigError(f"--train.init-from: {err}") from None
         if not is_released(local):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 
 import torch
 from torch import nn
@@ -69,7 +68,7 @@ class OpenVision3Task(Task):
         took from it (``validate``)."""
         from openvision3.inference.pretrained import is_released, read_released, resolve
 
-        local = resolve(path) if not os.path.isdir(path) else path
+        local = resolve(path)
         if not is_released(local):
             return super().init_from(model, local)
         _, sd = read_released(local)
