@@ -50,7 +50,6 @@ def _experiment(preset: str, argv: list[str], prog: str):
     """The preset, ``--model-preset``, then tyro's dotted overrides; validated after them."""
     import tyro
 
-    from openvision3.config import ExperimentConfig
     from openvision3.configs import PRESETS, get_preset
     from openvision3.models.presets import PRESETS as MODEL_PRESETS
 
@@ -58,7 +57,7 @@ def _experiment(preset: str, argv: list[str], prog: str):
     default = get_preset(preset, model_preset)
     doc = (PRESETS[preset].__doc__ or "").strip()
     cfg = tyro.cli(
-        ExperimentConfig,
+        type(default),  # the preset's run config: it names its task (train/task.py)
         default=default,
         args=argv,
         prog=prog,
