@@ -23,8 +23,8 @@ from openvision3.data.latents import (
     write_latent_cache,
 )
 from openvision3.data.loader import DataConfig, SampleProcessor, build_loader
-from openvision3.data.synthetic import SyntheticWorld, encode_png, write_shards
 from openvision3.data.transforms import pil_to_tensor
+from openvision3.demo.synthetic import SyntheticWorld, encode_png, write_shards
 from openvision3.models.vae import FrozenVAE
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.trainer import Trainer

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openvision3.data.synthetic import SyntheticWorld
 from openvision3.demo import vae as vae_mod
+from openvision3.demo.synthetic import SyntheticWorld
 from openvision3.demo.vae import (
     VAETrainConfig,
     calibrate_latent_scale,

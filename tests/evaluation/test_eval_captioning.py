@@ -3,7 +3,7 @@ import torch
 from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
 from torchmetrics.functional.text import bleu_score
 
-from openvision3.data.synthetic import CLASS_NAMES, SHAPES
+from openvision3.demo.synthetic import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
 from openvision3.evaluation.synthetic import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
 

@@ -16,7 +16,7 @@ from PIL import Image
 from openvision3.config import StageConfig
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig
-from openvision3.data.synthetic import SyntheticWorld
+from openvision3.demo.synthetic import SyntheticWorld
 from openvision3.evaluation import command
 from openvision3.evaluation.captioning import normalize_caption
 from openvision3.evaluation.runner import flat_metrics

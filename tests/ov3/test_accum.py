@@ -14,7 +14,7 @@ from tests.dist_utils import free_port, worker_env
 from openvision3.config import StageConfig
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig, build_loader
-from openvision3.data.synthetic import SyntheticConfig
+from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from openvision3.config import EvalConfig, ExperimentConfig, StageConfig, TrainConfig
 from openvision3.data.loader import DataConfig
-from openvision3.data.synthetic import SyntheticConfig
+from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.errors import ConfigError
 from openvision3.losses.objective import ObjectiveConfig
 from openvision3.models.decoder import DecoderConfig

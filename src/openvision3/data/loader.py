@@ -25,9 +25,9 @@ from PIL import Image
 
 from openvision3.data.folder import ImageFolderSource
 from openvision3.data.images import decode_image
-from openvision3.data.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticWorld
 from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, build_transform
 from openvision3.data.webdataset import WebDatasetStream, list_shards
+from openvision3.demo.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticWorld
 from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 

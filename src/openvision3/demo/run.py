@@ -26,7 +26,7 @@ from torch import nn
 
 from openvision3.config import ExperimentConfig
 from openvision3.data.loader import build_loader
-from openvision3.data.synthetic import CLASS_NAMES, COLORS, SHAPES
+from openvision3.demo.synthetic import CLASS_NAMES, COLORS, SHAPES
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.suite import limited
 from openvision3.files import write_json

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from openvision3.data.synthetic import SyntheticWorld
 from openvision3.data.transforms import from_uint8, to_uint8
 from openvision3.dataclass_io import to_dict
+from openvision3.demo.synthetic import SyntheticWorld
 from openvision3.evaluation.reconstruction import psnr_uint8
 from openvision3.models.vae import FLUX_VAE_ARCH, FrozenVAE, VAEConfig
 from openvision3.train.metrics import MetricsLogger, ProgressBar

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from openvision3.data.loader import DataConfig, build_loader
-from openvision3.data.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from openvision3.dataclass_io import to_dict
+from openvision3.demo.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from openvision3.evaluation.identity import data_identity, environment, model_identity
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.pairs import PairsConfig, pair_batches, read_pairs

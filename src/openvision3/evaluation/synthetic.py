@@ -2,7 +2,7 @@
 ``<name>_accuracy`` (``caption_<name>_accuracy`` in the flat metrics).
 
 The world's captions name the main (largest) object first, and its label is that object's
-"colour shape" (``openvision3.data.synthetic.CLASS_NAMES``).
+"colour shape" (``openvision3.demo.synthetic.CLASS_NAMES``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from openvision3.data.synthetic import CLASS_NAMES, COLORS, SHAPES
+from openvision3.demo.synthetic import CLASS_NAMES, COLORS, SHAPES
 
 
 def synthetic_caption_match(generated: str, row: dict) -> bool:
