@@ -205,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     _setup_logging()
-    from openvision3.errors import ConfigError, MissingWeightsError
+    from openvision3.errors import ConfigError, MissingExtraError, MissingWeightsError
 
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, MissingWeightsError) as err:
+    except (ConfigError, MissingWeightsError, MissingExtraError) as err:
         print(f"ov3 {argv[0]}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
 

@@ -14,3 +14,26 @@ class ConfigError(ValueError):
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights that are neither on disk nor downloadable; the message says what to
     fetch and where to put it."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency group is not installed; the message names the pip extra."""
+
+    def __init__(self, extra: str, module: str, feature: str):
+        super().__init__(
+            f"{feature} needs the '{extra}' extra ({module} is not installed): "
+            f'pip install "openvision3[{extra}]"'
+        )
+        self.extra = extra
+
+
+def require(module: str, extra: str, feature: str):
+    """Import ``module`` or raise ``MissingExtraError`` naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module.split(".")[0] != err.name.split(".")[0]:
+            raise
+        raise MissingExtraError(extra, module, feature) from err
