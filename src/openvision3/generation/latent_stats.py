@@ -1,8 +1,8 @@
 """Per-position token statistics for diffusion on the unified tokens (RAE-style normalisation).
 
-RAE (reference-code.md section 4) normalises the encoder tokens per position and channel with
-statistics over the training set: ``(z - mean) / sqrt(var + eps)``, eps = 1e-5. Statistics are
-stored in the (D, h, w) grid layout of the diffusion trainers, in a safetensors file beside the
+RAE (``src/stage1/rae.py``, ``src/calculate_stat.py``) normalises the encoder tokens per
+position and channel with statistics over the training set: ``(z - mean) / sqrt(var + eps)``,
+eps = 1e-5. Statistics are stored in the (D, h, w) grid layout of the diffusion trainers, in a safetensors file beside the
 model: ``mean``, ``var`` and the image ``count`` in the metadata.
 """
 

@@ -1,0 +1,165 @@
+"""``ov3 bench generation``: DiT-DH training step and sampling speed, in ``ov3 bench train``'s
+JSON form (modes eager / fast, step_ms, images_per_s, tflop_per_s, mfu, memory, targets).
+
+Training: one step of the generation task's work on a random batch of (C, H, W) tokens (flow
+forward, MSE, backward, clip, AdamW): ``eager`` = bf16 autocast on CUDA (fp32 on CPU), no
+compile, foreach AdamW; ``fast`` = the trainer's options (compile per block, fused AdamW).
+Sampling: one Euler step with CFG (a doubled batch) per image, timed and scaled to a 50-point
+grid: ``eager`` in fp32 without compile, ``fast`` in bf16 autocast with the compiled blocks.
+FLOPs from ``FlopCounterMode`` on the eager model; MFU against the matmul ceiling measured in
+the same process (bf16 on CUDA, fp32 on CPU). Targets on an H100/H200: training MFU >= 40%
+(fast, bf16) and sampling >= 1.5x the eager fp32 run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from openvision3 import perf
+from openvision3.generation import flow
+from openvision3.generation.presets import MODEL_PRESETS
+from openvision3.train.optim import OptimConfig, build_optimizer
+
+TARGETS = {"mfu_fast": 0.40, "sampling_speedup": 1.5}
+
+
+def _autocast(device, bf16: bool):
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_step(model, opt, x, y, t, noise, bf16, device):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, bf16):
+            v = model(flow.interpolate(x, noise, t), t, y)
+        loss = flow.flow_loss(v, x, noise).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def _sample_step(model, x, y, bf16, device):
+    null = torch.full_like(y, model.cfg.num_classes)
+    t = torch.full((2 * len(y),), 0.5, device=device)
+
+    @torch.no_grad()
+    def step():
+        with _autocast(device, bf16):
+            return model(torch.cat([x, x]), t, torch.cat([y, null]))
+
+    return step
+
+
+def bench_generation(args) -> dict:
+    from openvision3.distributed.parallelize import parallelize
+    from openvision3.distributed.process import pick_device
+    from openvision3.generation.models import DiTDH
+
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    cfg = MODEL_PRESETS[args.model]()
+    model = DiTDH(cfg).to(device)
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    b = args.batch
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(b, *shape, device=device, generator=g)
+    noise = torch.randn(b, *shape, device=device, generator=g)
+    y = torch.randint(0, cfg.num_classes, (b,), device=device, generator=g)
+    t = flow.sample_times(b, flow.shift_factor(shape), device=device)
+    ceiling = perf.matmul_ceiling(device, torch.bfloat16 if cuda else torch.float32)
+    optim = OptimConfig(weight_decay=0.0)
+    train = _train_step(model, build_optimizer(model, optim, 2e-4), x, y, t, noise, cuda, device)
+    _, train_flops = perf.count_flops(train)
+    sample_b = args.sample_batch
+    sample_eager = _sample_step(model, x[:sample_b], y[:sample_b], False, device)
+    _, sample_flops = perf.count_flops(sample_eager)
+    result = {
+        "model": args.model,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "tokens": list(shape),
+        "device": perf.device_name(device),
+        "batch": b,
+        "matmul_ceiling_tflop_per_s": round(ceiling / 1e12, 2),
+        "train_gflop_per_image": round(train_flops / b / 1e9, 2),
+        "modes": {},
+        "sampling": {},
+    }
+    grid = args.grid_points - 1  # Euler steps a sample takes
+    for mode in ("eager", "fast"):
+        if mode == "fast":
+            parallelize(model, 1, device, compile=cuda and not args.no_compile)
+            fused = None
+        else:
+            fused = False
+        opt = build_optimizer(model, OptimConfig(weight_decay=0.0, fused=fused), 2e-4)
+        step = _train_step(model, opt, x, y, t, noise, cuda, device)
+        loss, times, warm = perf.benchmark(step, args.steps, args.warmup, device)
+        sec = perf.median(times)
+        result["modes"][mode] = {
+            "step_ms": round(sec * 1e3, 3),
+            "first_step_s": round(warm[0], 2) if warm else None,
+            "images_per_s": round(b / sec, 2),
+            "tflop_per_s": float(f"{train_flops / sec / 1e12:.4g}"),
+            "mfu": float(f"{train_flops / sec / ceiling:.4g}"),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+            if cuda
+            else None,
+            "loss_finite": bool(torch.isfinite(loss)),
+        }
+        bf16 = mode == "fast" and cuda
+        fn = _sample_step(model, x[:sample_b], y[:sample_b], bf16, device)
+        _, times, _ = perf.benchmark(fn, args.steps, args.warmup, device)
+        sec = perf.median(times)
+        result["sampling"][mode] = {
+            "precision": "bf16" if bf16 else "fp32",
+            "nfe_ms": round(sec * 1e3, 3),
+            "images_per_s": round(sample_b / (sec * grid), 3),
+            "tflop_per_s": float(f"{sample_flops / sec / 1e12:.4g}"),
+        }
+    speedup = (
+        result["sampling"]["fast"]["images_per_s"] / result["sampling"]["eager"]["images_per_s"]
+    )
+    mfu = result["modes"]["fast"]["mfu"]
+    result["targets"] = {
+        "mfu_fast": {"target": TARGETS["mfu_fast"], "measured": mfu, "met": mfu >= 0.40},
+        "sampling_speedup": {
+            "target": TARGETS["sampling_speedup"],
+            "measured": round(speedup, 3),
+            "met": speedup >= TARGETS["sampling_speedup"],
+        },
+        "applies": cuda,
+    }
+    return result
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ov3 bench generation")
+    p.add_argument("--model", default="dit-dh-xl", choices=sorted(MODEL_PRESETS))
+    p.add_argument("--batch", type=int, default=64, help="training batch")
+    p.add_argument("--sample-batch", type=int, default=64)
+    p.add_argument("--grid-points", type=int, default=50)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    result = bench_generation(args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0

@@ -1,0 +1,104 @@
+"""Command lines of generation: ``ov3 demo --generation``, ``ov3 sample``, ``ov3 eval
+generation`` and ``ov3 bench generation`` (argument parsing only; the work is elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def demo_main(argv: list[str]) -> int:
+    """``ov3 demo --generation [--run DIR]``: on an existing demo run, or after a new one."""
+    p = argparse.ArgumentParser(prog="ov3 demo --generation")
+    p.add_argument("--generation", action="store_true")
+    p.add_argument("--run", default="", help="a finished `ov3 demo` run (default: run one first)")
+    p.add_argument("--out", default="", help="output folder (default: RUN/generation)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's)")
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--sample-steps", type=int, default=21, help="Euler grid points")
+    p.add_argument("--train-size", type=int, default=4096)
+    p.add_argument("--val-size", type=int, default=512)
+    p.add_argument("--per-class", type=int, default=2)
+    args, rest = p.parse_known_args(argv)
+    run = args.run
+    if not run:
+        from openvision3.cli import _experiment, default_demo_preset
+        from openvision3.demo.run import run_demo
+
+        preset = default_demo_preset()
+        run = str(run_demo(_experiment(preset, rest, f"ov3 demo --preset {preset}")).parent)
+    elif rest:
+        p.error(f"unrecognised arguments with --run: {' '.join(rest)}")
+    from openvision3.generation.demo import run_generation_demo
+
+    report = run_generation_demo(
+        run, args.out, args.steps, args.cfg_scale, args.sample_steps, args.per_class,
+        args.train_size, args.val_size,
+    )  # fmt: skip
+    print(json.dumps({"passed": report["passed"], "judge": report["judge"]}, indent=1))
+    return 0
+
+
+def sample_main(argv: list[str]) -> int:
+    """``ov3 sample GENERATOR --out DIR``: PNGs ``{i:06d}.png`` and ``samples.npz`` (``arr_0``
+    uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (existing PNGs are kept), and
+    split over ``torchrun`` ranks (rank r draws samples r, r + w, ...). Sample i has class
+    ``i // per_class`` (ADM's equal label sampling) and noise seeded by (seed, i)."""
+    p = argparse.ArgumentParser(prog="ov3 sample")
+    p.add_argument("generator", help="a generator export (a run's final/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num", type=int, default=50_000)
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--guidance", choices=("cfg", "autoguidance"), default="cfg")
+    p.add_argument("--guide", default="", help="AutoGuidance: the weaker generator export")
+    p.add_argument("--interval", type=float, nargs=2, default=(0.0, 1.0))
+    p.add_argument("--steps", type=int, default=50, help="grid points (RAE: 50)")
+    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", default="", help="OpenVision 3 export (default: the recorded one)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    from openvision3.generation.sampling import write_samples
+
+    print(json.dumps(write_samples(args), indent=1))
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    """``ov3 eval generation SAMPLES --reference REF``: results.json + report.md (+ grid)."""
+    p = argparse.ArgumentParser(prog="ov3 eval generation")
+    p.add_argument("samples", help="a folder of images or an .npz (arr_0)")
+    p.add_argument("--reference", required=True, help="folder, .npz, or ADM's VIRTUAL_*.npz")
+    p.add_argument("--inception-weights", default="", help="torch-fidelity's Inception file")
+    p.add_argument("--out", default="", help="results folder (default: next to the samples)")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-reference", type=int, default=0)
+    args = p.parse_args(argv)
+    import os
+
+    from openvision3.distributed.process import pick_device
+    from openvision3.generation.metrics import evaluate_generation, load_images
+    from openvision3.generation.sampling import write_grid
+
+    results = evaluate_generation(
+        args.samples, args.reference, args.inception_weights, args.k, args.batch_size,
+        str(pick_device(args.device)), args.max_reference,
+    )  # fmt: skip
+    out = args.out or (os.path.dirname(args.samples.rstrip("/")) or ".")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    write_grid(load_images(args.samples)[:64], os.path.join(out, "samples_grid.png"))
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in results.items() if isinstance(v, float))
+    report = (
+        f"# Generation: {args.samples} against {args.reference}\n\n| metric | value |\n"
+        f"|---|---|\n{rows}\n\n![samples](samples_grid.png)\n"
+    )
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report)
+    print(json.dumps(results, indent=1))
+    return 0

@@ -1,0 +1,283 @@
+"""DiT-DH: a diffusion transformer with a wide, shallow head, on a grid of unified tokens.
+
+The architecture of RAE's ``DiTwDDTHead`` (``src/stage2/models/DDT.py``, with the layers of
+``src/stage2/models/model_utils.py``), written for this package:
+
+- a backbone of ``depth`` blocks, ``width`` wide, on the token grid: 1x1 (p x p) patch
+  embedding + fixed 2-D sin-cos positions, conditioned on c = SiLU(t_emb + y_emb);
+- s = SiLU(t_emb + backbone output), projected to the head's width;
+- a head of ``head_depth`` blocks, ``head_width`` wide, on the noisy input again (its own patch
+  embedding, no absolute positions), each block conditioned per token on s;
+- a final layer: RMSNorm, per-token shift/scale from s, Linear to the input channels.
+
+Every block (``DiTBlock``, the same for backbone and head): RMSNorm, attention with qkv bias,
+no qk-norm and 2-D RoPE on q and k (EVA's ``VisionRotaryEmbeddingFast``, interleaved pairs, half
+the head dimension per axis), SwiGLU MLP, adaLN-Zero (shift, scale, gate for each branch).
+The time embedding is Gaussian-Fourier (256 fixed frequencies); the class table has a null
+class (index ``num_classes``) for classifier-free guidance. Parameter names follow RAE's, so a
+RAE checkpoint's ``state_dict`` loads as is.
+
+``head_depth = 0`` is the plain DiT baseline (RAE's ``LightningDiT``): the final layer is then
+conditioned on c, as in DiT. Time t in [0, 1] with t = 1 pure noise; the output is the flow
+velocity, the shape of the input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openvision3.models.posemb import sincos_2d
+
+
+@dataclass
+class DiTDHConfig:
+    """Sizes of a DiT-DH. ``in_channels`` x ``input_size``^2 is the token grid (C, H, W);
+    ``head_depth = 0`` gives the plain DiT (no head, ``head_*`` unused)."""
+
+    in_channels: int = 768
+    input_size: int = 16
+    patch_size: int = 1
+    width: int = 1152
+    depth: int = 28
+    heads: int = 16
+    head_width: int = 2048
+    head_depth: int = 2
+    head_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    time_frequencies: int = 256
+
+    def __post_init__(self):
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size")
+        sizes = [(self.width, self.heads)]
+        if self.head_depth:
+            sizes.append((self.head_width, self.head_heads))
+        for width, heads in sizes:
+            if width % heads or (width // heads) % 4:
+                raise ValueError(f"width {width} / {heads} heads: head dim must divide by 4")
+        if self.depth < 1 or self.head_depth < 0 or self.num_classes < 1:
+            raise ValueError("need depth >= 1, head_depth >= 0, num_classes >= 1")
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * weight
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (RAE's ``RMSNorm``), learnable gain, eps 1e-6."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Rope2d(nn.Module):
+    """2-D rotary embedding of a (side x side) grid for heads of ``head_dim``: each axis rotates
+    half the head dimension, frequencies 1 / 10000^(2i / (head_dim/2)) in interleaved pairs."""
+
+    def __init__(self, head_dim: int, side: int):
+        super().__init__()
+        dim = head_dim // 2
+        freqs = 1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim)  # (dim/2,)
+        pos = torch.arange(side).float()
+        f = torch.repeat_interleave(pos[:, None] * freqs[None], 2, dim=-1)  # (side, dim)
+        grid = torch.cat(
+            [f[:, None].expand(side, side, dim), f[None].expand(side, side, dim)], dim=-1
+        ).reshape(side * side, head_dim)  # (N, head_dim): rows (h) then columns (w)
+        self.register_buffer("freqs_cos", grid.cos())
+        self.register_buffer("freqs_sin", grid.sin())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, N, d) -> the same, rotated."""
+        pairs = x.unflatten(-1, (-1, 2))
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return x * self.freqs_cos + rotated * self.freqs_sin
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: Rope2d) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, K, N, d)
+        q, k = rope(q).to(v.dtype), rope(k).to(v.dtype)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block; ``c`` is (B, D) (one condition per sample) or (B, N, D)
+    (per token, in the head)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, int(2 / 3 * int(dim * mlp_ratio)))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope2d) -> torch.Tensor:
+        if c.dim() == 2:
+            c = c[:, None]
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, rope)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm_final = RMSNorm(dim)
+        self.linear = nn.Linear(dim, out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if c.dim() == 2:
+            c = c[:, None]
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # no gate
+        return self.linear(self.norm_final(x) * (1 + scale) + shift)
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, N, D) with a p x p convolution (a 1x1 one at patch 1)."""
+
+    def __init__(self, channels: int, dim: int, patch: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class GaussianFourierEmbedding(nn.Module):
+    """t (B,) -> (B, D): [sin(2 pi t W), cos(2 pi t W)] with W ~ N(0, 1) fixed, then an MLP."""
+
+    def __init__(self, dim: int, frequencies: int = 256):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(frequencies), requires_grad=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angle = t.float()[:, None] * self.W.float()[None] * (2 * math.pi)
+        emb = torch.cat([angle.sin(), angle.cos()], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row, the null class ``num_classes`` (dropped labels)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels)
+
+
+class DiTDH(nn.Module):
+    """``DiTDH(cfg)(x, t, y)``: noisy tokens (B, C, H, W), times (B,), labels (B,) (null class
+    ``cfg.num_classes``) -> velocity (B, C, H, W)."""
+
+    _no_split_modules = ["DiTBlock"]  # the unit of activation checkpointing, compile, FSDP2
+
+    def __init__(self, cfg: DiTDHConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, p, g = cfg.in_channels, cfg.patch_size, cfg.grid
+        head = cfg.head_depth > 0
+        out_width = cfg.head_width if head else cfg.width
+        self.s_embedder = PatchEmbed(c, cfg.width, p)
+        self.pos_embed = nn.Parameter(torch.zeros(1, g * g, cfg.width), requires_grad=False)
+        self.t_embedder = GaussianFourierEmbedding(cfg.width, cfg.time_frequencies)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.width)
+        self.enc_feat_rope = Rope2d(cfg.width // cfg.heads, g)
+        widths = [(cfg.width, cfg.heads)] * cfg.depth
+        if head:
+            self.x_embedder = PatchEmbed(c, cfg.head_width, p)
+            same = cfg.width == cfg.head_width
+            self.s_projector = nn.Identity() if same else nn.Linear(cfg.width, cfg.head_width)
+            self.dec_feat_rope = Rope2d(cfg.head_width // cfg.head_heads, g)
+            widths += [(cfg.head_width, cfg.head_heads)] * cfg.head_depth
+        self.blocks = nn.ModuleList(DiTBlock(w, k, cfg.mlp_ratio) for w, k in widths)
+        self.final_layer = FinalLayer(out_width, p * p * c)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """RAE's default init: xavier patch embeddings, N(0, 0.02) label table and time MLP,
+        sin-cos positions, adaLN and output layers zero (adaLN-Zero); other Linears as PyTorch
+        initialises them."""
+        embedders = [self.s_embedder] + ([self.x_embedder] if self.cfg.head_depth else [])
+        for emb in embedders:
+            w = emb.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(emb.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.pos_embed.device.type != "meta":
+            g = self.cfg.grid
+            self.pos_embed.data.copy_(sincos_2d(self.cfg.width, g, g)[None])
+        for module in [*self.blocks, self.final_layer]:
+            nn.init.zeros_(module.adaLN_modulation[-1].weight)
+            nn.init.zeros_(module.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W), patches in (p, p, C) order as RAE's ``unpatchify``."""
+        p, c, g = self.cfg.patch_size, self.cfg.in_channels, self.cfg.grid
+        x = x.reshape(x.shape[0], g, g, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        t_emb = self.t_embedder(t)  # (B,) -> (B, D)
+        c = F.silu(t_emb + self.y_embedder(y))
+        s = self.s_embedder(x) + self.pos_embed  # (B, C, H, W) -> (B, N, D)
+        for block in self.blocks[: cfg.depth]:
+            s = block(s, c, self.enc_feat_rope)
+        if not cfg.head_depth:  # plain DiT
+            return self.unpatchify(self.final_layer(s, c))
+        s = self.s_projector(F.silu(t_emb[:, None] + s))  # (B, N, D) -> (B, N, D_h)
+        h = self.x_embedder(x)  # (B, C, H, W) -> (B, N, D_h)
+        for block in self.blocks[cfg.depth :]:
+            h = block(h, s, self.dec_feat_rope)
+        return self.unpatchify(self.final_layer(h, s))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter, the frozen sin-cos table and Fourier frequencies included (how RAE's
+    module counts them)."""
+    return sum(p.numel() for p in model.parameters())

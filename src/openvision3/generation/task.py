@@ -1,0 +1,309 @@
+"""Training a DiT-DH on cached unified tokens: the ``generation`` task on the shared engine.
+
+The recipe is RAE's (``src/train.py``, ``configs/stage2/training/ImageNet256/DiTDH-XL_DINOv2-B.yaml``):
+flow matching on per-position normalised tokens (``flow.py``), logit-normal times shifted by
+sqrt(C H W / 4096), class dropout 0.1, AdamW (lr 2e-4 at batch 1024, betas (0.9, 0.95), no weight
+decay), grad-norm clip 1, EMA 0.9995 from the first step without warm-up, and the LR constant for
+the first 5% of the run, then linear to a tenth. The engine supplies DDP / FSDP2, bf16, compile,
+checkpoints and exact resume.
+
+Every random draw of a sample (its time, its noise, whether its label is dropped, its flip) is
+seeded by the run's seed and the sample's position in the global stream, so a run gives the
+same updates on any number of ranks and after any resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from openvision3.data.latents import FeatureCache
+from openvision3.dataclass_io import to_dict
+from openvision3.errors import ConfigError
+from openvision3.generation import flow
+from openvision3.generation.latent_stats import (
+    LatentStats,
+    load_latent_stats,
+    normalize,
+)
+from openvision3.generation.models import DiTDH, DiTDHConfig
+from openvision3.train.accumulate import no_grad_sync, split_batch
+from openvision3.train.task import RunConfig, Task, register_task
+
+STATS_NAME = "latent_stats.safetensors"
+
+
+@dataclass
+class TokenDataConfig:
+    """Where the tokens come from: a feature cache written with ``tokens=`` (``data/latents.py``).
+
+    ``stats``: a ``latent_stats.safetensors`` (D, h, w); "" = ``<cache>/latent_stats.safetensors``,
+    computed from the cache's ``split`` the first time. ``label_field``: the JSON field holding
+    each sample's class (unlabelled samples get class 0: one class, an unconditional model). ``hflip``: probability of the flipped image's tokens (needs a cache
+    written with flips). ``in_memory``: load the whole cache once (small caches, demos).
+    """
+
+    cache: str = ""
+    split: str = "train"
+    stats: str = ""
+    label_field: str = "label"
+    hflip: float = 0.0
+    in_memory: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"data.hflip must be in [0, 1], got {self.hflip}")
+
+    def stats_path(self) -> str:
+        return self.stats or os.path.join(self.cache, STATS_NAME)
+
+
+@dataclass
+class FlowConfig:
+    """Flow-matching settings: class dropout (the null class trains CFG's unconditional model),
+    and the time shift's base (s = sqrt(C H W / shift_base)); ``shift`` > 0 overrides s."""
+
+    class_dropout: float = 0.1
+    shift_base: int = flow.SHIFT_BASE
+    shift: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"flow.class_dropout must be in [0, 1), got {self.class_dropout}")
+
+    def factor(self, shape: tuple[int, ...]) -> float:
+        return self.shift if self.shift > 0 else flow.shift_factor(shape, self.shift_base)
+
+
+@register_task
+@dataclass
+class GenerationConfig(RunConfig):
+    """A class-conditional DiT-DH on cached tokens. ``decoder``: the OpenVision 3 export whose
+    decoder turns samples into pixels ("" = the one that wrote the cache); ``class_names``:
+    names of the labels (``load_generator(...).class_names``; "" entries = the index)."""
+
+    TASK: ClassVar[str] = "generation"
+
+    model: DiTDHConfig = field(default_factory=DiTDHConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    decoder: str = ""
+    class_names: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.data.cache:
+            raise ConfigError("--data.cache: the token cache to train on is not set")
+        if self.class_names and len(self.class_names) != self.model.num_classes:
+            raise ConfigError(
+                f"--class-names has {len(self.class_names)} names for "
+                f"--model.num-classes {self.model.num_classes}"
+            )
+
+    def build_task(self) -> GenerationTask:
+        return GenerationTask(self)
+
+
+def token_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(..., N, D) row-major tokens -> (..., D, h, w)."""
+    return tokens.transpose(-1, -2).unflatten(-1, tuple(grid))
+
+
+def grid_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B, N, D), the encoder's layout (the inverse of ``token_grid``)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def cache_stats(data: TokenDataConfig, cache: FeatureCache | None = None) -> dict:
+    """The normalisation statistics: read ``data.stats_path()``, or compute them over the cache
+    split and write them there (exact per-position mean and variance, float64)."""
+    path = data.stats_path()
+    if os.path.exists(path):
+        return load_latent_stats(path)
+    cache = cache or FeatureCache(data.cache, data.split)
+    meta = cache.meta.get("tokens")
+    if not meta:
+        raise ConfigError(f"--data.cache {data.cache!r} stores no tokens: cache them first")
+    stats = LatentStats()
+    batch = []
+    for i in range(len(cache)):
+        batch.append(cache[i]["tokens"])
+        if len(batch) == 256 or i == len(cache) - 1:
+            stats.update(torch.stack(batch))
+            batch = []
+    stats.save(path, tuple(meta["grid"]), {"cache": data.cache, "split": data.split})
+    return load_latent_stats(path)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """One seed per (run seed, global stream position)."""
+    return (seed * 1_000_003 + index * 2_654_435_761) % (2**63 - 1)
+
+
+class TokenLoader:
+    """This rank's endless batches of normalised token grids from a cache: {"x": (B, D, h, w),
+    "y": (B,) labels, "index": (B,) global stream positions}.
+
+    Map-style: global stream position g reads sample ``perm_e[g % M]`` of the M cached samples,
+    with ``perm_e`` a permutation seeded by (seed, epoch e = g // M); rank r of w takes the
+    positions r, r + w, r + 2w, ..., so the ranks' batches of one step make up one process's
+    batch. The state is the rank's sample count (``data_position`` moves it between world
+    sizes).
+    """
+
+    def __init__(self, cfg: GenerationConfig, stats: dict, batch_size: int, rank: int, world: int):
+        self.data, self.seed = cfg.data, cfg.train.seed
+        self.cache = FeatureCache(cfg.data.cache, cfg.data.split)
+        self.grid = tuple(self.cache.meta["tokens"]["grid"])
+        self.stats = stats
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.samples, self.skipped = 0, 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+        self.memory = None
+        if cfg.data.in_memory:
+            rows = [self._read(i) for i in range(len(self.cache))]
+            self.memory = [torch.stack([r[k] for r in rows]) for k in range(3)]
+
+    def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Sample i -> (normalised grid (D, h, w), its flipped twin or None, label)."""
+        rec = self.cache[i]
+        label = int(rec.get(self.data.label_field) or 0)  # unlabelled data: class 0
+        x = normalize(token_grid(rec["tokens"], self.grid)[None], self.stats)[0]
+        flip = rec.get("tokens_flip")
+        if flip is not None:
+            flip = normalize(token_grid(flip, self.grid)[None], self.stats)[0]
+        elif self.data.hflip > 0:
+            raise ConfigError("--data.hflip > 0 needs a cache written with flips")
+        return x, flip if flip is not None else x, torch.tensor(label)
+
+    def _index(self, g: int) -> int:
+        m = len(self.cache)
+        epoch = g // m
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, -1 - epoch))
+            self._perm = (epoch, torch.randperm(m, generator=gen))
+        return int(self._perm[1][g % m])
+
+    def __iter__(self):
+        while True:
+            local = self.samples + torch.arange(self.batch_size)
+            positions = (self.rank + self.world * local).tolist()
+            xs, ys = [], []
+            for g in positions:
+                i = self._index(g)
+                x, x_flip, y = (
+                    [t[i] for t in self.memory] if self.memory is not None else self._read(i)
+                )
+                if self.data.hflip > 0:
+                    gen = torch.Generator().manual_seed(sample_seed(self.seed + 1, g))
+                    x = x_flip if torch.rand(1, generator=gen).item() < self.data.hflip else x
+                xs.append(x)
+                ys.append(y)
+            self.samples += self.batch_size
+            yield {"x": torch.stack(xs), "y": torch.stack(ys), "index": torch.tensor(positions)}
+
+    def state_dict(self) -> dict:
+        return {"samples": self.samples, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples, self.skipped = int(state["samples"]), int(state.get("skipped", 0))
+
+
+def sample_draws(index: torch.Tensor, seed: int, shape: tuple[int, ...], s: float, device):
+    """Per-sample (time (B,), noise (B, *shape), uniform (B,) for label dropping), each from a
+    generator seeded by (seed, the sample's stream position): independent of rank and batch."""
+    gen = torch.Generator(device=device)
+    ts, noises, us = [], [], []
+    for g in index.tolist():
+        gen.manual_seed(sample_seed(seed, g))
+        u = torch.rand(2, generator=gen, device=device, dtype=torch.float64)
+        ts.append(flow.logit_normal_times(u[:1], s))
+        us.append(u[1:].float())
+        noises.append(torch.randn(shape, generator=gen, device=device))
+    return torch.cat(ts), torch.stack(noises), torch.cat(us)
+
+
+class GenerationTask(Task):
+    cfg: GenerationConfig
+
+    def __init__(self, cfg: GenerationConfig):
+        super().__init__(cfg)
+        self._stats = None
+
+    @property
+    def stats(self) -> dict:
+        if self._stats is None:
+            self._stats = cache_stats(self.cfg.data)
+        return self._stats
+
+    def build_model(self, frozen_from: nn.Module | None = None) -> DiTDH:
+        return DiTDH(self.cfg.model)
+
+    def build_loader(self, stage, batch_size: int, rank: int, world: int) -> TokenLoader:
+        loader = TokenLoader(self.cfg, self.stats, batch_size, rank, world)
+        m = self.cfg.model
+        want = [m.in_channels, m.input_size, m.input_size]
+        got = [loader.cache.meta["tokens"]["shape"][1], *loader.grid]
+        if got != want:
+            raise ConfigError(
+                f"--data.cache holds tokens (D, h, w) = {got}; the model takes {want}"
+            )
+        return loader
+
+    def describe_stage(self, stage) -> str:
+        return f"batch {stage.batch_size}"
+
+    def forward_backward(self, train_model, model, batch, accum_steps, autocast):
+        """Flow-matching MSE of the batch in ``accum_steps`` micro-batches (each 1 / k of the
+        mean), gradient sync on the last only."""
+        x, cfg = batch["x"], self.cfg
+        s = cfg.flow.factor(tuple(x.shape[1:]))
+        t, noise, u = sample_draws(batch["index"], cfg.train.seed, tuple(x.shape[1:]), s, x.device)
+        y = torch.where(u < cfg.flow.class_dropout, cfg.model.num_classes, batch["y"])
+        full = {"x": x, "y": y, "t": t, "noise": noise}
+        loss = torch.zeros((), device=x.device)
+        for j, mb in enumerate(split_batch(full, accum_steps)):
+            last = j == accum_steps - 1
+            with contextlib.nullcontext() if last else no_grad_sync(train_model):
+                with autocast():
+                    xt = flow.interpolate(mb["x"], mb["noise"], mb["t"])
+                    v = train_model(xt, mb["t"], mb["y"])
+                micro = flow.flow_loss(v, mb["x"], mb["noise"]).mean() / accum_steps
+                micro.backward()
+            loss += micro.detach()
+        return {"loss": loss}
+
+    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+        """``model.safetensors`` + ``config.json`` (task, run config, card) + the statistics:
+        everything ``load_generator`` needs besides the decoder's export."""
+        from safetensors.torch import save_file
+
+        from openvision3.train.checkpoint import model_state_dict
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
+        save_file(weights, str(out / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.stats.items()}, str(out / STATS_NAME))
+        decoder = self.cfg.decoder or self._cache_source()
+        meta = {
+            "task": self.cfg.TASK,
+            "config": to_dict(self.cfg),
+            "decoder": decoder,
+            "card": card,
+        }
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
+
+    def _cache_source(self) -> str:
+        try:
+            return FeatureCache(self.cfg.data.cache, self.cfg.data.split).meta["tokens"]["source"]
+        except (FileNotFoundError, KeyError, TypeError):
+            return ""
