@@ -1,0 +1,320 @@
+"""The LLaVA-1.5 recipe as a task of the training engine (``train/task.py``).
+
+Stage 1 (LLaVA's ``scripts/v1_5/pretrain.sh``): captions, the ``plain`` template, only the
+projector trains (``freeze``: the tower, the language model and its head). Stage 2
+(``finetune.sh``): instructions, ``vicuna_v1``, projector + language model. Each stage is its
+own run (the engine fixes the trained parameters when DDP / FSDP2 wrap the model); stage 2
+starts from stage 1's export (``--model``). The loss is the mean cross-entropy over the answer
+tokens of the whole global batch (the same on any number of ranks and micro-batches).
+
+Data sources: ``llava_json`` (LLaVA's JSON + an image folder), ``synthetic`` (the synthetic
+world rendered on the fly; smoke runs) and ``synthetic_cache`` (the demo: the tower's unified
+tokens read from a feature cache, ``data/latents.py``, projected and placed at the image
+tokens; one process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openvision3.errors import ConfigError
+from openvision3.train.accumulate import no_grad_sync, split_batch
+from openvision3.train.task import RunConfig, Task, register_task
+from openvision3.understanding.templates import IGNORE_INDEX
+
+SOURCES = ("llava_json", "synthetic", "synthetic_cache")
+TINY = "tiny"  # --model tiny: the tiny random VLM of the smoke presets (understanding/tiny.py)
+
+
+@dataclass
+class VLMDataConfig:
+    """``source``: llava_json | synthetic | synthetic_cache. ``questions`` (synthetic sources):
+    describe (stage 1's captions) or vqa (stage 2's questions, every type in one shuffled
+    multi-turn conversation)."""
+
+    source: str = "llava_json"
+    json_path: str = ""
+    image_folder: str = ""
+    cache: str = ""  # synthetic_cache: a feature cache with "tokens" (data/latents.py)
+    questions: str = "vqa"
+    synthetic_seed: int = 0
+    synthetic_size: int = 4096
+    max_length: int = 2048
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.questions not in ("describe", "vqa"):
+            raise ValueError(f"data.questions must be describe or vqa, got {self.questions!r}")
+
+
+@register_task
+@dataclass
+class LlavaRunConfig(RunConfig):
+    """A LLaVA run: ``model`` is an assembled VLM folder (``ov3 vlm build``, or the previous
+    stage's ``final/``), or ``tiny``."""
+
+    TASK: ClassVar[str] = "llava"
+
+    model: str = ""
+    template: str = "vicuna_v1"
+    data: VLMDataConfig = field(default_factory=VLMDataConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        from openvision3.understanding.templates import TEMPLATES
+
+        if not self.model:
+            raise ConfigError("--model is required: an assembled VLM folder (ov3 vlm build)")
+        if self.model != TINY and not os.path.isfile(os.path.join(self.model, "config.json")):
+            raise ConfigError(f"--model {self.model!r} is not a VLM folder (no config.json)")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"--template must be one of {sorted(TEMPLATES)}")
+        if self.data.source == "llava_json" and not self.data.json_path:
+            raise ConfigError("--data.json-path is required for source llava_json")
+        if self.data.source == "synthetic_cache" and not self.data.cache:
+            raise ConfigError("--data.cache is required for source synthetic_cache")
+
+    def build_task(self) -> LlavaTask:
+        return LlavaTask(self)
+
+
+def load_vlm_parts(path: str):
+    """(model fp32, processor) of a VLM folder or ``tiny``."""
+    import openvision3.understanding  # noqa: F401  (registers the tower)
+
+    if path == TINY:
+        from openvision3.understanding.tiny import tiny_vlm
+
+        return tiny_vlm()
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def decoder_layer_names(model: nn.Module) -> list[str]:
+    """The language model's repeated layers: the unit of FSDP2 and activation checkpointing."""
+    names = getattr(model.model.language_model, "_no_split_modules", None) or []
+    if not names:
+        raise ValueError(f"{type(model.model.language_model).__name__} declares no decoder layers")
+    return list(names)
+
+
+class LlavaTask(Task):
+    cfg: LlavaRunConfig
+
+    def __init__(self, cfg: LlavaRunConfig):
+        super().__init__(cfg)
+        self.processor = None
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, frozen_from: nn.Module | None = None) -> nn.Module:
+        model, processor = load_vlm_parts(self.cfg.model)
+        self.processor = self.processor or processor
+        self._model_config = model.config
+        # The engine shards and checkpoints the declared blocks: the LM's decoder layers (the
+        # frozen tower stays whole on every rank, outside FSDP's groups).
+        model._no_split_modules = decoder_layer_names(model)
+        model.model.vision_tower.requires_grad_(False)
+        return model.train()
+
+    def init_from(self, model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+        from transformers import LlavaForConditionalGeneration
+
+        source = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        result = model.load_state_dict(source.state_dict(), strict=False)
+        return list(result.missing_keys), list(result.unexpected_keys)
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, split: str = "train"):
+        from openvision3.understanding.templates import get_template
+
+        d, model_cfg = self.cfg.data, self._config()
+        common = dict(
+            tokenizer=self.processor.tokenizer,
+            template=get_template(self.cfg.template),
+            image_token_id=model_cfg.image_token_id,
+            num_image_tokens=model_cfg.vision_config.num_image_tokens,
+        )
+        if d.source == "llava_json":
+            from openvision3.understanding.data import ConversationDataset, read_llava_json
+            from openvision3.understanding.inference import VLM
+
+            size = model_cfg.vision_config.image_size
+            pixels = VLM.__new__(VLM)  # only its image preprocessing
+            pixels.processor, pixels.image_size = self.processor, size
+            return ConversationDataset(
+                read_llava_json(d.json_path),
+                d.image_folder,
+                pixels=pixels.pixel_values,
+                image_size=size,
+                max_length=d.max_length,
+                **common,
+            )
+        if d.source == "synthetic_cache" and model_cfg.vision_feature_layer != -1:
+            raise ConfigError("--data.source synthetic_cache holds the last layer's tokens only")
+        return SyntheticConversations(
+            d,
+            split,
+            model_cfg.vision_config.image_size,
+            cached=d.source == "synthetic_cache",
+            **common,
+        )
+
+    def _config(self):
+        if self.processor is None:
+            raise RuntimeError("the task reads its model's config: build_model first")
+        return self._model_config
+
+    def build_loader(self, stage, batch_size: int, rank: int, world: int):
+        from openvision3.understanding.data import EpochLoader, collate
+
+        if self.cfg.data.source == "synthetic_cache" and world > 1:
+            raise ConfigError("--data.source synthetic_cache trains in one process")
+        pad = self.processor.tokenizer.pad_token_id
+        return EpochLoader(
+            self.dataset(), batch_size, rank, world, lambda s: collate(s, pad), self.cfg.train.seed
+        )
+
+    def describe_stage(self, stage) -> str:
+        return f"{self.cfg.data.source} ({self.cfg.data.questions if self.cfg.data.source != 'llava_json' else self.cfg.template})"
+
+    # ------------------------------------------------------------------ step
+    @staticmethod
+    def logits(train_model: nn.Module, model: nn.Module, mb: dict) -> torch.Tensor:
+        """(B, L, V) logits of a micro-batch: pixels through the tower, or cached unified
+        tokens (B, N, D) projected and placed at the image tokens."""
+        if "image_tokens" in mb:
+            embeds = model.get_input_embeddings()(mb["input_ids"])  # (B, L, H)
+            feats = model.model.multi_modal_projector(mb["image_tokens"])  # (B, N, H)
+            mask = (mb["input_ids"] == model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+            out = train_model(inputs_embeds=embeds, attention_mask=mb["attention_mask"])
+        else:
+            out = train_model(
+                input_ids=mb["input_ids"],
+                attention_mask=mb["attention_mask"],
+                pixel_values=mb.get("pixel_values"),
+            )
+        return out.logits
+
+    def forward_backward(self, train_model, model, batch, accum_steps, autocast):
+        """Cross-entropy summed over the answer tokens, divided by the global batch's count
+        (all ranks): each rank's gradient is then its share of the global mean, and the
+        engine's average over ranks is the global mean itself."""
+        import torch.distributed as dist
+
+        from openvision3.distributed.process import get_world_size
+
+        targets = batch["labels"][:, 1:]
+        count = (targets != IGNORE_INDEX).sum().float()
+        world = get_world_size()
+        if world > 1:
+            dist.all_reduce(count)
+        scale = world / count.clamp(min=1)
+        loss = torch.zeros((), device=targets.device)
+        for j, mb in enumerate(split_batch(batch, accum_steps)):
+            last = j == accum_steps - 1
+            with contextlib.nullcontext() if last else no_grad_sync(train_model):
+                with autocast():
+                    logits = self.logits(train_model, model, mb)
+                ce = F.cross_entropy(
+                    logits[:, :-1].float().flatten(0, 1),
+                    mb["labels"][:, 1:].flatten(),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+                micro = ce * scale
+                micro.backward()
+            loss += micro.detach()
+        return {"loss": loss / world, "answer_tokens": count / world}
+
+    # ------------------------------------------------------------------ export
+    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+        from openvision3.understanding.assemble import TEMPLATE_KEY, save_vlm
+
+        setattr(model.config, TEMPLATE_KEY, self.cfg.template)
+        model.eval()
+        save_vlm(model, self.processor, path, {"task": self.cfg.TASK, **card})
+        with open(os.path.join(path, "run_config.json"), "w") as f:
+            f.write(self.cfg.to_json())
+
+
+class SyntheticConversations(torch.utils.data.Dataset):
+    """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the alt text) or
+    ``vqa`` (every question type, shuffled, one multi-turn conversation). Pixels are rendered
+    at the tower's size, or (``cached``) the scene's unified tokens come from the cache."""
+
+    def __init__(
+        self,
+        d: VLMDataConfig,
+        split,
+        image_size,
+        cached,
+        tokenizer,
+        template,
+        image_token_id,
+        num_image_tokens,
+    ):
+        from openvision3.demo.synthetic import SyntheticWorld
+
+        self.d, self.split, self.image_size = d, split, image_size
+        self.world = SyntheticWorld(d.synthetic_seed)
+        self.tokenizer, self.template = tokenizer, template
+        self.image_token_id, self.num_image_tokens = image_token_id, num_image_tokens
+        self.tokens, self.indices = None, list(range(d.synthetic_size))
+        if cached:
+            from openvision3.data.latents import read_features
+
+            feats = read_features(d.cache, split, name="tokens")
+            self.tokens = feats["tokens"]  # (M, N, D)
+            self.indices = [int(k.rsplit("-", 1)[1]) for k in feats["keys"]]
+            if self.tokens.shape[1] != num_image_tokens:
+                raise ConfigError(
+                    f"--data.cache holds {self.tokens.shape[1]} tokens per image, the model "
+                    f"expects {num_image_tokens}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def turns(self, i: int) -> list[tuple[str, str]]:
+        from openvision3.understanding.synthetic_vqa import describe, scene_questions
+
+        index = self.indices[i]
+        scene = self.world.scene(self.split, index)
+        if self.d.questions == "describe":
+            q, a = describe(scene)
+            return [(f"<image>\n{q}", a)]
+        qa = [
+            (q, a) for _, q, a in scene_questions(scene, self.split, index, self.d.synthetic_seed)
+        ]
+        order = np.random.default_rng([self.d.synthetic_seed, index, 11]).permutation(len(qa))
+        turns = [qa[k] for k in order]
+        return [(f"<image>\n{turns[0][0]}", turns[0][1])] + turns[1:]
+
+    def __getitem__(self, i: int) -> dict:
+        from openvision3.understanding.templates import encode
+
+        ids, labels = encode(
+            self.tokenizer, self.template, self.turns(i), self.image_token_id, self.num_image_tokens
+        )
+        out = {"ids": ids, "labels": labels}
+        if self.tokens is not None:
+            out["image_tokens"] = self.tokens[i]
+        else:
+            image = self.world.render(
+                self.world.scene(self.split, self.indices[i]), self.image_size
+            )
+            x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+            out["pixel_values"] = x * 2 - 1  # (3, R, R) in [-1, 1]
+        return out

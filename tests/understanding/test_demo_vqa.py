@@ -1,0 +1,60 @@
+"""The understanding demo's questions, prior baseline and gates."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from openvision3.demo.synthetic import CELL_NAMES, SyntheticWorld  # noqa: E402
+from openvision3.understanding.demo import _answer, gates  # noqa: E402
+from openvision3.understanding.synthetic_vqa import (  # noqa: E402
+    NUMBERS,
+    QUESTION_TYPES,
+    scene_questions,
+    vocabulary,
+)
+
+
+def test_answers_follow_the_scene():
+    world, yes = SyntheticWorld(0), 0
+    for i in range(200):
+        scene = world.scene("val", i)
+        qa = {k: (q, a) for k, q, a in scene_questions(scene, "val", i)}
+        assert set(qa) == set(QUESTION_TYPES)
+        main = scene.objects[0]
+        assert qa["colour"][1] == main.color and qa["shape"][1] == main.shape
+        assert qa["position"][1] == CELL_NAMES[main.cell]
+        assert qa["count"][1] == NUMBERS[len(scene.objects) - 1]
+        colour = qa["presence"][0].split()[3]
+        present = colour in {o.color for o in scene.objects}
+        assert qa["presence"][1] == ("yes" if present else "no")
+        yes += present
+        assert qa["background"][1] in (scene.background, scene.texture)
+    assert 70 < yes < 130  # about half present, half absent
+    assert scene_questions(world.scene("val", 3), "val", 3) == scene_questions(
+        world.scene("val", 3), "val", 3
+    )
+
+
+def test_vocabulary_covers_every_question_and_answer():
+    words, world = set(vocabulary()), SyntheticWorld(0)
+    for i in range(100):
+        for _, q, a in scene_questions(world.scene("train", i), "train", i):
+            text = (q + " " + a).replace("?", " ? ")
+            assert set(text.split()) <= words, text
+
+
+def test_gates():
+    prior = dict.fromkeys(QUESTION_TYPES, 0.2) | {"presence": 0.5, "gated_mean": 0.28}
+    good = {"colour": 0.9, "position": 0.8, "presence": 0.9, "count": 0.5, "background": 0.6}
+    good |= {"shape": 0.1, "gated_mean": float(np.mean(list(good.values())))}
+    acc = {"vlm": good, "prior": prior, "shuffled": dict(prior)}
+    assert all(g["passed"] for g in gates(acc))
+    acc["shuffled"] = good  # answers that do not depend on the image would fail
+    assert not gates(acc)[-1]["passed"]
+    acc["vlm"] = good | {"count": 0.2}
+    assert not [g for g in gates(acc) if g["check"].startswith("count")][0]["passed"]
+
+
+def test_answer_normalisation():
+    assert _answer(" Top Left.") == "top left" and _answer("yes?") == "yes"
