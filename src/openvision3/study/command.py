@@ -1,0 +1,70 @@
+"""``ov3 study <name> [--base-preset P] [--overrides]``: run a named study, write its report.
+
+Overrides (tyro) reach the base experiment (``--base.data.path``, ``--base.train.stages.0.steps``,
+``--base.model...``), the seeds, the held-out evaluation, realism and the run folder; the arms and
+the claims' rules are the named study's. ``--base-preset NAME`` first swaps the base experiment
+for an experiment preset (``pretrain_b2``, ...): the way to run the same study at scale;
+``--model-preset NAME`` swaps the base's model for a model preset (``ov3-mu``, ``ov3-B/2``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from openvision3.config import ExperimentConfig
+from openvision3.study.config import ProbeEvalConfig, RealismConfig
+
+
+@dataclass
+class StudyArgs:
+    """The parts of a study the command line may change."""
+
+    base: ExperimentConfig = field(default_factory=ExperimentConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    run_dir: str = ""
+    eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
+    realism: RealismConfig = field(default_factory=RealismConfig)
+    report_only: bool = False  # write the report from the finished runs; train nothing
+
+
+def main(argv: list[str]) -> int:
+    import tyro
+
+    from openvision3.cli import _pop_flag
+    from openvision3.study.runner import run_study
+    from openvision3.study.studies import STUDIES, get_study
+
+    if not argv or argv[0].startswith("-"):
+        print(f"usage: ov3 study <name> [--overrides]; studies: {sorted(STUDIES)}", file=sys.stderr)
+        return 2
+    study = get_study(argv[0])
+    base_preset, argv = _pop_flag(argv[1:], "--base-preset")
+    model_preset, argv = _pop_flag(argv, "--model-preset")
+    if base_preset or model_preset:
+        from openvision3.configs import get_preset
+
+        study.base = get_preset(base_preset, model_preset) if base_preset else study.base
+        if model_preset and not base_preset:
+            study.base.model = get_preset("demo", model_preset).model
+    default = StudyArgs(study.base, study.seeds, study.run_dir, study.eval, study.realism)
+    args = tyro.cli(
+        StudyArgs,
+        default=default,
+        args=argv,
+        prog=f"ov3 study {study.name}",
+        description=(STUDIES[study.name].__doc__ or "").strip(),
+    )
+    args.base.validate()
+    study.base, study.seeds, study.eval, study.realism = (
+        args.base,
+        tuple(args.seeds),
+        args.eval,
+        args.realism,
+    )
+    study.run_dir = args.run_dir or study.run_dir
+    study.__post_init__()  # re-check the seeds and arms after the overrides
+    report = run_study(study, report_only=args.report_only)
+    if report is not None:
+        print(f"report: {report}")
+    return 0

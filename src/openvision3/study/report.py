@@ -1,0 +1,220 @@
+"""The study's report: rules, positive control, one verdict per claim, one figure per claim
+(held-out metric against step: mean curve +- std band per arm), final figures (mean +- std).
+Negative and inconclusive results are reported as they come.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from openvision3.files import write_json
+from openvision3.study.config import ComparisonConfig, StudyConfig
+from openvision3.study.verdict import REPRODUCED, Outcome, decide
+
+METRICS = {
+    "rec": "held-out reconstruction loss (pixel L1 + 0.4 latent L1; pixel arm: pixel L1)",
+    "contrastive": "held-out contrastive loss",
+    "caption": "held-out caption loss",
+    "psnr": "held-out PSNR (dB)",
+    "realism_fd": "realism distance (lower = more realistic)",
+}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "not run"
+    a = np.asarray(values, dtype=float)
+    std = a.std(ddof=1) if a.size > 1 else float("nan")
+    return f"{a.mean():.4g} +- {std:.2g}"
+
+
+def band(curves: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Steps, mean and std over seeds of ``metric`` at the steps every seed evaluated."""
+    series = [dict(c[metric]) for c in curves if metric in c]
+    if not series:
+        return None
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    values = np.array([[s[t] for t in steps] for s in series])  # (seeds, steps)
+    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(len(steps))
+    return np.array(steps), values.mean(axis=0), std
+
+
+def plot_claim(path: Path, title: str, rules: list[ComparisonConfig], data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rules), figsize=(5 * len(rules), 3.4), squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        for arm in (rule.arm, rule.baseline):
+            b = band(data.get(arm, {}).get("curves", []), rule.metric)
+            if b is None:
+                continue
+            steps, mean, std = b
+            n = len(data[arm]["curves"])
+            ax.plot(steps, mean, marker="o", ms=3, label=f"{arm} (n={n})")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+        ax.set_title(f"{title}: {rule.metric}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(rule.metric)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _outcome_row(name: str, rule: ComparisonConfig, o: Outcome, data: dict) -> str:
+    a = data.get(rule.arm, {}).get("finals", {}).get(rule.metric, [])
+    b = data.get(rule.baseline, {}).get("finals", {}).get(rule.metric, [])
+    verdict = o.verdict if o.verdict != REPRODUCED else f"**{o.verdict}**"
+    return (
+        f"| {name} | {rule.text()} | {mean_std(a)} | {mean_std(b)} | "
+        f"{o.mean_diff:+.4g} [{o.low:+.4g}, {o.high:+.4g}] | {verdict} |"
+    )
+
+
+def write_report(study: StudyConfig, data: dict, realism_text: str, seconds: float) -> Path:
+    """Write ``report.md``, its figures and ``report.json``; returns the report's path."""
+    root = Path(study.run_dir)
+    finals = {arm: d["finals"] for arm, d in data.items()}
+    control = compare_or_missing(study.control, finals)
+    verdicts = [(claim, *decide(claim, finals)) for claim in study.claims]
+    steps = study.base.train.total_steps
+    walls = [w for d in data.values() for w in d["wall"]]
+    runs_done = sum(len(d["curves"]) for d in data.values())
+    lines = [
+        f"# Study `{study.name}`: the paper's section-5 findings",
+        "",
+        f"Command: `ov3 study {study.name}`. Machine: {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. Runs finished: {runs_done} of "
+        f"{len(study.arms) * len(study.seeds)}. Training wall time of the runs: "
+        f"{sum(walls):.0f} s ({len(walls)} timed); this invocation: {seconds:.0f} s.",
+        "",
+        "## Verdicts",
+        "",
+        "| claim | rule | arm (mean +- std) | baseline (mean +- std) | diff [2 SE interval] "
+        "| verdict |",
+        "|---|---|---|---|---|---|",
+        _outcome_row("positive control", study.control, control, data),
+    ]
+    for claim, _, outcomes in verdicts:
+        for rule, o in zip(claim.comparisons, outcomes):
+            lines.append(_outcome_row(claim.name, rule, o, data))
+    lines += ["", "| claim | statement | verdict |", "|---|---|---|"]
+    lines.append(f"| positive control | {study.control.text()} | {control.verdict} |")
+    lines += [f"| {c.name} | {c.statement} | {v} |" for c, v, _ in verdicts]
+    lines += ["", "## Positive control", ""]
+    if control.verdict == REPRODUCED:
+        lines.append(
+            f"Reproduced ({control.why}): the study tells a trained encoder from a random one."
+        )
+    else:
+        lines.append(
+            f"**{control.verdict}** ({control.why}): the study is **underpowered** (too few "
+            "steps, seeds or held-out images to tell a trained encoder from a random one); its "
+            "other verdicts carry little weight."
+        )
+    lines += rules_section(study, steps, realism_text)
+    lines += ["", "## Figures", ""]
+    for i, (claim, verdict, _) in enumerate(verdicts):
+        fig = f"claim{i + 1}.png"
+        plot_claim(root / fig, claim.name, claim.comparisons, data)
+        lines += [
+            f"### {claim.name}: {verdict}",
+            "",
+            claim.statement,
+            "",
+            f"![{claim.name}]({fig})",
+            "",
+        ]
+    plot_claim(root / "control.png", "positive control", [study.control], data)
+    lines += ["### positive control", "", "![positive control](control.png)", ""]
+    lines += final_table(study, data)
+    lines += arms_section(study)
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    write_json(
+        root / "report.json",
+        {
+            "control": asdict(control),
+            "claims": [
+                {"name": c.name, "verdict": v, "outcomes": [asdict(o) for o in os_]}
+                for c, v, os_ in verdicts
+            ],
+            "finals": finals,
+            "wall_seconds": walls,
+        },
+    )
+    return path
+
+
+def compare_or_missing(rule: ComparisonConfig, finals: dict) -> Outcome:
+    from openvision3.study.config import ClaimConfig
+
+    _, (outcome,) = decide(ClaimConfig("control", "", [rule]), finals)
+    return outcome
+
+
+def rules_section(study: StudyConfig, steps: int, realism_text: str) -> list[str]:
+    s = study.base.train.stages[-1]
+    return [
+        "",
+        "## Rules (written to `study.json` before the first run)",
+        "",
+        f"- Every arm: the same {steps} steps of {s.batch_size} images at {s.resolution} px "
+        f"(the same samples in the same order for a given seed), base LR {s.base_lr:g}, warmup "
+        f"{s.warmup_steps}; seeds {list(study.seeds)} (initial weights, decoder noise, data "
+        "order).",
+        f"- Held-out evaluation: the first {study.eval.num_images} val images in batches of "
+        f"{study.eval.batch_size}, every {study.eval.every} steps and at step {steps}; verdicts "
+        f"use step {steps}.",
+        "- Comparisons are paired by seed: d = arm - baseline per seed; interval = mean(d) +- 2 "
+        "SE, SE = std(d) / sqrt(n). 'lower'/'higher': reproduced when the interval lies wholly "
+        "on the claimed side of 0, not reproduced when wholly on the other side, else "
+        "inconclusive. 'same' (claim 3): reproduced when the interval lies inside +-delta, not "
+        "reproduced when wholly outside it, else inconclusive; delta = "
+        + ", ".join(
+            f"{c.delta:g} x {c.baseline}'s mean"
+            for claim in study.claims
+            for c in claim.comparisons
+            if c.direction == "same"
+        )
+        + ".",
+        "- A claim of several comparisons is reproduced when all are, not reproduced when any "
+        "is not.",
+        f"- Realism: {realism_text}.",
+        f"- Positive control: {study.control.text()}; it must be reproduced, or the study is "
+        "underpowered.",
+    ]
+
+
+def final_table(study: StudyConfig, data: dict) -> list[str]:
+    metrics = [m for m in METRICS if any(m in d["finals"] for d in data.values())]
+    lines = ["## Final figures (mean +- std over seeds)", ""]
+    lines += ["| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for arm in study.arms:
+        finals = data[arm.name]["finals"]
+        cells = [mean_std(finals.get(m, [])) for m in metrics]
+        lines.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- `{m}`: {METRICS[m]}" for m in metrics]
+    return lines
+
+
+def arms_section(study: StudyConfig) -> list[str]:
+    lines = ["", "## Arms", ""]
+    for a in study.arms:
+        probes = ", ".join(a.probes) or "none"
+        lines.append(
+            f"- **{a.name}**: {a.describe}; trains the encoder with: "
+            f"{', '.join(a.trains) or 'nothing (trunk frozen)'}; probes (heads on tokens "
+            f"detached at z_u, same loss weights): {probes}."
+        )
+    return lines
