@@ -1,0 +1,29 @@
+"""Helpers of the web demo tests: the served resolution and stand-ins for the generator and
+the VLM with the agreed Python APIs (the packages' own tests cover the real ones)."""
+
+import torch
+
+RESOLUTION = 64
+
+
+class FakeGenerator:
+    """Stand-in with the generation package's API: ``class_names`` and ``sample``."""
+
+    class_names = ["red circle", "blue square"]
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, labels, *, cfg_scale, steps, sampler="euler", seed=0):
+        self.calls.append(dict(labels=labels, cfg_scale=cfg_scale, steps=steps, sampler=sampler))
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(len(labels), 3, 32, 32, generator=g)  # (B, 3, H, W) in [0, 1]
+
+
+class FakeVLM:
+    """Stand-in with the understanding package's API: ``generate(images, questions)``."""
+
+    def generate(self, images, questions, max_new_tokens=32):
+        return [
+            f"a {im.size[0]}x{im.size[1]} image; you asked: {q}" for im, q in zip(images, questions)
+        ]

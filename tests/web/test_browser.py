@@ -1,0 +1,224 @@
+"""``ov3 serve``'s page driven by a real headless Chromium (Debian's, through Playwright).
+
+Starts the app on the tiny model (with stand-ins for the generator and the VLM, and a second
+app without them), uploads an image on each tab and checks what the page shows: image sizes,
+a caption, probabilities summing to 1, the error messages for a text file named ``.png`` and
+for images over the byte and pixel limits, the missing-part messages. Every request the page
+makes must go to the local server (no CDN). Screenshots go to the test's tmp dir.
+"""
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from tests.web._web_helpers import RESOLUTION
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium installed (Debian: apt-get install chromium)", allow_module_level=True)
+pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from openvision3.web.app import AppConfig, build_app, launch  # noqa: E402
+from openvision3.web.handlers import Handlers  # noqa: E402
+from openvision3.web.uploads import UploadLimits  # noqa: E402
+
+LIMITS = UploadLimits(max_file_mb=1.0, max_megapixels=1.0)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 120_000
+
+
+def _start(handlers) -> tuple[str, object]:
+    app = build_app(handlers, AppConfig(limits=LIMITS))
+    _, url, _ = launch(app, handlers, LIMITS, port=None, blocking=False)
+    return url, app
+
+
+@pytest.fixture(scope="module")
+def urls(pipeline, gallery, tiny_model):
+    from tests.web._web_helpers import FakeGenerator, FakeVLM
+
+    from openvision3.web.parts import Part
+
+    full = Handlers(
+        pipeline,
+        gallery,
+        generator=Part("generator", model=FakeGenerator()),
+        vlm=Part("vlm", model=FakeVLM()),
+    )
+    (url, app), (bare_url, bare_app) = _start(full), _start(Handlers(pipeline, gallery))
+    yield url, bare_url
+    app.close()
+    bare_app.close()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    """A fresh headless Chromium page; records every URL it requests."""
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh --user-data-dir
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.requested = []
+        page.on("request", lambda req: page.requested.append(req.url))
+        yield page
+        context.close()
+
+
+def _shot(page, tmp_path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+
+
+def _upload(page, elem_id: str, path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+
+
+def _wait_images(page, selector: str, count: int) -> list[tuple[int, int]]:
+    """Wait until ``count`` images under ``selector`` have loaded -> their natural sizes."""
+    page.wait_for_function(
+        """([sel, n]) => {
+            const imgs = [...document.querySelectorAll(sel + ' img')];
+            return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        arg=[selector, count],
+    )
+    return page.eval_on_selector_all(
+        f"{selector} img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])"
+    )
+
+
+def _toast(page, text: str) -> str:
+    toast = page.locator(".toast-body", has_text=text)
+    toast.first.wait_for()
+    message = toast.first.inner_text()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    return message
+
+
+def _grid_image(tmp_path, name: str, seed: int) -> str:
+    rng = np.random.RandomState(seed)
+    path = tmp_path / name
+    Image.fromarray(rng.randint(0, 256, (96, 120, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def _local_only(page, url: str) -> None:
+    outside = [u for u in page.requested if not u.startswith(url) and not u.startswith("data:")]
+    assert not outside, outside
+
+
+def test_every_tab_in_chromium(page, urls, gallery, uploads, tmp_path):
+    url, _ = urls
+    page.goto(url)
+    page.locator("#rec-image").wait_for()
+    timings = {}
+
+    # 1. Reconstruct: input and reconstruction at the model's resolution, PSNR/SSIM, 4 levels.
+    t = time.perf_counter()
+    _upload(page, "rec-image", gallery.paths[0])
+    assert _wait_images(page, "#rec-output", 1) == [[RESOLUTION, RESOLUTION]]
+    assert _wait_images(page, "#rec-input", 1) == [[RESOLUTION, RESOLUTION]]
+    noisy = _wait_images(page, "#rec-noisy", 4)
+    assert noisy[:4] == [[RESOLUTION, RESOLUTION]] * 4
+    page.locator("#rec-metrics", has_text="PSNR").wait_for()
+    assert "SSIM" in page.locator("#rec-metrics").inner_text()
+    timings["reconstruct"] = time.perf_counter() - t
+    _shot(page, tmp_path, "1-reconstruct")
+
+    # Bad uploads on the same tab: one message each, and the server keeps serving.
+    _upload(page, "rec-image", uploads["notes.png"])
+    assert "is not an image this app can read" in _toast(page, "notes.png")
+    _upload(page, "rec-image", uploads["huge.png"])
+    message = _toast(page, "megapixels")
+    assert "'huge.png' is 1200x1000 = 1.2 megapixels; the limit is 1 megapixels" in message
+    noise = np.random.RandomState(0).randint(0, 256, (800, 800, 3), dtype=np.uint8)
+    too_big = tmp_path / "too_big.png"
+    Image.fromarray(noise).save(too_big)
+    assert os.path.getsize(too_big) > LIMITS.max_bytes
+    _upload(page, "rec-image", too_big)
+    assert "exceed the maximum allowed size" in _toast(page, "too_big.png")
+    _shot(page, tmp_path, "1-bad-input")
+
+    # 2. Caption and classify: a caption, probabilities over the typed labels summing to 1.
+    page.get_by_role("tab", name="Caption and classify").click()
+    page.locator("#cap-labels textarea").fill("red circle, blue square, cat")
+    t = time.perf_counter()
+    _upload(page, "cap-image", uploads["cmyk.jpg"])
+    page.wait_for_function("document.querySelector('#cap-caption textarea').value.length > 0")
+    assert page.locator("#cap-caption textarea").input_value().strip()
+    page.locator("#cap-probs meter").nth(2).wait_for()
+    probs = page.eval_on_selector_all(
+        "#cap-probs meter", "ms => ms.map(m => [m.getAttribute('aria-label'), m.value])"
+    )
+    assert sorted(label for label, _ in probs) == ["blue square", "cat", "red circle"]
+    assert sum(p for _, p in probs) == pytest.approx(1.0, abs=1e-5)
+    assert len(_wait_images(page, "#cap-near", 4)) >= 4
+    timings["understand"] = time.perf_counter() - t
+    assert "CMYK converted to RGB" in _toast(page, "CMYK")
+    _shot(page, tmp_path, "2-caption")
+
+    # 3. Interpolate: 7 decoded images at the model's resolution.
+    page.get_by_role("tab", name="Interpolate").click()
+    _upload(page, "int-a", _grid_image(tmp_path, "a.png", 1))
+    _upload(page, "int-b", gallery.paths[1])
+    page.locator("#int-a img").wait_for()
+    page.locator("#int-b img").wait_for()
+    t = time.perf_counter()
+    page.locator("#int-run").click()
+    assert _wait_images(page, "#int-path", 7)[:7] == [[RESOLUTION, RESOLUTION]] * 7
+    timings["interpolate"] = time.perf_counter() - t
+    _shot(page, tmp_path, "3-interpolate")
+
+    # 4. Generate (the stand-in generator makes 32 x 32 samples).
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-run").click()
+    assert _wait_images(page, "#gen-samples", 4)[:4] == [[32, 32]] * 4
+    _shot(page, tmp_path, "4-generate")
+
+    # 5. Ask (the stand-in VLM repeats the question and the image's size).
+    page.get_by_role("tab", name="Ask").click()
+    _upload(page, "ask-image", uploads["rgba.png"])
+    page.locator("#ask-image img").wait_for()
+    page.locator("#ask-question textarea").fill("What colour is it?")
+    page.locator("#ask-run").click()
+    page.wait_for_function("document.querySelector('#ask-answer textarea').value.length > 0")
+    answer = page.locator("#ask-answer textarea").input_value()
+    assert answer == "a 40x40 image; you asked: What colour is it?"
+    _shot(page, tmp_path, "5-ask")
+
+    _local_only(page, url)
+    print("seconds per request in the browser:", timings)
+
+
+def test_missing_parts_say_how_to_get_them_in_chromium(page, urls, tmp_path):
+    _, url = urls
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    text = page.locator("#gen-missing").inner_text()
+    assert "No generator was given" in text and "ov3 serve MODEL --generator DIR" in text
+    page.get_by_role("tab", name="Ask").click()
+    text = page.locator("#ask-missing").inner_text()
+    assert "No VLM was given" in text and "ov3 demo --understanding" in text
+    _shot(page, tmp_path, "missing-parts")
+    _local_only(page, url)
