@@ -2,20 +2,22 @@
 # Every GPU check in one call, then one table (docs/performance.md):
 #   train256  ov3 bench train, ov3-B/2 recipe at 256 px (all losses, LPIPS on), eager vs fast
 #   train128  the same at 128 px (no LPIPS)
-#   anchor    ../shared/perf/anchor_bench.py: the same pieces without our code, same card
+#   anchor    scripts/anchor_bench.py: the same pieces without our code, same card
 #   encode    ov3 bench encode at 256 px against the released recipe
 #   pytest    pytest -m gpu (tests/gpu: bf16 step, compiled / channels_last VAE, fused AdamW)
+#   gen       ov3 bench generation: DiT-DH-XL training step (MFU) and sampling, eager vs fast
+#   vlm       ov3 bench vlm: LLaVA stage-2 step (7B-shaped LM, 2 layers) tokens/s + MFU, tower images/s
 #   demo      ov3 demo --preset demo_gpu (sized for 5 minutes): its report and wall time
 # Each part has its own time limit, cut further so the whole stays within BUDGET_S (default
 # 480 s); a part that fails or times out is reported and the rest still run, and a cut-off
 # part keeps what it wrote (the demo's metrics.jsonl goes to logs.txt either way).
 # Everything lands in $OUT (a new temporary folder when unset): status.tsv, logs.txt and the
-# JSON / XML / Markdown the parts write (8 files). Then scripts/gpu_table.py prints the table.
+# JSON / XML / Markdown the parts write (9 files). Then scripts/gpu_table.py prints the table.
 #
 # usage: bash scripts/gpu_check.sh
-# env:   OUT, BUDGET_S, PARTS="train256 train128 anchor encode pytest demo" (a subset reruns),
-#        PYTHON (default python3), ANCHOR_BENCH (path of anchor_bench.py), BENCH_ARGS (extra
-#        arguments for both `ov3 bench train` runs, e.g. "--steps 5").
+# env:   OUT, BUDGET_S, PARTS="train256 train128 anchor encode pytest gen demo" (a subset reruns),
+#        PYTHON (default python3), BENCH_ARGS (extra arguments for both `ov3 bench train` runs,
+#        e.g. "--steps 5").
 # Packages the GPU image lacks travel as wheels in .gpu/whl (scripts/gpu_prepare.sh).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,7 +29,7 @@ LOGDIR=$(mktemp -d)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 BUDGET_S=${BUDGET_S:-480}
-PARTS=${PARTS:-"train256 train128 anchor encode pytest demo"}
+PARTS=${PARTS:-"train256 train128 anchor encode pytest gen vlm demo"}
 BENCH_ARGS=${BENCH_ARGS:-}
 DEADLINE=$(($(date +%s) + BUDGET_S))
 STATUS="$OUT/status.tsv"
@@ -83,12 +85,6 @@ for name in ("openvision3", "diffusers", "lpips", "tyro", "open_clip", "timm", "
         print(f"  {name} MISSING: {err!r}")
 EOF
 
-ANCHOR=${ANCHOR_BENCH:-}
-for candidate in "$ROOT/../shared/perf/anchor_bench.py" "$ROOT/.gpu/anchor_bench.py" \
-	"$ROOT/shared/perf/anchor_bench.py"; do
-	[[ -z "$ANCHOR" && -f "$candidate" ]] && ANCHOR=$candidate
-done
-
 OV3=("$PY" -m openvision3.cli)
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
 run_part train256 100 320 "${OV3[@]}" bench train --preset ov3_b2 --resolution 256 \
@@ -96,15 +92,13 @@ run_part train256 100 320 "${OV3[@]}" bench train --preset ov3_b2 --resolution 2
 # shellcheck disable=SC2086
 run_part train128 80 310 "${OV3[@]}" bench train --preset ov3_b2 --resolution 128 \
 	--out "$OUT/bench_train_128.json" $BENCH_ARGS
-if [[ -n "$ANCHOR" ]]; then
-	run_part anchor 60 305 "$PY" "$ANCHOR"
-elif wanted anchor; then
-	printf 'anchor\tmissing\t0\t0\n' >>"$STATUS"
-	echo "== anchor: anchor_bench.py not found (copy ../shared/perf/anchor_bench.py to .gpu/)"
-fi
+run_part anchor 60 305 "$PY" scripts/anchor_bench.py
 run_part encode 40 305 "${OV3[@]}" bench encode --preset ov3-B/2 --resolution 256 \
 	--batch-size 32 --output "$OUT/bench_encode_256.json"
 run_part pytest 60 300 "$PY" -m pytest -m gpu -q tests/gpu --junitxml="$OUT/pytest_gpu.xml"
+run_part gen 60 240 "${OV3[@]}" bench generation --steps 5 --warmup 2 \
+	--out "$OUT/bench_generation.json"
+run_part vlm 40 200 "${OV3[@]}" bench vlm --steps 5 --warmup 2 --out "$OUT/bench_vlm.json"
 DEMO_DIR=$(mktemp -d)
 run_part demo 300 0 "${OV3[@]}" demo --preset demo_gpu --run-dir "$DEMO_DIR"
 if wanted demo; then

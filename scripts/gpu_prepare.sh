@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Run on the development machine (it needs PyPI) before a GPU call: fills .gpu/ (ignored by git)
-# with what scripts/gpu_check.sh needs and the GPU image lacks, to travel with carry [".gpu"]:
-#   .gpu/whl/*.whl        pure-Python wheels (diffusers, open_clip_torch, lpips, tyro, ... at the
-#                         versions installed here, where the tests pass)
-#   .gpu/anchor_bench.py  a copy of ../shared/perf/anchor_bench.py (../shared does not travel)
+# with the pure-Python wheels scripts/gpu_check.sh needs and the GPU image lacks (diffusers,
+# open_clip_torch, lpips, tyro, ... at the versions installed here, where the tests pass), in
+# .gpu/whl/, to travel with carry [".gpu"].
 # The image already has torch, torchvision, numpy, scipy, safetensors, huggingface_hub, pytest.
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,9 +22,4 @@ rm -f .gpu/whl/*.whl
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	--platform manylinux2014_x86_64 -d .gpu/whl "${pins[@]}"
-if [[ -f ../shared/perf/anchor_bench.py ]]; then
-	cp ../shared/perf/anchor_bench.py .gpu/
-else
-	echo "warning: ../shared/perf/anchor_bench.py not found; the anchor part will be skipped"
-fi
 du -sh .gpu

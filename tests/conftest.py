@@ -3,6 +3,12 @@ import os
 # A hub look-up retries for a minute before failing offline; tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Spawned workers and subprocesses import this repository's `tests` package first, even where an
+# installed distribution ships a top-level `tests` package of its own (latex2sympy2 does).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
+)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -29,9 +35,8 @@ def photo_data(tmp_path_factory):
     packaged demo VAE as a diffusers folder (the stand-in for a local FLUX.1 VAE)."""
     import shutil
 
-    from tests.photos import write_photo_data
-
     from openvision3.models.vae import PACKAGED_VAES
+    from tests.photos import write_photo_data
 
     root = write_photo_data(tmp_path_factory.mktemp("photos"))
     shutil.copytree(PACKAGED_VAES["ov3-demo-vae"], root / "vae")

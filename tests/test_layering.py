@@ -1,7 +1,10 @@
-"""House rule 1: models/ imports nothing from train/, distributed/, data/, evaluation/;
-inference/ never imports torch.distributed; the engine (train/) and distributed/ serve any model
-through the Task seam, so they import no model family, no experiment config and no task;
-nothing in the package imports experiments/."""
+"""House rule 1, checked on the imports of every file (module level and inside functions):
+models/ imports nothing from train/, distributed/, data/, evaluation/, inference/ (the loading
+code ``OpenVision3.from_pretrained`` calls is ``openvision3/pretrained.py``, which imports none of
+them either); losses/ and data/ import nothing from train/; inference/ never imports
+torch.distributed; the engine (train/) and distributed/ serve any model through the Task seam,
+so they import no model family, no experiment config and no task; nothing in the package
+imports experiments/."""
 
 import ast
 from pathlib import Path
@@ -9,13 +12,18 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "openvision3"
+MODEL_LAYER = (
+    "openvision3.train",
+    "openvision3.distributed",
+    "openvision3.data",
+    "openvision3.evaluation",
+    "openvision3.inference",
+)
 RULES = {
-    "models": (
-        "openvision3.train",
-        "openvision3.distributed",
-        "openvision3.data",
-        "openvision3.evaluation",
-    ),
+    "models": MODEL_LAYER,
+    "pretrained.py": MODEL_LAYER,
+    "losses": ("openvision3.train",),
+    "data": ("openvision3.train",),
     "inference": ("torch.distributed", "openvision3.distributed", "openvision3.train"),
     "train": (
         "openvision3.models",
@@ -44,7 +52,8 @@ def imports(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("package", sorted(RULES))
 def test_layering(package):
-    files = sorted((SRC / package).rglob("*.py"))
+    root = SRC / package
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
     assert files
     bad = [
         (f.name, name)
@@ -63,3 +72,19 @@ def test_package_never_imports_experiments():
         if name == "experiments" or name.startswith("experiments.")
     ]
     assert not bad, bad
+
+
+def test_rank_and_world_size_come_from_one_place():
+    """``distributed/process.py`` holds the only rank / world-size / main-process helpers
+    (``get_rank``, ``get_world_size``, ``is_main``, ``is_distributed``); nothing else asks
+    ``torch.distributed`` for them."""
+    asks = ("dist.get_rank(", "dist.get_world_size(", "dist.is_initialized(")
+    home = SRC / "distributed" / "process.py"
+    bad = [
+        f"{f.relative_to(SRC)}:{n}: {line.strip()} (use openvision3.distributed.process)"
+        for f in sorted(SRC.rglob("*.py"))
+        if f != home
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if any(a in line for a in asks)
+    ]
+    assert not bad, "\n".join(bad)

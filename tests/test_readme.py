@@ -50,6 +50,29 @@ _TRAIN2 = (
 )
 _INFER = "--batch-size 4 --num-workers 0 --resolution 64"
 _EVAL = "--batch-size 4 --num-images 8 --linear-probe.train-images 8"
+_STUDY = (
+    "--model-preset ov3-mu --base.train.stages.0.steps 2 --base.train.stages.0.batch-size 4 "
+    "--base.train.stages.0.warmup-steps 1 --base.train.stages.0.resolution 32 --seeds 0 1 "
+    "--eval.num-images 4 --eval.batch-size 2 --eval.every 1 --realism.train-images 32 "
+    "--realism.epochs 1"
+)
+# A DiT-DH for the tiny model's 16x16x32 tokens at 256 px (shift 1: RAE's is for s >= 1).
+_DIT = (
+    "--model.in-channels 32 --model.input-size 16 --model.width 32 --model.depth 1 "
+    "--model.heads 2 --model.head-width 32 --model.head-depth 1 --model.head-heads 2 "
+    "--flow.shift 1 --train.stages.0.steps 2 --train.stages.0.batch-size 4 --train.device cpu "
+    "--data.num-workers 0 --data.hflip 0.5"
+)
+_GEN_DEMO = "--steps 2 --train-size 64 --val-size 16 --per-class 1 --sample-steps 3"
+_VLM_TRAIN = (
+    "--data.source synthetic --data.synthetic-size 16 --train.stages.0.steps 2 "
+    "--train.stages.0.batch-size 2 --train.stages.0.warmup-steps 1 --train.precision fp32 "
+    "--train.parallel auto --train.no-activation-checkpointing --train.device cpu"
+)
+_VLM_DEMO = (
+    "--train-size 32 --val-size 8 --stage1-steps 2 --stage2-steps 2 --batch-size 4 "
+    "--warmup-steps 1 --eval-batch 8 --hidden 32 --layers 1 --examples 2"
+)
 # (regex on the command as written, suffix). The first match wins; every command needs one.
 SHRINK = [
     (r"^ov3 demo$", "--preset demo_smoke --run-dir runs/demo"),
@@ -68,7 +91,21 @@ SHRINK = [
         r"^ov3 bench train ",
         "--preset ov3-mu --batch-size 2 --steps 1 --warmup 0 --component-steps 1",
     ),
+    (r"^ov3 train dit_dh_\w+ ", _DIT),
+    (r"^ov3 sample ", "--num 4 --per-class 2 --steps 3 --batch-size 2"),
+    (r"^ov3 eval generation ", "--batch-size 2"),
+    (r"^ov3 demo --generation ", _GEN_DEMO),
+    (r"^ov3 vlm build ", "--llm tiny --image-size 64"),
+    (r"^ov3 train llava15_ov3_b2_stage1 ", f"{_VLM_TRAIN} --data.questions describe"),
+    (r"^ov3 train llava15_ov3_b2_stage2$", _VLM_TRAIN),
+    (r"^ov3 vlm (chat|answer) ", "--max-new-tokens 4"),
+    (r"^echo .* > questions\.jsonl$", ""),
+    (r"^ov3 eval vqa ", "--batch-size 2 --max-new-tokens 4"),
+    (r"^ov3 demo --understanding ", _VLM_DEMO),
     (r"^ov3 eval ", _EVAL),
+    (r"^ov3 study paper-small$", f"{_STUDY} --realism.kind features --run-dir runs/study"),
+    (r"^torchrun .* study ", f"{_STUDY} --realism.kind none --base.data.num-workers 0"),
+    (r"^ov3 serve", "--check"),  # start the server, fetch the page, wait for the model, stop
     (r"^python:", ""),
 ]
 
@@ -197,6 +234,7 @@ def workspace(tmp_path_factory, photo_data, photo_run, fake_torch_home):
         (r"\bMODEL\b", str(photo_run / "final")),
         (r'"path-or-hub-id"', repr(str(photo_run / "final"))),
         (r'device="cuda"', 'device="cpu"'),
+        (r"VIRTUAL_imagenet256_labeled\.npz", "samples/samples.npz"),  # ADM's reference file
         (r"--nproc[-_]per[-_]node 8", "--nproc-per-node 2"),
         (r"step_000[12]0000", "step_00000004"),  # the shrunk run's last checkpoint
     ]

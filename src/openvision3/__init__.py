@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-# Lines for src/openvision3/__init__.py: the inference front door, imported lazily so that
-# `import openvision3` stays cheap (no torch / diffusers / PIL until first use).
+# The public API, imported lazily so that `import openvision3` stays cheap (no torch /
+# diffusers / PIL until first use).
 
 _LAZY = {
     "load": "openvision3.inference.api",
@@ -11,7 +11,7 @@ _LAZY = {
     "PipelineConfig": "openvision3.inference.api",
     "OpenVision3": "openvision3.models.openvision3",
     "ModelConfig": "openvision3.models.openvision3",
-    "save_pretrained": "openvision3.inference.pretrained",
+    "save_pretrained": "openvision3.pretrained",
 }
 __all__ = sorted(_LAZY)
 

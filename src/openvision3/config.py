@@ -82,7 +82,7 @@ class ExperimentConfig(RunConfig):
         path = self.train.init_from
         if not path:
             return
-        from openvision3.inference.pretrained import is_released, read_released, resolve
+        from openvision3.pretrained import is_released, read_released, resolve
 
         try:
             local = resolve(path)

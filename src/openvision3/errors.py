@@ -2,8 +2,9 @@
 
 ``ConfigError`` is raised after the command line is applied, with a message that names the
 flag (``--data.path is required for source 'webdataset'``); ``ov3`` prints it as one line and
-exits with status 2, as for tyro's own parse errors. ``MissingWeightsError`` says which file
-to download and where to put it; ``ov3`` prints it without a traceback and exits with 1.
+exits with status 2, as for tyro's own parse errors. The others (``MissingWeightsError``,
+``MissingExtraError``, ``CheckpointError``, ``TrainingDivergedError``, ``DataNotFoundError``)
+are printed as one line too, with exit status 1. ``OV3_DEBUG=1`` shows their tracebacks.
 """
 
 
@@ -16,6 +17,19 @@ class MissingWeightsError(FileNotFoundError):
     fetch and where to put it."""
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint that is incomplete, corrupted or unreadable; the message names the
+    file and the ``--train.resume`` choices."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the terms."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data path that does not exist; the message names the flag and the path."""
+
+
 class MissingExtraError(ImportError):
     """An optional dependency group is not installed; the message names the pip extra."""
 
@@ -25,6 +39,17 @@ class MissingExtraError(ImportError):
             f'pip install "openvision3[{extra}]"'
         )
         self.extra = extra
+
+
+# What ``ov3`` prints as one line (no traceback) and exits with status 2 (ConfigError) or 1.
+USER_ERRORS = (
+    ConfigError,
+    MissingWeightsError,
+    MissingExtraError,
+    CheckpointError,
+    TrainingDivergedError,
+    DataNotFoundError,
+)
 
 
 def require(module: str, extra: str, feature: str):

@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by every package (checkpoints aside: they rename whole folders).
+"""Atomic file writes and file digests, shared by every package (checkpoints write their
+folders atomically themselves: they rename whole folders).
 
 A file is written under a temporary name in its own folder and renamed onto its path, so a
 reader (or a run killed half-way) never sees a partial file.
@@ -6,10 +7,20 @@ reader (or a run killed half-way) never sees a partial file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

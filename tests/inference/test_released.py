@@ -8,8 +8,8 @@ import torch
 from open_clip.transformer import LayerNorm, VisionTransformer
 from torch import nn
 
-from openvision3.inference.pretrained import load_pretrained
 from openvision3.models.openvision3 import MissingComponentError
+from openvision3.pretrained import load_pretrained
 
 
 def upstream_vit(width=768, layers=12, heads=12, grid=16, embed_dim=512):

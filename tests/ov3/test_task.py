@@ -12,10 +12,10 @@ from tests.inference.test_released import upstream_vit, write_released
 
 from openvision3.configs import get_preset
 from openvision3.errors import ConfigError
-from openvision3.inference.pretrained import read_released
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import read_released
 from openvision3.train.trainer import Trainer
 
 

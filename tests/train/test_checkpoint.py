@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from openvision3.train import checkpoint as ckpt
 from openvision3.train.checkpoint import (
     clean_key,
     decode,
@@ -16,6 +15,7 @@ from openvision3.train.checkpoint import (
     find_latest,
     load_checkpoint,
     save_checkpoint,
+    store,
 )
 from openvision3.train.ema import EMA
 from openvision3.train.optim import OptimConfig, build_optimizer, build_scheduler
@@ -27,7 +27,6 @@ FILES = {
     "optimizer.json",
     "ema.safetensors",
     "ema.json",
-    "rng.safetensors",
     "state.json",
 }
 
@@ -183,14 +182,14 @@ def test_interrupted_save_is_ignored(tmp_path, monkeypatch):
     model, opt, sched, ema = _setup()
     save_checkpoint(tmp_path, 2, model, opt, sched, ema)
     # A crash while writing state.json of step 4 ...
-    real = ckpt._write_json
+    real = store.write_json
 
     def crash(path, obj):
         if path.name == "state.json":
             raise KeyboardInterrupt
         real(path, obj)
 
-    monkeypatch.setattr(ckpt, "_write_json", crash)
+    monkeypatch.setattr(store, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, 4, model, opt, sched, ema)
     monkeypatch.undo()

@@ -17,8 +17,14 @@ from openvision3.cli import main
 from openvision3.config import StageConfig, TrainConfig
 from openvision3.configs import get_preset
 from openvision3.distributed.parallelize import resolve_parallel
-from openvision3.train.checkpoint import find_latest, load_checkpoint, rng_state, save_checkpoint
-from openvision3.train.checkpoint_dcp import rng_from_json, rng_to_json
+from openvision3.train.checkpoint import (
+    find_latest,
+    load_checkpoint,
+    rng_from_json,
+    rng_state,
+    rng_to_json,
+    save_checkpoint,
+)
 from openvision3.train.trainer import Trainer, data_position
 
 

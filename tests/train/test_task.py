@@ -168,3 +168,12 @@ def test_ema_export_of_a_dcp_checkpoint_with_a_frozen_module(tmp_path):
     assert frozen and all(torch.equal(exported[k], init[k]) for k in frozen)
     others = [k for k in init if k not in frozen]
     assert all(torch.equal(exported[k], trainer.ema.params[k].to(init[k].dtype)) for k in others)
+
+
+def test_every_builtin_task_resolves_to_its_config_class():
+    """A checkpoint of any of the package's tasks can be read back (``ov3 export``)."""
+    from openvision3.train.task import _CONFIGS, config_class
+
+    for name in list(_CONFIGS):
+        cls = config_class(name)
+        assert cls.TASK == name

@@ -12,10 +12,10 @@ from tests.dist_utils import free_port, worker_env
 from openvision3.cli import main
 from openvision3.config import ExperimentConfig, StageConfig
 from openvision3.configs import get_preset
-from openvision3.errors import ConfigError
+from openvision3.errors import ConfigError, TrainingDivergedError
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics
-from openvision3.train.trainer import NonFiniteLossError, Trainer
+from openvision3.train.trainer import Trainer
 
 
 def smoke(run_dir, **train) -> ExperimentConfig:
@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path, monkeypatch):
         return (total * float("nan") if trainer.step == 2 else total), terms
 
     monkeypatch.setattr(Objective, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="step 2"):
+    with pytest.raises(TrainingDivergedError, match="step 2"):
         trainer.fit()
 
 

@@ -14,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+from openvision3.errors import DataNotFoundError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
@@ -49,7 +51,7 @@ class ImageFolderSource:
         if split and (root / split).is_dir():
             root = root / split  # ImageNet-style root/{train,val}/...
         if not root.is_dir():
-            raise ValueError(f"image folder {str(root)!r} does not exist")
+            raise DataNotFoundError(f"--data.path: image folder {str(root)!r} does not exist")
         self.root = root
         files = sorted(
             p.relative_to(root).as_posix()

@@ -1,9 +1,10 @@
-"""Latent cache: the frozen VAE's posterior mean, computed once and read back in training.
+"""Feature cache: the frozen VAE's posterior mean, and optionally a frozen OpenVision 3
+encoder's unified tokens, computed once and read back in training.
 
 ``write_latent_cache(cfg)`` (``ov3 cache-latents``) runs the VAE encoder over a split once.
 Training with ``data.latents=<dir>`` then reads these shards instead of decoding and encoding
-images: the encoder step and the VAE encoder (273 GFLOP per 256 px image, spec section 5)
-disappear from the training step. The pixel losses still decode through the frozen VAE
+images: the encoder step and the VAE encoder (273 GFLOP per 256 px image, as counted by
+``scripts/anchor_bench.py``) disappear from the training step. The pixel losses still decode through the frozen VAE
 decoder, against the stored image.
 
 A cache directory holds, for one resolution, per split and writer part ``p`` of ``n``:
@@ -11,11 +12,21 @@ A cache directory holds, for one resolution, per split and writer part ``p`` of 
     {split}-{p:03d}-{shard:06d}.tar   webdataset shards; one sample per image:
         png                  the transformed image (3, R, R) as 8-bit PNG: the pixel target,
                              bit-exact with the on-the-fly pipeline (x = level / 127.5 - 1)
-        txt, json            alt text; {"key", "caption", "label"} (the raw loader layout)
+                             (left out with ``images=False``: a token cache for a generator)
+        txt, json            alt text; {"key", "caption", "label"} (the raw loader layout) plus
+                             any fields an ``extra`` function gives for the key
         latent.safetensors   {"mean": (C, R/8, R/8)[, "mean_flip": the same for the
-                             horizontally flipped image]}, already scaled (``FrozenVAE.encode``)
+                             horizontally flipped image]}, already scaled (``FrozenVAE.encode``);
+                             with ``tokens=<OpenVision 3 export>`` also "tokens": (N, D), the
+                             frozen encoder's unified tokens (row-major grid) [, "tokens_flip"]
     {split}-{p:03d}.json              the part's meta, written last (its presence marks a
                                       complete part): resolution, VAE identity, counts
+
+Resume: a part without its meta continues after its last complete shard (samples come in a
+fixed order, so the first ``shards x shard_size`` are skipped without being encoded).
+Reading: ``build_latent_loader`` streams shards for OpenVision 3 training; ``FeatureCache`` is
+the map-style (random access) view for generators and language models, and
+``read_features`` loads a small cache into memory.
 
 Flips: a sample is flipped when ``torch.rand(1)`` under ``sample_seed(seed, epoch, key)`` is
 below ``data.hflip``, the same draw ``RandomHorizontalFlip`` makes on the fly, so cached and
@@ -30,6 +41,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -37,17 +49,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openvision3.data.folder import ImageFolderSource
 from openvision3.data.images import decode_image
 from openvision3.data.loader import (
     BadSample,
     DataConfig,
     ImageTextLoader,
     SampleProcessor,
-    SyntheticSource,
     sample_seed,
     stream_loader,
 )
+from openvision3.data.sources import data_source
 from openvision3.data.transforms import pil_to_tensor, to_uint8
 from openvision3.data.webdataset import WebDatasetStream, _tar_samples, list_shards, raw_to_sample
 from openvision3.files import write_json
@@ -81,6 +92,8 @@ class CacheLatentsConfig:
     parts: int = 1
     device: str = "auto"
     seed: int = 0
+    tokens: str = ""  # an OpenVision 3 export (or released encoder): also store its tokens
+    images: bool = True  # store the pixel target PNG (OpenVision 3 training needs it)
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
 
@@ -134,10 +147,7 @@ def _raw_samples(data: DataConfig, split: str, resolution: int, stride: int, off
             if i % stride == offset:
                 yield lambda raw=raw: raw_to_sample(raw, data.alt_text_key, data.caption_key)
         return
-    if data.source == "synthetic":
-        source = SyntheticSource(data.synthetic, split, resolution)
-    else:
-        source = ImageFolderSource(data.path, data.captions_file, split)
+    source = data_source(data).map_source(split, resolution)
     for i in range(offset, len(source), stride):
         yield lambda i=i: source.load(i)
 
@@ -150,8 +160,8 @@ class _ProcessedSamples(torch.utils.data.IterableDataset):
     """This part's samples, processed (eval transform) in DataLoader workers; a failure becomes
     ``{"bad": (key, reason)}`` so the writer counts it instead of stopping."""
 
-    def __init__(self, cfg: CacheLatentsConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CacheLatentsConfig, skip: int = 0):
+        self.cfg, self.skip = cfg, skip
         self.processor = SampleProcessor(cfg.data, cfg.resolution, train=False)
 
     def __iter__(self):
@@ -159,7 +169,12 @@ class _ProcessedSamples(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         c = self.cfg
         stride, offset = c.parts * workers, c.part * workers + worker
-        for load in _raw_samples(c.data, c.split, c.resolution, stride, offset):
+        # The loader takes the workers' samples in turn: output j is worker j % workers's
+        # (j // workers)-th, so skipping the first ``skip`` outputs skips these of this worker.
+        skip = max(0, -(-(self.skip - worker) // workers))
+        for i, load in enumerate(_raw_samples(c.data, c.split, c.resolution, stride, offset)):
+            if i < skip:
+                continue
             key = "?"
             try:
                 raw = load()
@@ -182,7 +197,10 @@ class _ShardSink:
 
     def __init__(self, out: str, split: str, part: int, shard_size: int):
         self.out, self.prefix, self.shard_size = out, f"{split}-{part:03d}", shard_size
+        # Complete shards of an interrupted run are kept; the writer continues after them.
         self.shards: list[str] = []
+        while os.path.exists(os.path.join(out, f"{self.prefix}-{len(self.shards):06d}.tar")):
+            self.shards.append(f"{self.prefix}-{len(self.shards):06d}.tar")
         self.writer, self.count = None, 0
 
     def write(self, sample: dict) -> None:
@@ -205,55 +223,85 @@ class _ShardSink:
             self.writer = None
 
 
-def _encode_and_write(vae, samples: list[dict], cfg: CacheLatentsConfig, sink, device) -> None:
-    x = torch.stack([s["image"] for s in samples])  # (B, 3, R, R)
+@torch.no_grad()
+def _features(vae, encoder, x: torch.Tensor, dtype) -> dict[str, torch.Tensor]:
+    """(B, 3, R, R) -> {"mean": (B, C, R/8, R/8)[, "tokens": (B, N, D)]} on the CPU."""
+    mean = vae.encode(x)
+    out = {"mean": mean.to("cpu", dtype)}
+    if encoder is not None:
+        out["tokens"] = encoder(mean).to("cpu", dtype)
+    return out
+
+
+def _encode_and_write(vae, samples: list[dict], cfg, sink, device, encoder, extra) -> None:
+    x = torch.stack([s["image"] for s in samples]).to(device)  # (B, 3, R, R)
     dtype = DTYPES[cfg.dtype]
     from safetensors.torch import save
 
-    mean = vae.encode(x.to(device)).to("cpu", dtype)  # (B, C, R/8, R/8)
-    flip = vae.encode(x.flip(-1).to(device)).to("cpu", dtype) if cfg.flip else None
+    feats = _features(vae, encoder, x, dtype)
+    if cfg.flip:
+        flipped = _features(vae, encoder, x.flip(-1), dtype)
+        feats.update({f"{k}_flip": v for k, v in flipped.items()})
     for i, s in enumerate(samples):
-        tensors = {"mean": mean[i].contiguous()}
-        if flip is not None:
-            tensors["mean_flip"] = flip[i].contiguous()
+        tensors = {k: v[i].contiguous() for k, v in feats.items()}
         meta = {"key": s["key"], "caption": s["caption"], "label": s["label"]}
-        sink.write(
-            {
-                "__key__": s["key"].replace(".", "_").replace("/", "_"),  # tar keys: no dots
-                "png": _png(s["image"]),
-                "txt": s["alt_text"],
-                "json": meta,
-                LATENT_EXT: save(tensors),
-            }
-        )
+        if extra is not None:
+            meta.update(extra(s["key"]))
+        sample = {
+            "__key__": s["key"].replace(".", "_").replace("/", "_"),  # tar keys: no dots
+            "txt": s["alt_text"],
+            "json": meta,
+            LATENT_EXT: save(tensors),
+        }
+        if cfg.images:
+            sample["png"] = _png(s["image"])
+        sink.write(sample)
 
 
-def write_latent_cache(cfg: CacheLatentsConfig, vae: FrozenVAE | None = None) -> dict:
+def write_latent_cache(
+    cfg: CacheLatentsConfig,
+    vae: FrozenVAE | None = None,
+    encoder: torch.nn.Module | None = None,
+    extra=None,
+) -> dict:
     """Encode ``cfg.split`` (this part of it) and write shards + meta; returns the meta.
 
     ``vae``: the frozen VAE to use; default built from ``cfg.vae`` (after seeding with
-    ``cfg.seed``, so a config-built VAE equals the trainer's). Unreadable samples are skipped,
-    logged with their key and counted in ``meta["skipped"]``.
+    ``cfg.seed``, so a config-built VAE equals the trainer's). ``encoder``: a frozen OpenVision 3
+    encoder (scaled latents (B, C, h, w) -> tokens (B, N, D)) whose tokens are stored too;
+    ``cfg.tokens`` loads one (and its VAE) from an export instead. ``extra``: key -> dict of
+    more JSON fields per sample (a demo's labels). Unreadable samples are skipped, logged with
+    their key and counted in ``meta["skipped"]``. An interrupted part resumes (module docstring).
     """
     from openvision3.distributed.process import pick_device
 
     if not cfg.out:
         raise ValueError("cache-latents needs an output directory: --out DIR")
     device = pick_device(cfg.device)
+    if cfg.tokens and encoder is None:
+        from openvision3.pretrained import load_pretrained
+
+        model = load_pretrained(cfg.tokens, device=device)
+        vae, encoder = model.vae, model.encoder
     if vae is None:
         torch.manual_seed(cfg.seed)
         vae = FrozenVAE(cfg.vae)
     vae = vae.to(device).eval()
+    if encoder is not None:
+        encoder = encoder.to(device).eval()
     out = resolve(cfg.out, cfg.resolution)
     os.makedirs(out, exist_ok=True)
     sink = _ShardSink(out, cfg.split, cfg.part, cfg.shard_size)
+    done = len(sink.shards) * cfg.shard_size
+    if done:
+        log.info("resuming %s part %d after %d cached samples", cfg.split, cfg.part, done)
     loader = torch.utils.data.DataLoader(
-        _ProcessedSamples(cfg),
+        _ProcessedSamples(cfg, skip=done),
         batch_size=None,
         num_workers=cfg.data.num_workers,
         collate_fn=_identity,
     )
-    pending, written, bad = [], 0, []
+    pending, written, bad = [], done, []
     for sample in loader:
         if "bad" in sample:
             bad.append(sample["bad"])
@@ -261,13 +309,20 @@ def write_latent_cache(cfg: CacheLatentsConfig, vae: FrozenVAE | None = None) ->
             continue
         pending.append(sample)
         if len(pending) == cfg.batch_size:
-            _encode_and_write(vae, pending, cfg, sink, device)
+            _encode_and_write(vae, pending, cfg, sink, device, encoder, extra)
             written, pending = written + len(pending), []
     if pending:
-        _encode_and_write(vae, pending, cfg, sink, device)
+        _encode_and_write(vae, pending, cfg, sink, device, encoder, extra)
         written += len(pending)
     sink.close()
     c = cfg.resolution // vae.cfg.downsample
+    tokens = None
+    if encoder is not None:
+        with torch.no_grad():
+            probe = torch.zeros(1, vae.cfg.latent_channels, c, c, device=device)
+            n, d = encoder(probe).shape[1:]
+        side = math.isqrt(n)
+        tokens = {"shape": [n, d], "grid": [side, n // side], "source": cfg.tokens or "given"}
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -277,6 +332,8 @@ def write_latent_cache(cfg: CacheLatentsConfig, vae: FrozenVAE | None = None) ->
         "flip": cfg.flip,
         "dtype": cfg.dtype,
         "latent_shape": [vae.cfg.latent_channels, c, c],
+        "tokens": tokens,
+        "images": cfg.images,
         "vae": {
             "pretrained": cfg.vae.pretrained,
             "convention": vae.cfg.convention,
@@ -314,12 +371,15 @@ def read_cache_meta(path: str, split: str) -> dict:
         raise ValueError(
             f"latent cache {path!r}: {len(metas)} parts written of {metas[0]['parts']}"
         )
-    same = ("format", "version", "resolution", "resize", "flip", "latent_shape", "vae")
+    same = ("format", "version", "resolution", "resize", "flip", "latent_shape", "vae", "tokens")
+    for m in metas:  # caches written before tokens existed
+        m.setdefault("tokens", None)
+        m.setdefault("images", True)
     for m in metas[1:]:
         diff = [k for k in same if m[k] != metas[0][k]]
         if diff:
             raise ValueError(f"latent cache {path!r}: parts disagree on {diff}")
-    merged = {k: metas[0][k] for k in same + ("split", "dtype", "source")}
+    merged = {k: metas[0][k] for k in same + ("split", "dtype", "source", "images")}
     merged["written"] = sum(m["written"] for m in metas)
     merged["skipped"] = sum(m["skipped"] for m in metas)
     return merged
@@ -440,3 +500,72 @@ def build_latent_loader(
     )
     loader.latent_meta = meta
     return loader
+
+
+# ---------------------------------------------------------------------- map-style reader
+class FeatureCache:
+    """Random access to a cache's samples: ``cache[i]`` -> {"key", "label", "caption",
+    "alt_text", <the JSON's other fields>, and the stored tensors ("mean", "tokens", their
+    "_flip" twins) as float32}; ``len(cache)`` samples over every part, in shard order.
+
+    The index holds each sample's byte range in its tar (``tarfile`` headers only), so
+    ``cache[i]`` reads one sample; ``cache.meta`` is ``read_cache_meta``'s merged meta.
+    """
+
+    def __init__(self, path: str, split: str):
+        import tarfile
+
+        self.path, self.split = path, split
+        self.meta = read_cache_meta(path, split)
+        self.shards = list_shards(path, split)
+        self.index: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (shard, ext -> range)
+        for s, shard in enumerate(self.shards):
+            members: dict[str, dict[str, tuple[int, int]]] = {}
+            with tarfile.open(shard) as tar:
+                for m in tar:
+                    if m.isfile():
+                        key, ext = m.name.split(".", 1)
+                        members.setdefault(key, {})[ext] = (m.offset_data, m.size)
+            self.index += [(s, exts) for exts in members.values()]
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _read(self, shard: int, span: tuple[int, int]) -> bytes:
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.shards[shard], "rb")  # noqa: SIM115
+        f.seek(span[0])
+        return f.read(span[1])
+
+    def __getitem__(self, i: int) -> dict:
+        from safetensors.torch import load
+
+        shard, exts = self.index[i]
+        meta = json.loads(self._read(shard, exts["json"]))
+        out = {**meta, "alt_text": self._read(shard, exts["txt"]).decode() if "txt" in exts else ""}
+        for name, t in load(self._read(shard, exts[LATENT_EXT])).items():
+            out[name] = t.float()
+        return out
+
+    def __getstate__(self):  # picklable for DataLoader workers: files reopen lazily
+        return {**self.__dict__, "_files": {}}
+
+
+def read_features(path: str, split: str, name: str = "tokens") -> dict:
+    """A small cache in memory: {name: (M, ...) float32 stacked, "keys", "labels" (M,) int64,
+    "captions", "alt_texts", "records" (each sample's JSON), "meta"}."""
+    cache = FeatureCache(path, split)
+    records = [cache[i] for i in range(len(cache))]
+    if records and name not in records[0]:
+        raise KeyError(f"cache {path!r} stores no {name!r} (has {sorted(records[0])})")
+    return {
+        name: torch.stack([r.pop(name) for r in records]) if records else torch.empty(0),
+        "keys": [r["key"] for r in records],
+        "labels": torch.tensor([int(r.get("label") or 0) for r in records]),
+        "captions": [r.get("caption", "") for r in records],
+        "alt_texts": [r.get("alt_text", "") for r in records],
+        "records": [{k: v for k, v in r.items() if not torch.is_tensor(v)} for r in records],
+        "meta": cache.meta,
+    }

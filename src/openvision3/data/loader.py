@@ -23,17 +23,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openvision3.data.folder import ImageFolderSource
 from openvision3.data.images import decode_image
+from openvision3.data.sources import data_source, source_names
 from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, build_transform
 from openvision3.data.webdataset import WebDatasetStream, list_shards
-from openvision3.demo.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticWorld
+from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "webdataset", "folder")
 MAX_REFILL_TRIES = 8
 
 
@@ -70,8 +69,8 @@ class DataConfig:
         if isinstance(self.synthetic, dict):
             self.synthetic = SyntheticConfig(**self.synthetic)
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.source not in source_names():
+            raise ValueError(f"source must be one of {source_names()}, got {self.source!r}")
         if self.num_workers < 0 or self.shuffle_buffer < 1:
             raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")
         if self.text_context < 3 or self.caption_context < 3:
@@ -87,9 +86,9 @@ class DataConfig:
 
     @property
     def has_images(self) -> bool:
-        """Whether images can be read (the synthetic world, or a path); the training split can
-        also come from ``latents`` alone."""
-        return self.source == "synthetic" or bool(self.path)
+        """Whether images can be read (a path, or a source that makes its own, such as the
+        synthetic world); the training split can also come from ``latents`` alone."""
+        return data_source(self).has_images()
 
     def require_images(self) -> None:
         """Raise ``ConfigError`` naming the flag when a file source has no ``path``.
@@ -157,29 +156,12 @@ class SampleProcessor:
             "caption": self.tokenizer([c or a for a, c in zip(alts, caps)], self.caption_context),
             "key": [s["key"] for s in samples],
         }
-        if all(alts) and all(caps):  # second contrastive view (spec: average over both views)
+        if all(alts) and all(caps):  # second view: the loss averages both (OpenVision's code)
             batch["text_2"] = self.tokenizer(caps, self.text_context)
         labels = [s["label"] for s in samples]
         if any(v is not None for v in labels):
             batch["label"] = torch.tensor([-1 if v is None else int(v) for v in labels])
         return batch
-
-
-class SyntheticSource:
-    """Map-style source rendering ``SyntheticWorld`` samples at the requested resolution."""
-
-    def __init__(self, cfg: SyntheticConfig, split: str, resolution: int):
-        self.world, self.split, self.resolution = SyntheticWorld(cfg.seed), split, resolution
-        self.size = {"train": cfg.train_size, "val": cfg.val_size}.get(split)
-        if self.size is None:
-            raise ValueError(f"synthetic splits are 'train' and 'val', got {split!r}")
-        self.class_names = CLASS_NAMES
-
-    def __len__(self) -> int:
-        return self.size
-
-    def load(self, index: int) -> dict:
-        return self.world.sample(self.split, index, self.resolution)
 
 
 class _Window(NamedTuple):
@@ -411,10 +393,7 @@ def build_loader(
         return stream_loader(
             WebDatasetStream, shards, processor, cfg, batch_size, rank, world_size, train
         )
-    if cfg.source == "synthetic":
-        source = SyntheticSource(cfg.synthetic, split, resolution)
-    else:
-        source = ImageFolderSource(cfg.path, cfg.captions_file, split)
+    source = data_source(cfg).map_source(split, resolution)
     if train and len(source) // world_size < batch_size:
         raise ValueError(
             f"{cfg.source} split {split!r} has {len(source)} samples: fewer than one batch of "

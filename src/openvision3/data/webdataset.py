@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from openvision3.errors import DataNotFoundError
+
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "gif")
@@ -41,7 +43,9 @@ def list_shards(path: str, split: str) -> list[str]:
     else:
         shards = expand_urls(path)
     if not shards:
-        raise ValueError(f"no webdataset shards found for split {split!r} at {path!r}")
+        raise DataNotFoundError(
+            f"--data.path: no webdataset shards for split {split!r} at {path!r}"
+        )
     return list(shards)
 
 

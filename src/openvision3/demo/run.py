@@ -128,10 +128,9 @@ def shape_probe(model: nn.Module, train: Iterator[dict], val: Iterator[dict]) ->
 
 def probe_batches(cfg: ExperimentConfig, split: str, num_images: int) -> Iterator[dict]:
     """This rank's share of the first ``num_images`` images of ``split``, in the eval transform."""
-    import torch.distributed as dist
+    from openvision3.distributed.process import get_rank, get_world_size
 
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = get_rank(), get_world_size()
     res = cfg.eval.resolution or cfg.train.stages[-1].resolution
     loader = build_loader(
         cfg.data, split, res, cfg.eval.batch_size, rank=rank, world_size=world, train=False
@@ -140,8 +139,9 @@ def probe_batches(cfg: ExperimentConfig, split: str, num_images: int) -> Iterato
 
 
 def plot_losses(metrics_path: Path, out: Path, stage_steps: list[int]) -> None:
-    import matplotlib
+    from openvision3.errors import require
 
+    matplotlib = require("matplotlib", "train", "the demo report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

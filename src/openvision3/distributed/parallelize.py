@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -49,6 +48,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from openvision3.distributed.process import get_world_size
 from openvision3.wrappers import WRAPPER_ATTRS
 
 PARALLEL_MODES = ("auto", "ddp", "fsdp")
@@ -131,7 +131,7 @@ def frozen_params(model: nn.Module) -> set[nn.Parameter]:
 
 def apply_fsdp(model: nn.Module, device: torch.device, param_dtype: torch.dtype) -> None:
     """FSDP2 in place: ``fully_shard`` per block, then the root (frozen parameters ignored)."""
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = init_device_mesh(device.type, (get_world_size(),))
     if param_dtype == torch.float32:
         block_mp = root_mp = MixedPrecisionPolicy()
     else:

@@ -57,14 +57,34 @@ def init_process(device: str = "auto") -> ProcessInfo:
     return ProcessInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def is_distributed() -> bool:
+    """True inside an initialised ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's global rank; 0 without a process group."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """The number of ranks; 1 without a process group."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Whether this is rank 0 (the one that writes files and logs)."""
+    return get_rank() == 0
+
+
 def barrier() -> None:
-    if dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average a dict of scalars over ranks (one collective for all of them)."""
-    if not dist.is_initialized() or not values:
+    if not is_distributed() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
@@ -75,13 +95,22 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 def gather_object(obj):
     """Every rank's ``obj`` (JSON-able), in rank order; ``[obj]`` without a process group."""
-    if not dist.is_initialized():
+    if not is_distributed():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (JSON-able) on every rank; ``obj`` itself without a process group."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()

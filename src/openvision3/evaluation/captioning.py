@@ -23,12 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from openvision3.distributed.process import get_world_size, is_distributed
 from openvision3.evaluation.reduce import (
     MetricAccumulator,
     all_reduce_sum,
     evaluating,
     gather_objects_to_rank0,
-    is_distributed,
     model_device,
 )
 
@@ -69,7 +69,7 @@ def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
     except ImportError:
         return None
     if is_distributed():  # CIDEr's IDF is corpus-wide: score the union, on every rank
-        shards = [None] * dist.get_world_size()
+        shards = [None] * get_world_size()
         dist.all_gather_object(shards, (generated, refs))
         generated = [g for shard in shards for g in shard[0]]
         refs = [r for shard in shards for r in shard[1]]
@@ -126,10 +126,12 @@ class CaptionEvaluator:
             ``{"bleu4", "cider" (None without pycocoevalcap), "<name>_accuracy" for each
             attribute, "count"}`` over all ranks. ``self.samples`` holds the kept rows (on rank 0 when distributed).
         """
-        from torchmetrics.text import BLEUScore  # lazy: a slow import
+        from openvision3.errors import require
+
+        text_metrics = require("torchmetrics.text", "eval", "caption BLEU")  # lazy: a slow import
 
         acc = MetricAccumulator("generated", *self.attributes)
-        bleu = BLEUScore(n_gram=4, sync_on_compute=False)  # synced below, by us
+        bleu = text_metrics.BLEUScore(n_gram=4, sync_on_compute=False)  # synced below, by us
         generated_all, refs_all, samples = [], [], []
         device = model_device(model)
         with evaluating(model):

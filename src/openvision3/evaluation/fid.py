@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from openvision3.evaluation.reduce import all_reduce_sum, is_rank0
+from openvision3.distributed.process import is_main
+from openvision3.evaluation.reduce import all_reduce_sum
 from openvision3.files import atomic_write
 from openvision3.models.vae import MissingWeightsError
 
@@ -72,9 +73,10 @@ class InceptionFeatures(nn.Module):
     def __init__(self, weights: str = ""):
         super().__init__()
         path = inception_weights_path(weights)  # fail before importing torch-fidelity
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        from openvision3.errors import require
 
-        self.net = FeatureExtractorInceptionV3(
+        inception = require("torch_fidelity.feature_extractor_inceptionv3", "eval", "FID")
+        self.net = inception.FeatureExtractorInceptionV3(
             "inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=path
         )
         self.net.eval().requires_grad_(False)  # torch-fidelity 0.3 leaves BatchNorm in train mode
@@ -155,8 +157,9 @@ def frechet_distance(
     and more accurate than ``scipy.linalg.sqrtm(S1 @ S2)`` for the singular covariances of
     sets smaller than the feature dimension (a test pins the two against each other).
     """
-    from scipy import linalg
+    from openvision3.errors import require
 
+    linalg = require("scipy.linalg", "eval", "the Frechet distance")
     diff = mu1 - mu2
     w, v = linalg.eigh((sigma1 + sigma1.T) / 2)  # S1 = V diag(w) V^T
     keep = w > max(w.max(), 0.0) * 1e-12  # the range of S1 (w < 0 only from rounding)
@@ -217,7 +220,7 @@ class ReconstructionFID:
             real = self._real or FeatureStats(dim)
             real.all_reduce()
             self.reference = real
-            if self.cache_path and is_rank0():
+            if self.cache_path and is_main():
                 real.save(self.cache_path, {**self.identity, "count": real.count})
         if self.reference.count != fake.count:
             raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -10,15 +9,8 @@ import time
 import torch
 from torch import nn
 
-from openvision3.dataclass_io import to_dict
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from openvision3.data.sources import data_source
+from openvision3.files import sha256_file
 
 
 def model_identity(path: str | None, model: nn.Module) -> dict:
@@ -26,7 +18,7 @@ def model_identity(path: str | None, model: nn.Module) -> dict:
     ``path`` None: a model in memory (evaluated during training)."""
     ident = {"path": path or "in memory (training)", "config_name": model.cfg.name}
     if path is not None:
-        from openvision3.inference.pretrained import (
+        from openvision3.pretrained import (
             CARD_NAME,
             RELEASED_WEIGHTS,
             WEIGHTS_NAME,
@@ -41,7 +33,7 @@ def model_identity(path: str | None, model: nn.Module) -> dict:
                 ident["model_card"] = json.load(f)
         for name in (WEIGHTS_NAME, RELEASED_WEIGHTS):
             if os.path.isfile(os.path.join(local, name)):
-                ident["weights"] = {"file": name, "sha256": _sha256(os.path.join(local, name))}
+                ident["weights"] = {"file": name, "sha256": sha256_file(os.path.join(local, name))}
                 break
     ident["parameters"] = sum(p.numel() for p in model.parameters())
     return ident
@@ -51,11 +43,7 @@ def data_identity(cfg, pairs: list | None) -> dict:
     """The images evaluated: ``cfg`` is an ``EvalRunConfig``, ``pairs`` its read pairs (or None)."""
     d = cfg.data
     ident = {"name": d.source, "source": d.source, "split": cfg.split, "resize": d.resize}
-    if d.source == "synthetic":
-        ident["synthetic"] = to_dict(d.synthetic)
-    else:
-        ident.update(name=os.path.basename(os.path.normpath(d.path)), path=os.path.abspath(d.path))
-        ident["captions_file"] = d.captions_file
+    ident.update(data_source(d).identity())
     if pairs is not None:
         ann = cfg.pairs.annotations
         ident = {

@@ -12,16 +12,14 @@ import os
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from openvision3.data.transforms import to_uint8
+from openvision3.distributed.process import get_rank, get_world_size, is_distributed, is_main
 from openvision3.evaluation.reduce import (
     MetricAccumulator,
     evaluating,
     gather_objects_to_rank0,
-    is_distributed,
-    is_rank0,
     model_device,
 )
 
@@ -65,10 +63,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if min(x.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11 x 11 pixels, got {tuple(x.shape)}")
     # Lazy: importing torchmetrics takes seconds, and training imports this package.
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    from openvision3.errors import require
 
+    image_metrics = require("torchmetrics.functional.image", "eval", "SSIM")
     x, y = _as_uint8(x).float() / 255.0, _as_uint8(y).float() / 255.0
-    _, full = structural_similarity_index_measure(
+    _, full = image_metrics.structural_similarity_index_measure(
         x,
         y,
         gaussian_kernel=True,
@@ -134,8 +133,8 @@ class ReconstructionEvaluator:
         # This rank's even part of a global max_images (exact while every rank has its part).
         if max_images is None or not is_distributed():
             return max_images
-        world, rank = dist.get_world_size(), dist.get_rank()
-        return max_images // world + int(rank < max_images % world)
+        world = get_world_size()
+        return max_images // world + int(get_rank() < max_images % world)
 
     def run(
         self, model: nn.Module, batches: Iterable[dict], max_images: int | None = None
@@ -202,7 +201,7 @@ class ReconstructionEvaluator:
         Call on every rank: the rows are gathered to rank 0, which writes the file.
         """
         shards = gather_objects_to_rank0(self.rows)
-        if not is_rank0():
+        if not is_main():
             return
         rows = [row for shard in shards for row in shard]
         fields = ["key", "psnr", "ssim"] + (["lpips"] if self.lpips else [])
@@ -218,7 +217,7 @@ class ReconstructionEvaluator:
         from torchvision.utils import make_grid, save_image
 
         shards = gather_objects_to_rank0((self.best, self.worst))
-        if not is_rank0():
+        if not is_main():
             return
         n = min(n, self.keep)
         best = sorted((t for s in shards for t in s[0]), key=lambda t: -t[0])[:n]

@@ -15,10 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-
-def is_distributed() -> bool:
-    """True inside an initialised ``torch.distributed`` process group."""
-    return dist.is_available() and dist.is_initialized()
+from openvision3.distributed.process import get_world_size, is_distributed, is_main
 
 
 def _comm_device() -> torch.device:
@@ -53,7 +50,7 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return tensor
-    device, world = _comm_device(), dist.get_world_size()
+    device, world = _comm_device(), get_world_size()
     local = tensor.detach().to(device)
     shape = torch.tensor(local.shape, device=device, dtype=torch.long)
     shapes = [torch.zeros_like(shape) for _ in range(world)]
@@ -76,14 +73,9 @@ def gather_objects_to_rank0(obj: object) -> list | None:
     without a process group. For small report payloads (CSV rows, a few images) only."""
     if not is_distributed():
         return [obj]
-    rank = dist.get_rank()
-    out = [None] * dist.get_world_size() if rank == 0 else None
+    out = [None] * get_world_size() if is_main() else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def is_rank0() -> bool:
-    return not is_distributed() or dist.get_rank() == 0
 
 
 class MetricAccumulator:

@@ -28,8 +28,9 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    from openvision3.errors import require
 
+    matplotlib = require("matplotlib", "eval", "the report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

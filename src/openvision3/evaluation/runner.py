@@ -24,13 +24,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from openvision3.data.loader import DataConfig, build_loader
+from openvision3.data.sources import data_source, source_class, source_names
 from openvision3.dataclass_io import to_dict
-from openvision3.demo.synthetic import CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from openvision3.evaluation.identity import data_identity, environment, model_identity
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.pairs import PairsConfig, pair_batches, read_pairs
 from openvision3.evaluation.reduce import limited, model_device
-from openvision3.evaluation.synthetic import SYNTHETIC_CAPTION_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,11 @@ class ReconstructionTaskConfig:
 
 @dataclass
 class ZeroShotTaskConfig:
-    """classnames: "" (auto: the synthetic world's; ImageNet's from open_clip for 1000
-    nXXXXXXXX folders; else the folder names) or a text file, one name per line. templates:
-    "auto" (synthetic: the world's own; folders: OpenAI's 80), "openai", "simple"
-    ("a photo of a {}."), "synthetic" or a text file, one template with {} per line."""
+    """classnames: "" (auto: the data source's own, e.g. the synthetic world's; ImageNet's
+    from open_clip for 1000 nXXXXXXXX folders; else the folder names) or a text file, one name
+    per line. templates: "auto" (the data source's own, e.g. the synthetic world's; else
+    OpenAI's 80), "openai", "simple" ("a photo of a {}."), a source's name ("synthetic") or a
+    text file, one template with {} per line."""
 
     classnames: str = ""
     templates: str = "auto"
@@ -173,6 +173,7 @@ class EvalRun:
         self.cfg, self.model, self.rank, self.world = cfg, model, rank, world
         self.out = cfg.out_dir or None
         self.data = evaluation_data(cfg.data, model)
+        self.source = data_source(cfg.data)  # what the data answers (class names, checks, ...)
         self.pairs = read_pairs(**to_dict(cfg.pairs)) if cfg.pairs.annotations else None
 
     def loader_batches(self, split: str, num_images: int) -> Iterator[dict]:
@@ -197,8 +198,7 @@ class EvalRun:
         )  # fmt: skip
 
     def has_texts(self) -> bool:
-        d = self.cfg.data
-        return self.pairs is not None or d.source != "folder" or bool(d.captions_file)
+        return self.pairs is not None or self.source.has_texts()
 
     def need(self, *parts: str) -> None:
         for part in parts:
@@ -286,15 +286,16 @@ def zero_shot_metadata(run: EvalRun) -> tuple[list[str], list, str]:
     """Class names, templates and a description of where they came from."""
     from openvision3.evaluation.zero_shot import imagenet_metadata
 
-    zc, source = run.cfg.zero_shot, run.cfg.data.source
+    zc = run.cfg.zero_shot
     folders = run.class_names()
     if not folders:
         raise TaskUnavailable("the data has no class labels (use an ImageNet-layout folder)")
     imagenet = len(folders) == 1000 and all(IMAGENET_WNID.match(f) for f in folders)
+    own = run.source.class_names()
     if zc.classnames:
         names, origin = _read_lines(zc.classnames), zc.classnames
-    elif source == "synthetic":
-        names, origin = list(CLASS_NAMES), "synthetic world"
+    elif own is not None:
+        names, origin = own
     elif imagenet:
         names, origin = imagenet_metadata()[0], "open_clip IMAGENET_CLASSNAMES"
     else:
@@ -303,12 +304,16 @@ def zero_shot_metadata(run: EvalRun) -> tuple[list[str], list, str]:
         raise ValueError(f"{len(names)} class names for {len(folders)} classes")
     choice = zc.templates
     if choice == "auto":
-        choice = "synthetic" if source == "synthetic" else "openai"
-    templates = {
-        "openai": lambda: imagenet_metadata()[1],
-        "simple": lambda: ["a photo of a {}."],
-        "synthetic": lambda: list(ZERO_SHOT_TEMPLATES),
-    }.get(choice, lambda: _read_lines(choice))()
+        own = run.source.zero_shot_templates() is not None
+        choice = run.source.name if own else "openai"
+    if choice == "openai":
+        templates = imagenet_metadata()[1]
+    elif choice == "simple":
+        templates = ["a photo of a {}."]
+    elif choice in source_names() and source_class(choice).zero_shot_templates() is not None:
+        templates = source_class(choice).zero_shot_templates()
+    else:
+        templates = _read_lines(choice)
     return names, templates, f"classes: {origin}; templates: {choice}"
 
 
@@ -366,8 +371,7 @@ def run_captioning(run: EvalRun) -> dict:
     else:
         tok = Tokenizer()
         refs = lambda batch: tok.decode_batch(batch["caption"])  # noqa: E731
-        synthetic = run.cfg.data.source == "synthetic"
-        attributes = SYNTHETIC_CAPTION_ATTRIBUTES if synthetic else None
+        attributes = run.source.caption_checks()
     cap = CaptionEvaluator(cc.max_len or None, cc.beam_size, cc.samples, attributes)
     metrics = cap.run(run.model, run.image_batches(), refs)
     settings = {
@@ -391,10 +395,9 @@ def run_linear_probe(run: EvalRun) -> dict:
     names = run.class_names()
     if not names:
         raise TaskUnavailable("the data has no class labels (use an ImageNet-layout folder)")
-    if c.data.source == "folder" and not os.path.isdir(os.path.join(c.data.path, lp.train_split)):
-        raise TaskUnavailable(f"no {lp.train_split}/ folder under {c.data.path}")
-    if c.data.source == "webdataset":
-        raise TaskUnavailable("linear probe reads labelled folders or the synthetic world")
+    missing = run.source.labelled_split_missing(lp.train_split)
+    if missing:
+        raise TaskUnavailable(missing)
     probe = LinearProbeEvaluator(len(names), lp.probe)
     metrics = probe.run(
         run.model,
@@ -493,9 +496,9 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     """Run ``tasks`` (names from ``TASKS``; "all" = every one the model and data allow) and
     write ``results.json`` and ``report.md`` into ``cfg.out_dir`` (rank 0; none when "").
     Returns the results: ``metrics`` (flat names), ``tasks``, ``skipped`` and the header."""
-    from openvision3.distributed.process import init_process, shutdown
+    from openvision3.distributed.process import init_process, is_distributed, shutdown
     from openvision3.evaluation.report import write_report
-    from openvision3.inference.pretrained import load_pretrained, trained_resolution
+    from openvision3.pretrained import load_pretrained, trained_resolution
 
     if not cfg.model:
         raise ValueError("--model PATH is required (an export folder or a hub id)")
@@ -504,7 +507,7 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {TASKS} or 'all'")
-    started = torch.distributed.is_available() and torch.distributed.is_initialized()
+    started = is_distributed()
     proc = init_process(cfg.device)
     try:
         vae = None if cfg.vae == "none" else cfg.vae

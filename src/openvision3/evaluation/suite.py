@@ -11,7 +11,8 @@ from __future__ import annotations
 from torch import nn
 
 from openvision3.data.loader import DataConfig
-from openvision3.evaluation.reduce import is_distributed, limited
+from openvision3.distributed.process import get_rank, get_world_size
+from openvision3.evaluation.reduce import limited
 from openvision3.evaluation.runner import (
     CaptioningTaskConfig,
     EvalRun,
@@ -53,14 +54,6 @@ def training_eval_config(
     )
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if is_distributed():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def evaluate_model(
     model: nn.Module,
     data: DataConfig,
@@ -79,7 +72,7 @@ def evaluate_model(
     """
     from openvision3.evaluation.report import write_report
 
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     run = EvalRun(training_eval_config(data, cfg, resolution, out_dir), model, rank, world)
     tasks = [task for task, switch in SWITCHES.items() if getattr(cfg, switch)]
     results = {**results_header(run, None), **run_tasks(run, tasks, explicit=False)}

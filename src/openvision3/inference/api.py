@@ -267,7 +267,7 @@ def load(
     ``resolution``: None = the one the export was last trained at (its ``config.json``), else
     (released encoders, exports written before it was recorded) the encoder's position grid.
     """
-    from openvision3.inference.pretrained import load_pretrained, resolve, trained_resolution
+    from openvision3.pretrained import load_pretrained, resolve, trained_resolution
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

@@ -1,7 +1,8 @@
 """``ov3 bench encode``: images/s of our encode path against the authors' released recipe.
 
-The released recipe (reference-code.md section 1): fp32 ``AutoencoderKL`` posterior mean
-x 0.3611, then an open_clip ``VisionTransformer`` with a 16-channel patch conv, in fp32. Here
+The released recipe (how the authors run their ``UCSC-VLAA/openvision3-vit-*`` checkpoints):
+fp32 ``AutoencoderKL`` posterior mean x 0.3611 (no shift), then an open_clip
+``VisionTransformer`` with a 16-channel patch conv, in fp32. Here
 it runs with the *same weights* as ours (the VAE copied, our encoder converted back to the
 open_clip layout), in the same process, on the same card and on the same input batch, so the
 table gives both the speed-up and the relative error of our tokens against the fp32 recipe.
@@ -104,8 +105,8 @@ def open_clip_vit(encoder: Encoder, grid: tuple[int, int]) -> nn.Module:
 
 
 def _model(cfg: BenchConfig, device: str) -> OpenVision3:
-    from openvision3.inference.pretrained import load_pretrained
     from openvision3.models.presets import model_config
+    from openvision3.pretrained import load_pretrained
 
     if cfg.model:
         return load_pretrained(cfg.model, device=device)
@@ -142,7 +143,7 @@ def bench_encode(cfg: BenchConfig) -> dict:
     "ms_per_batch", "speedup", "rel_error", "max_abs_error"}]}; errors are against the recipe's
     tokens (relative error = ||ours - ref|| / ||ref||, Frobenius).
     """
-    from openvision3.inference.pretrained import trained_resolution
+    from openvision3.pretrained import trained_resolution
 
     device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
     model = _model(cfg, str(device))

@@ -21,9 +21,9 @@ import torch
 from tyro.conf import Positional, arg
 
 from openvision3.files import atomic_write
+from openvision3.generation.latent_stats import LatentStats, load_latent_stats, normalize
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.inputs import Batch, batches, list_items
-from openvision3.inference.latent_stats import LatentStats, load_latent_stats, normalize
 from openvision3.inference.writers import (
     JsonlWriter,
     RunDir,

@@ -14,15 +14,10 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
+from openvision3.distributed.process import get_rank, get_world_size
+
 # CLIP caps the learned temperature at 100 (Radford et al. 2021, section 2.5).
 MAX_LOGIT_SCALE = 100.0
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _gather(features: torch.Tensor, rank: int, world_size: int, with_grad: bool, local: bool):
@@ -56,7 +51,7 @@ class ContrastiveLoss(nn.Module):
     def _single(
         self, image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        rank, world_size = _world()
+        rank, world_size = get_rank(), get_world_size()
         n = image_features.shape[0]
         labels = torch.arange(n, device=image_features.device)
         if world_size == 1:

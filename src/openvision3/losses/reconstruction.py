@@ -109,8 +109,9 @@ def build_lpips(net: str = "vgg", lpips_weights: str = "") -> nn.Module:
         module mapping two (B, 3, H, W) images in [-1, 1] to distances (B, 1, 1, 1).
     """
     path = _backbone_path(net, lpips_weights)  # fail before the slow construction
-    import lpips
+    from openvision3.errors import require
 
+    lpips = require("lpips", "train", "the LPIPS loss")
     with warnings.catch_warnings():
         # lpips builds its random trunk with torchvision's deprecated `pretrained=False`.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")

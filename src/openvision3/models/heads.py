@@ -1,11 +1,11 @@
 """Caption decoder (the autoregressive half of the understanding branch).
 
-A prefix-LM in the OpenVision-2 style (spec section 2): one transformer over
+A prefix-LM in the OpenVision 2 style (OpenVision 3 paper, section 2): one transformer over
 ``[proj(image tokens) ; caption tokens]`` where the image prefix attends bidirectionally to
 itself and each caption token attends to the whole prefix and to the caption tokens up to
 itself. Trained with teacher forcing; ``generate`` decodes greedily or with beam search.
 
-Choices where the spec leaves room:
+Choices the paper leaves open:
 - Image tokens get one learned *type* embedding and, by default (``image_pos="sincos"``), the
   2-D sin-cos table of their grid, added after the projection and before keep-ratio dropping
   (so a kept subset keeps its positions). The encoder's own input positions fade in the

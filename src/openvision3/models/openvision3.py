@@ -2,7 +2,7 @@
 (generation branch) and text towers (understanding branch) as separate heads on the tokens.
 
 Architecture only. Loss weights live in ``losses/objective.py``; loading and saving live in
-``inference/pretrained.py`` (the ``from_pretrained`` / ``save_pretrained`` methods delegate there).
+``openvision3/pretrained.py`` (``from_pretrained`` / ``save_pretrained`` delegate there).
 """
 
 from __future__ import annotations
@@ -225,13 +225,14 @@ class OpenVision3(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> OpenVision3:
         """Our exports (``config.json`` + ``model.safetensors``) or the released encoder layout
-        (``open_clip_config.json`` + ``open_clip_pytorch_model.bin``); see ``inference.pretrained``."""
-        from openvision3.inference.pretrained import load_pretrained
+        (``open_clip_config.json`` + ``open_clip_pytorch_model.bin``); see
+        ``openvision3.pretrained``."""
+        from openvision3.pretrained import load_pretrained
 
         return load_pretrained(path, **kwargs)
 
     def save_pretrained(self, path: str, **kwargs) -> None:
         """Write ``config.json`` + ``model.safetensors`` (+ ``vae/`` for config-built VAEs)."""
-        from openvision3.inference.pretrained import save_pretrained
+        from openvision3.pretrained import save_pretrained
 
         save_pretrained(self, path, **kwargs)

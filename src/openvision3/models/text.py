@@ -1,9 +1,9 @@
 """Text encoder for the contrastive loss (the understanding branch).
 
-Follows OpenVision-1's text tower (spec section 2): token embedding + learned positions, a
-*bidirectional* pre-LN transformer whose keys are restricted to the real tokens, a final
-LayerNorm, pooling at the END token (a last [CLS]-like token), and a bias-free projection to
-the shared embedding space. Sizes: B 512/12/8, L 768/12/12 (see ``presets.py``).
+Follows OpenVision's text tower (the OpenVision 3 paper keeps it): token embedding + learned
+positions, a *bidirectional* pre-LN transformer whose keys are restricted to the real tokens, a
+final LayerNorm, pooling at the END token (a last [CLS]-like token), and a bias-free projection
+to the shared embedding space. Sizes: B 512/12/8, L 768/12/12 (see ``presets.py``).
 """
 
 from __future__ import annotations

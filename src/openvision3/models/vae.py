@@ -23,9 +23,11 @@ from openvision3.errors import MissingWeightsError  # noqa: F401  (raised here; 
 FLUX_VAE_ID = "black-forest-labs/FLUX.1-dev"
 
 # VAEs shipped inside the package (name -> folder), e.g. the small VAE of the offline demo,
-# trained on the synthetic world by `ov3 train-vae` (see assets/demo_vae/training.json).
+# trained on the synthetic world by `ov3 train-vae` (see demo/assets/demo_vae/training.json).
 PACKAGED_VAES = {
-    "ov3-demo-vae": os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "demo_vae")
+    "ov3-demo-vae": os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "demo", "assets", "demo_vae"
+    )
 }
 
 # diffusers AutoencoderKL arguments of the FLUX.1 VAE (83.8M parameters).
@@ -57,6 +59,8 @@ class VAEConfig:
 
     ``pretrained``: hub id or local folder (diffusers layout) or a BFL single-file
     ``ae.safetensors``; empty = build from ``arch`` (random weights; tests, or saved beside a model).
+    ``kind``: "autoencoder", or "pixels": no VAE at all, the "latents" are the images themselves
+    (3 channels, no downsampling); the pixel ViT of the paper's section 5 (``pixel_space()``).
     """
 
     pretrained: str = FLUX_VAE_ID
@@ -66,8 +70,11 @@ class VAEConfig:
     shift_factor: float = 0.1159
     sample_posterior: bool = False
     arch: dict = field(default_factory=lambda: dict(FLUX_VAE_ARCH))
+    kind: str = "autoencoder"
 
     def __post_init__(self):
+        if self.kind not in ("autoencoder", "pixels"):
+            raise ValueError(f"vae.kind must be 'autoencoder' or 'pixels', got {self.kind!r}")
         if self.convention not in ("ov3", "flux"):
             raise ValueError(f"vae.convention must be 'ov3' or 'flux', got {self.convention!r}")
         if self.scaling_factor <= 0:
@@ -75,11 +82,20 @@ class VAEConfig:
 
     @property
     def latent_channels(self) -> int:
+        if self.kind == "pixels":
+            return 3
         return int(self.arch.get("latent_channels", 16))
 
     @property
     def downsample(self) -> int:
+        if self.kind == "pixels":
+            return 1
         return 2 ** (len(self.arch.get("block_out_channels", [0] * 4)) - 1)
+
+
+def pixel_space() -> VAEConfig:
+    """No VAE: the encoder reads pixels and the decoder predicts them (scale 1, no shift)."""
+    return VAEConfig(pretrained="pixels", subfolder="", scaling_factor=1.0, arch={}, kind="pixels")
 
 
 def _missing_vae_message(source: str, subfolder: str, err: Exception) -> str:
@@ -96,6 +112,8 @@ def _missing_vae_message(source: str, subfolder: str, err: Exception) -> str:
 
 def build_autoencoder(cfg: VAEConfig) -> nn.Module:
     """Instantiate the diffusers ``AutoencoderKL`` described by ``cfg`` (weights included)."""
+    if cfg.kind == "pixels":
+        return nn.Identity()
     from diffusers import AutoencoderKL
 
     if not cfg.pretrained:
@@ -168,13 +186,18 @@ class FrozenVAE(nn.Module):
     def encode(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/8, W/8)."""
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/8, W/8); the images themselves for
+        ``kind="pixels"``."""
+        if self.cfg.kind == "pixels":
+            return images
         dist = self.vae.encode(images).latent_dist
         z = dist.sample(generator) if self.cfg.sample_posterior else dist.mean
         return (z - self.shift) * self.cfg.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) -> images (B, 3, 8h, 8w), roughly in [-1, 1]."""
+        if self.cfg.kind == "pixels":
+            return latents
         z = latents / self.cfg.scaling_factor + self.shift
         return self.vae.decode(z).sample
 

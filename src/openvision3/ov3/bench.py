@@ -55,7 +55,9 @@ from openvision3.train.optim import build_optimizer, peak_lr
 
 MODES = ("eager", "fast")
 COMPONENTS = ("vae_encode", "encoder", "decoder", "vae_decode", "lpips", "text", "caption")
-TARGETS = {"speedup_fast_vs_eager": 1.8, "mfu_fast": 0.35}  # the issue's goals (GPU)
+# The speed this project aims at on a GPU (docs/performance.md): the fast mode 1.8x eager for
+# the 256 px step with all losses, and 35% MFU in the fast mode.
+TARGETS = {"speedup_fast_vs_eager": 1.8, "mfu_fast": 0.35}
 
 
 @dataclass
@@ -170,7 +172,9 @@ def random_lpips_backbone(net: str, directory: str) -> str:
 
         state = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
     else:
-        import lpips.pretrained_networks as networks
+        from openvision3.errors import require
+
+        networks = require("lpips.pretrained_networks", "train", "ov3 bench train")
 
         cls = {"alex": networks.alexnet, "squeeze": networks.squeezenet}[net]
         with warnings.catch_warnings():
@@ -443,7 +447,8 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
 
 
 def targets(result: dict) -> dict:
-    """The issue's goals: fast >= 1.8x eager (256 px, all losses) and MFU >= 35% (fast)."""
+    """Each of ``TARGETS``, measured and met or not: fast >= 1.8x eager (256 px, all
+    losses) and MFU >= 35% (fast)."""
     modes = result["modes"]
     out = {}
     if "eager" in modes and "fast" in modes:

@@ -66,7 +66,7 @@ class OpenVision3Task(Task):
         """Our exports and checkpoints (``Task.init_from``), or a released encoder (a folder or
         hub id): its weights go into the encoder, whose architecture ``ExperimentConfig``
         took from it (``validate``)."""
-        from openvision3.inference.pretrained import is_released, read_released, resolve
+        from openvision3.pretrained import is_released, read_released, resolve
 
         local = resolve(path)
         if not is_released(local):

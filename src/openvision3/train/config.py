@@ -55,11 +55,18 @@ class TrainConfig:
     # (torch.distributed.checkpoint: every rank writes its shards; resumable on any world size)
     ckpt_format: str = "auto"
     ema_decay: float = 0.0  # 0 = no EMA
+    ema_warmup: bool = True  # decay min(d, (1 + n) / (10 + n)); RAE's DiT runs without
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 2
     eval_every: int = 0  # 0 = evaluate only at the end
     tensorboard: bool = False
+    # Weights & Biases (the wandb extra): "" = $WANDB_PROJECT / $WANDB_NAME / $WANDB_MODE, else
+    # project "openvision3", the run's name, online. "offline" needs no network.
+    wandb: bool = False
+    wandb_project: str = ""
+    wandb_name: str = ""
+    wandb_mode: str = ""  # online | offline | disabled
     init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
     resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
     stop_at: int = (
@@ -86,6 +93,10 @@ class TrainConfig:
             raise ValueError("train.stop_at must be >= 0")
         if self.log_every <= 0 or self.ckpt_every <= 0 or self.eval_every < 0:
             raise ValueError("train.log_every and ckpt_every must be > 0, eval_every >= 0")
+        if self.wandb_mode not in ("", "online", "offline", "disabled"):
+            raise ValueError(
+                f"train.wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}"
+            )
         if self.accum_steps < 1:
             raise ValueError(f"train.accum_steps must be >= 1, got {self.accum_steps}")
         for s in self.stages:

@@ -9,8 +9,8 @@ or DDP-wrapped model.
 
 Under FSDP2 the shadows are ``DTensor``s with the layout of the parameters they follow: each rank
 averages only its shards, and checkpoints save and reshard them like the parameters
-(``checkpoint_dcp``). :meth:`copy_to` an unsharded model gathers them (a collective: every rank
-calls it, as ``Trainer.eval_weights`` does).
+(``train/checkpoint/dcp.py``). :meth:`copy_to` an unsharded model gathers them (a collective:
+every rank calls it, as ``Trainer.eval_weights`` does).
 """
 
 from __future__ import annotations

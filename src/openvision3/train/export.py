@@ -16,8 +16,7 @@ from typing import Literal
 
 import torch
 
-from openvision3.train.checkpoint import find_latest, read_meta
-from openvision3.train.checkpoint_dcp import load_weights
+from openvision3.train.checkpoint import find_latest, load_weights, read_meta
 from openvision3.train.config import StageConfig
 from openvision3.train.task import config_from_checkpoint
 

@@ -1,4 +1,5 @@
-"""Run logging: ``metrics.jsonl`` always, TensorBoard optionally, and a progress display.
+"""Run logging: ``metrics.jsonl`` always, TensorBoard and Weights & Biases optionally, and a
+progress display.
 
 Only rank 0 logs (pass ``enabled=rank == 0``), after the values were reduced across ranks.
 Every record carries the optimizer step, the samples seen and the wall-clock time, so curves
@@ -12,6 +13,7 @@ import json
 import math
 import numbers
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -32,27 +34,59 @@ def _scalar(name: str, value: Any) -> float | int:
     return int(value) if isinstance(value, numbers.Integral) else float(value)  # numpy -> JSON
 
 
+def wandb_settings(train, run_name: str, config: dict | None = None) -> dict | None:
+    """``wandb.init`` keyword arguments from a ``TrainConfig`` (None when ``train.wandb`` is off).
+
+    Project and run name: the flags, else ``$WANDB_PROJECT`` / ``$WANDB_NAME`` (read by wandb
+    itself), else "openvision3" / the run's name. Mode: the flag, else ``$WANDB_MODE``, else
+    online; "offline" writes ``run_dir/wandb/`` without network (``wandb sync`` uploads it)."""
+    if not train.wandb:
+        return None
+    settings = {"config": config}
+    if train.wandb_project or not os.environ.get("WANDB_PROJECT"):
+        settings["project"] = train.wandb_project or "openvision3"
+    if train.wandb_name or not os.environ.get("WANDB_NAME"):
+        settings["name"] = train.wandb_name or run_name
+    if train.wandb_mode:
+        settings["mode"] = train.wandb_mode
+    return settings
+
+
 class MetricsLogger:
     """Append one JSON object per :meth:`log` call to ``run_dir/metrics.jsonl``.
 
     The file is opened in append mode, so a resumed run continues it (records logged after the
     last checkpoint of the interrupted run stay, and are repeated). ``tensorboard=True`` also
-    writes event files to ``run_dir/tensorboard`` (needs the ``tensorboard`` package).
+    writes event files to ``run_dir/tensorboard`` (the ``tensorboard`` extra). ``wandb``: keyword
+    arguments for ``wandb.init`` (``wandb_settings``; the ``wandb`` extra), or None; the run
+    writes under ``run_dir/wandb`` and logs the same scalars, at the same step, as the JSONL.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False, enabled: bool = True):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        tensorboard: bool = False,
+        enabled: bool = True,
+        wandb: dict | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = None
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")
         if tensorboard:
+            from openvision3.errors import require
+
+            require("tensorboard", "tensorboard", "--train.tensorboard")
             from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb is not None:
+            self._wandb = _start_wandb(Path(run_dir), wandb)
 
     def log(self, step: int, scalars: dict[str, Any], samples: int | None = None) -> None:
         """Write ``{"step", "samples", "time", **scalars}``; tensors must hold one value."""
@@ -70,6 +104,9 @@ class MetricsLogger:
                 self._tb.add_scalar(k, v, global_step=step)
             if samples is not None:
                 self._tb.add_scalar("samples", samples, global_step=step)
+        if self._wandb is not None:
+            extra = {} if samples is None else {"samples": samples}
+            self._wandb.log({**values, **extra}, step=step)
 
     def close(self) -> None:
         if self._file is not None:
@@ -78,12 +115,29 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _start_wandb(run_dir: Path, settings: dict):
+    """A wandb run writing under ``run_dir/wandb``, resumed when this run directory has one: its
+    id is kept in ``run_dir/wandb/run_id`` (a resumed training run continues its W&B run)."""
+    from openvision3.errors import require
+
+    wandb = require("wandb", "wandb", "--train.wandb")
+    root = run_dir / "wandb"
+    root.mkdir(parents=True, exist_ok=True)
+    id_file = root / "run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id + "\n")
+    return wandb.init(dir=str(run_dir), id=run_id, resume="allow", **settings)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

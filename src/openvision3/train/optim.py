@@ -1,7 +1,8 @@
 """AdamW with decoupled weight decay on weight matrices only, and warmup + cosine schedules.
 
-Recipe [ref, OpenVision code; spec section 4]: peak LR = base LR x global batch / 256,
-AdamW betas (0.9, 0.95), weight decay 0.2 on weight matrices only, linear warmup then cosine.
+Recipe (OpenVision 3, arXiv 2601.15369, Table 1, with the rules of the OpenVision training
+code, github.com/UCSC-VLAA/OpenVision): peak LR = base LR x global batch / 256, AdamW betas
+(0.9, 0.95), weight decay 0.2 on weight matrices only, linear warmup then cosine.
 
 Every schedule here is a pure function of the global step, so a resumed run sees exactly the
 learning rates of an uninterrupted one. The optimizer's ``lr`` is the scheduled value itself
@@ -37,12 +38,19 @@ _NORM_TYPES = (
 )
 
 
+DECAYS = ("cosine", "linear")
+
+
 @dataclass
 class OptimConfig:
     """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own base
     LR and warmup: ``StageConfig``). ``min_lr_ratio``: the cosine's floor as a fraction of the
     peak. ``grad_clip`` is the max global grad-norm, ``None`` disables clipping.
     ``fused``: ``None`` = fused AdamW when the parameters live on CUDA, ``True``/``False`` force it.
+    ``decay``: the shape after warmup, ``cosine`` or ``linear``; ``hold_ratio``: the fraction of
+    each stage held at the peak before it decays (RAE's DiT schedule: constant for 40 of 800
+    epochs, then linear to a tenth of the peak: ``decay=linear, hold_ratio=0.05,
+    min_lr_ratio=0.1``).
     """
 
     weight_decay: float = 0.2
@@ -51,6 +59,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     fused: bool | None = None
+    decay: str = "cosine"
+    hold_ratio: float = 0.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # JSON gives a list
@@ -66,6 +76,11 @@ class OptimConfig:
             raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {self.grad_clip}")
         if self.fused not in (None, True, False):
             raise ValueError(f"fused must be None, True or False, got {self.fused!r}")
+        if self.decay not in DECAYS or not 0.0 <= self.hold_ratio < 1.0:
+            raise ValueError(
+                f"decay must be one of {DECAYS} and hold_ratio in [0, 1), got "
+                f"{self.decay!r}, {self.hold_ratio}"
+            )
 
 
 def peak_lr(base_lr: float, global_batch: int) -> float:
@@ -112,18 +127,31 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+def lr_lambda(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay: str = "cosine",
+    hold_steps: int = 0,
+) -> float:
     """LR multiplier at optimizer step ``step`` (0-based), in ``[min_lr_ratio, 1]``.
 
     Linear warmup ``(step + 1) / warmup_steps`` (so step ``warmup_steps - 1`` reaches the peak),
-    then a cosine from 1 at step ``warmup_steps`` to ``min_lr_ratio`` at ``total_steps``;
-    steps at or beyond ``total_steps`` stay at ``min_lr_ratio``.
+    ``hold_steps`` at the peak, then a cosine (or a straight line, ``decay="linear"``) from 1 to
+    ``min_lr_ratio`` at ``total_steps``; steps at or beyond ``total_steps`` stay at
+    ``min_lr_ratio``.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= total_steps:
         return min_lr_ratio
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    start = min(warmup_steps + hold_steps, total_steps - 1)
+    if step < start:
+        return 1.0
+    progress = (step - start) / (total_steps - start)
+    if decay == "linear":
+        return 1.0 - (1.0 - min_lr_ratio) * progress
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -155,14 +183,18 @@ def build_scheduler(
 
 
 def multi_stage_schedule(
-    stages: list[tuple[int, float, int]], min_lr_ratio: float = 0.0
+    stages: list[tuple[int, float, int]],
+    min_lr_ratio: float = 0.0,
+    decay: str = "cosine",
+    hold_ratio: float = 0.0,
 ) -> Callable[[int], float]:
     """Absolute LR as a function of the global step for consecutive stages.
 
     ``stages``: ``[(steps, peak_lr, warmup_steps), ...]``; stage ``i`` covers global steps
     ``[sum(steps[:i]), sum(steps[:i + 1]))`` and runs its own warmup from ~0 to ``peak_lr`` then
-    a cosine to ``min_lr_ratio * peak_lr`` (e.g. 1000 epochs @128 px + 200 @256 px). Steps past
-    the last stage stay at the last stage's minimum.
+    a cosine to ``min_lr_ratio * peak_lr`` (e.g. 1000 epochs @128 px + 200 @256 px); ``decay``
+    and ``hold_ratio`` as in ``OptimConfig``. Steps past the last stage stay at the last stage's
+    minimum.
     """
     if not stages:
         raise ValueError("multi_stage_schedule needs at least one stage")
@@ -176,7 +208,8 @@ def multi_stage_schedule(
         start = 0
         for steps, lr, warmup in stages:
             if step < start + steps:
-                return lr * lr_lambda(step - start, warmup, steps, min_lr_ratio)
+                hold = int(hold_ratio * steps)
+                return lr * lr_lambda(step - start, warmup, steps, min_lr_ratio, decay, hold)
             start += steps
         return stages[-1][1] * min_lr_ratio
 
@@ -187,6 +220,8 @@ def build_multi_stage_scheduler(
     optimizer: torch.optim.Optimizer,
     stages: list[tuple[int, float, int]],
     min_lr_ratio: float = 0.0,
+    decay: str = "cosine",
+    hold_ratio: float = 0.0,
 ) -> LambdaLR:
     """``LambdaLR`` whose group lr is exactly ``multi_stage_schedule(stages)(step)``.
 
@@ -194,4 +229,4 @@ def build_multi_stage_scheduler(
     """
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = 1.0
-    return LambdaLR(optimizer, multi_stage_schedule(stages, min_lr_ratio))
+    return LambdaLR(optimizer, multi_stage_schedule(stages, min_lr_ratio, decay, hold_ratio))

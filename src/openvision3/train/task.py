@@ -98,7 +98,7 @@ class Task(ABC):
     def init_from(self, model: nn.Module, path: str) -> tuple[list[str], list[str]]:
         """Load weights (not optimiser state) from ``path`` (an export or a checkpoint of this
         task); returns (missing, unexpected) keys. Tasks that read other layouts override it."""
-        from openvision3.train.checkpoint_dcp import load_weights
+        from openvision3.train.checkpoint import load_weights
 
         return load_weights(path, model, strict=False)
 
@@ -151,8 +151,12 @@ class Task(ABC):
 
 # ---------------------------------------------------------------------- registry
 # Task name -> "module:ConfigClass", imported only when a checkpoint of that task is read.
+# The package's own tasks, imported only when a checkpoint names them (the engine imports no task).
 _CONFIGS: dict[str, str | type[RunConfig]] = {
     "openvision3": "openvision3.config:ExperimentConfig",
+    "generation": "openvision3.generation.task:GenerationConfig",
+    "llava": "openvision3.understanding.task:LlavaRunConfig",
+    "ov3_study": "openvision3.study.task:StudyRunConfig",
 }
 
 

@@ -9,7 +9,6 @@ run one after another, and the data position carries over from one stage to the 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -32,48 +31,17 @@ from openvision3.distributed.process import (
     gather_object,
     init_process,
 )
-from openvision3.errors import ConfigError
+from openvision3.errors import ConfigError, TrainingDivergedError
 from openvision3.train.accumulate import StepTerms
-from openvision3.train.checkpoint import (
-    clean_key,
-    find_latest,
-    load_checkpoint,
-    save_checkpoint,
-)
+from openvision3.train.checkpoint import clean_key, read_meta, resume, save_checkpoint
 from openvision3.train.config import StageConfig
 from openvision3.train.ema import EMA
 from openvision3.train.export import last_trained_resolution
-from openvision3.train.metrics import MetricsLogger, ProgressBar
+from openvision3.train.metrics import MetricsLogger, ProgressBar, wandb_settings
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
 from openvision3.train.task import RunConfig, frozen_names
 
 log = logging.getLogger(__name__)
-
-
-def _rng_bytes() -> dict:
-    out = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    return out
-
-
-def gather_rank_rng() -> list[dict]:
-    """Every rank's torch RNG state (JSON-able), so each rank resumes its own noise stream."""
-    import torch.distributed as dist
-
-    mine = _rng_bytes()
-    if not dist.is_initialized():
-        return [mine]
-    streams = [None] * dist.get_world_size()
-    dist.all_gather_object(streams, mine)
-    return streams
-
-
-def set_rank_rng(stream: dict) -> None:
-    decode = lambda s: torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)  # noqa: E731
-    torch.set_rng_state(decode(stream["cpu"]))
-    if "cuda" in stream and torch.cuda.is_available():
-        torch.cuda.set_rng_state(decode(stream["cuda"]))
 
 
 def data_position(state: dict, rank: int, world_size: int) -> dict | None:
@@ -108,10 +76,6 @@ def data_position(state: dict, rank: int, world_size: int) -> dict | None:
             f"cannot be split evenly over {world_size} ranks"
         )
     return {**data, "samples": consumed // world_size}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the terms."""
 
 
 class Trainer:
@@ -155,15 +119,21 @@ class Trainer:
         self.task.prepare(self.model, self.device)
         self.optimizer = build_optimizer(self.model, tc.optim, lr=1.0)
         schedule = [(s.steps, peak_lr(s.base_lr, s.batch_size), s.warmup_steps) for s in tc.stages]
+        o = tc.optim
         self.scheduler = build_multi_stage_scheduler(
-            self.optimizer, schedule, tc.optim.min_lr_ratio
+            self.optimizer, schedule, o.min_lr_ratio, o.decay, o.hold_ratio
         )
-        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup) if tc.ema_decay > 0 else None
         self.step, self.samples, self.data_state = 0, 0, None
         self.stopped, self.train_seconds = False, 0.0
         torch.manual_seed(tc.seed + 1000 * self.proc.rank)  # per-rank noise / token dropping
         self._maybe_resume()
-        self.logger = MetricsLogger(self.run_dir, tc.tensorboard, enabled=self.proc.is_main)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tc.tensorboard,
+            enabled=self.proc.is_main,
+            wandb=wandb_settings(tc, self.cfg.name, to_dict(self.cfg)),
+        )
         if self.proc.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(cfg.to_json())
@@ -197,19 +167,23 @@ class Trainer:
             p.requires_grad_(name in self.trainable and name not in names)
 
     def _maybe_resume(self) -> None:
-        how = self.cfg.train.resume
-        if how == "none":
+        """The newest usable checkpoint (``train.resume``): model, optimiser, schedule, EMA,
+        every rank's RNG states (``train/checkpoint``), then the step and data position."""
+        found = resume(
+            self.run_dir,
+            self.cfg.train.resume,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.ema,
+        )
+        if found is None:
             return
-        path = find_latest(self.run_dir) if how == "auto" else Path(how)
-        if path is None:
-            return
-        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.ema)
+        path, state = found
         self.step, self.samples = state["step"], state["samples_seen"]
         self.data_state = data_position(state, self.proc.rank, self.proc.world_size)
-        streams = state.get("rank_rng") or []
-        if len(streams) == self.proc.world_size:
-            set_rank_rng(streams[self.proc.rank])
-        else:  # a different world size: fresh per-rank streams, derived from the step
+        if read_meta(path)["world_size"] != self.proc.world_size:
+            # another world size: fresh per-rank streams, derived from the step
             torch.manual_seed(self.cfg.train.seed + 1000 * self.proc.rank + self.step)
         if self.proc.is_main:
             log.info("resumed from %s at step %d", path, self.step)
@@ -302,7 +276,7 @@ class Trainer:
             if self.step % tc.log_every == 0 or self.step % tc.ckpt_every == 0 or evaluate or last:
                 bad = window.non_finite()  # the step's loss, checked before any save or log
                 if bad is not None:
-                    raise NonFiniteLossError(bad)
+                    raise TrainingDivergedError(bad)
             if self.step % tc.log_every == 0 or last:
                 scalars = window.mean()
                 rate = n0 / (time.perf_counter() - t0)
@@ -340,7 +314,6 @@ class Trainer:
             "stage": stage_index,
             "data": self.data_state,  # rank 0's (the single format's readers expect one)
             "data_ranks": gather_object(self.data_state),  # every rank's, for data_position
-            "rank_rng": gather_rank_rng(),
             "task": self.cfg.TASK,
             "config": to_dict(self.cfg),
         }
