@@ -15,6 +15,9 @@ class FakeGenerator:
         self.calls = []
 
     def sample(self, labels, *, cfg_scale, steps, sampler="euler", seed=0):
+        # the generation API takes class indices (B,), as load_generator's Generator does
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        assert labels.ndim == 1 and int(labels.max()) < len(self.class_names), labels
         self.calls.append(dict(labels=labels, cfg_scale=cfg_scale, steps=steps, sampler=sampler))
         g = torch.Generator().manual_seed(seed)
         return torch.rand(len(labels), 3, 32, 32, generator=g)  # (B, 3, H, W) in [0, 1]

@@ -186,9 +186,10 @@ class Handlers:
         gen = self.generator.require()
         if label not in gen.class_names:
             raise ValueError(f"unknown class {label!r}; pick one of the list")
+        index = gen.class_names.index(label)  # the API takes class indices
         with self.lock:
             images = gen.sample(
-                [label] * num, cfg_scale=cfg_scale, steps=steps, sampler=sampler, seed=seed
+                [index] * num, cfg_scale=cfg_scale, steps=steps, sampler=sampler, seed=seed
             )  # (B, 3, H, W) in [0, 1]
         return Pipeline.to_pil(images.float().cpu() * 2 - 1)
 
