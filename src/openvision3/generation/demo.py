@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from openvision3.demo.synthetic import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
+from openvision3.demo.tokens import cache_demo_tokens
 from openvision3.generation import flow
 
 log = logging.getLogger(__name__)
@@ -86,26 +86,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def cache_tokens(model, synthetic, out: str, train: int, val: int) -> None:
-    from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
-    from openvision3.data.loader import DataConfig
-
-    world = SyntheticWorld(synthetic.seed)
-    syn = dataclasses.replace(synthetic, train_size=train, val_size=val)
-    for split in ("train", "val"):
-        if os.path.exists(os.path.join(out, f"{split}-000.json")):
-            continue
-        cfg = CacheLatentsConfig(
-            out=out, split=split, resolution=RESOLUTION, flip=False, images=False,
-            batch_size=64, shard_size=1024, device="cpu",
-            data=DataConfig(source="synthetic", synthetic=syn),
-        )  # fmt: skip
-        write_latent_cache(
-            cfg, vae=model.vae, encoder=model.encoder,
-            extra=lambda key: {"color_cell": color_cell(world, key)},
-        )  # fmt: skip
-
-
 def grid_image(images: np.ndarray, path: Path) -> None:
     """One image per class (B = 72, in class order) -> an 8 x 9 grid (colour rows, cell cols)."""
     from PIL import Image
@@ -144,7 +124,11 @@ def run_generation_demo(
 
     t0 = time.perf_counter()
     cache = str(out / "tokens")
-    cache_tokens(model, synthetic, cache, train_size, val_size)
+    world = SyntheticWorld(synthetic.seed)
+    cache_demo_tokens(
+        model, synthetic, cache, RESOLUTION, train_size, val_size,
+        extra=lambda key: {"color_cell": color_cell(world, key)},
+    )  # fmt: skip
     times["cache_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -175,7 +159,6 @@ def run_generation_demo(
     times["sample_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    world = SyntheticWorld(synthetic.seed)
     val = [world.sample("val", i, RESOLUTION) for i in range(min(val_size, 256))]
     real = np.stack([s["image"] for s in val])
     val_labels = np.array([color_cell(world, s["key"]) for s in val])

@@ -110,30 +110,6 @@ def _stage_config(cfg, name, model, template, questions, steps, cache, world_see
     )
 
 
-def cache_tokens(ov3, out: str, world_seed: int, train_size: int, res: int) -> str:
-    """The frozen encoder's unified tokens of the first ``train_size`` train scenes."""
-    from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
-    from openvision3.data.loader import DataConfig
-    from openvision3.demo.synthetic import SyntheticConfig
-
-    data = DataConfig(
-        source="synthetic", synthetic=SyntheticConfig(seed=world_seed, train_size=train_size)
-    )
-    cfg = CacheLatentsConfig(
-        out=out,
-        split="train",
-        resolution=res,
-        flip=False,
-        images=False,
-        shard_size=1024,
-        device="cpu",
-        data=data,
-    )
-    with torch.no_grad():
-        write_latent_cache(cfg, vae=ov3.vae, encoder=ov3.encoder)
-    return out
-
-
 def answer_prior(world, size: int, seed: int) -> dict[str, str]:
     """Per question text, the most frequent answer over the first ``size`` train scenes."""
     answers: dict[str, Counter] = defaultdict(Counter)
@@ -272,6 +248,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     """Cache, assemble, train both stages, evaluate, write ``<out>/report.md`` (+ json)."""
     from openvision3.config import ExperimentConfig
     from openvision3.demo.synthetic import SyntheticWorld
+    from openvision3.demo.tokens import cache_demo_tokens
     from openvision3.errors import ConfigError
     from openvision3.pretrained import load_pretrained, trained_resolution
     from openvision3.train.trainer import Trainer
@@ -287,13 +264,12 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     cfg.out = cfg.out or os.path.join(cfg.run, "understanding")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    world_seed = ExperimentConfig.from_json(
-        Path(cfg.run, "config.json").read_text()
-    ).data.synthetic.seed
+    synthetic = ExperimentConfig.from_json(Path(cfg.run, "config.json").read_text()).data.synthetic
+    world_seed = synthetic.seed
     res = trained_resolution(export) or 128
     seconds, t0 = {}, time.perf_counter()
     ov3 = load_pretrained(export, device="cpu")
-    cache = cache_tokens(ov3, str(out / "cache"), world_seed, cfg.train_size, res)
+    cache = cache_demo_tokens(ov3, synthetic, str(out / "cache"), res, cfg.train_size)
     seconds["cache"] = time.perf_counter() - t0
 
     init = out / "vlm_init"
