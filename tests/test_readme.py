@@ -98,6 +98,7 @@ SHRINK = [
     (r"^ov3 vlm build ", "--llm tiny --image-size 64"),
     (r"^ov3 train llava15_ov3_b2_stage1 ", f"{_VLM_TRAIN} --data.questions describe"),
     (r"^ov3 train llava15_ov3_b2_stage2$", _VLM_TRAIN),
+    (r"^ov3 train llava15_ov3_b2_stage2_lora$", f"{_VLM_TRAIN} --lora.r 4"),
     (r"^ov3 vlm (chat|answer) ", "--max-new-tokens 4"),
     (r"^echo .* > questions\.jsonl$", ""),
     (r"^ov3 eval vqa ", "--batch-size 2 --max-new-tokens 4"),

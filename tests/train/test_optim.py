@@ -145,3 +145,26 @@ def test_multi_stage_scheduler_lr_is_exact_and_pure():
     sched2.load_state_dict(sched.state_dict())
     sched2.step()
     assert sched2.get_last_lr()[0] == fn(11)
+
+
+def test_lr_scale_gives_a_module_its_own_lr_through_the_schedule():
+    model = Toy()
+    cfg = OptimConfig(weight_decay=0.1, lr_scale={"proj": 0.1, "proj.bias": 3.0})
+    groups = param_groups(model, cfg.weight_decay, cfg.lr_scale)
+    by_name = {g["name"]: _names(model, g["params"]) for g in groups}
+    assert by_name["decay@0.1"] == {"proj.weight"}  # the longest matching name wins
+    assert by_name["no_decay@3"] == {"proj.bias"}
+    assert "proj.weight" not in by_name["decay"] and "embed.weight" in by_name["decay"]
+    stages = [(6, 1e-3, 2)]
+    fn = multi_stage_schedule(stages)
+    opt = build_optimizer(model, cfg, lr=1.0)
+    sched = build_multi_stage_scheduler(opt, stages)
+    for step in range(6):
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(fn(step) * g["lr_scale"], rel=1e-12)
+        opt.step()
+        sched.step()
+    with pytest.raises(ValueError, match="no parameter under"):
+        param_groups(model, 0.1, {"nothing": 0.5})
+    with pytest.raises(ValueError, match="lr_scale"):
+        OptimConfig(lr_scale={"proj": 0.0})

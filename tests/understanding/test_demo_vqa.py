@@ -10,6 +10,7 @@ from openvision3.understanding.demo import _answer, gates  # noqa: E402
 from openvision3.understanding.synthetic_vqa import (  # noqa: E402
     NUMBERS,
     QUESTION_TYPES,
+    describe,
     scene_questions,
     vocabulary,
 )
@@ -36,12 +37,16 @@ def test_answers_follow_the_scene():
     )
 
 
-def test_vocabulary_covers_every_question_and_answer():
+def test_vocabulary_covers_every_question_answer_and_caption():
     words, world = set(vocabulary()), SyntheticWorld(0)
-    for i in range(100):
-        for _, q, a in scene_questions(world.scene("train", i), "train", i):
-            text = (q + " " + a).replace("?", " ? ")
-            assert set(text.split()) <= words, text
+    for i in range(200):
+        scene = world.scene("train", i)
+        texts = [q + " " + a for _, q, a in scene_questions(scene, "train", i)]
+        texts += [" ".join(describe(scene))]
+        for text in texts:
+            for p in "?,.":
+                text = text.replace(p, f" {p} ")
+            assert set(text.lower().split()) <= words, text
 
 
 def test_gates():

@@ -207,10 +207,10 @@ def _understanding(name: str):
 
 PRESETS.update(
     {
-        f"llava15_ov3_b2_stage{i}{smoke}": (
-            lambda n=f"llava15_ov3_b2_stage{i}{smoke}": _understanding(n)
+        f"llava15_ov3_b2_{stage}{smoke}": (
+            lambda n=f"llava15_ov3_b2_{stage}{smoke}": _understanding(n)
         )
-        for i in (1, 2)
+        for stage in ("stage1", "stage2", "stage2_lora")
         for smoke in ("", "_smoke")
     }
 )

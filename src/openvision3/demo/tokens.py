@@ -1,35 +1,67 @@
 """The frozen demo model's unified tokens of synthetic scenes, in the feature cache
-(``data/latents.py``): what the generation and understanding demos train on."""
+(``data/latents.py``): one cache per demo run, ``<run>/tokens``, which the generation and
+understanding demos both train on. Each sample carries its scene's ``color_cell`` label (the
+generation demo's class)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
-from collections.abc import Callable
 
 import torch
 
-from openvision3.demo.synthetic import SyntheticConfig
+from openvision3.demo.synthetic import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
+
+log = logging.getLogger(__name__)
+
+COLOR_NAMES = list(COLORS)
+NUM_COLOR_CELLS = len(COLOR_NAMES) * len(CELL_NAMES)  # 72
+
+
+def color_cell(world: SyntheticWorld, key: str) -> int:
+    """Label of a synthetic key ("train-00000012"): colour index x 9 + cell of the main
+    (largest) object, one of ``NUM_COLOR_CELLS``."""
+    split, index = key.rsplit("-", 1)
+    main = world.scene(split, int(index)).objects[0]
+    return COLOR_NAMES.index(main.color) * len(CELL_NAMES) + main.cell
+
+
+def _cached(out: str, split: str, resolution: int, size: int) -> bool:
+    """Whether ``out`` holds a finished ``split`` of ``size`` samples at ``resolution``; one
+    of another size or resolution is removed (it is rebuilt)."""
+    meta_path = os.path.join(out, f"{split}-000.json")
+    if not os.path.exists(meta_path):
+        return False
+    meta = json.loads(open(meta_path).read())
+    if meta.get("resolution") == resolution and meta.get("written", 0) == size:
+        return True
+    log.info("rebuilding the %s tokens in %s (%d cached at %s px, %d wanted at %d px)", split,
+             out, meta.get("written", 0), meta.get("resolution"), size, resolution)  # fmt: skip
+    for name in os.listdir(out):
+        if name.startswith(f"{split}-"):
+            os.remove(os.path.join(out, name))
+    stats = os.path.join(out, "latent_stats.safetensors")  # computed from the train split
+    if split == "train" and os.path.exists(stats):
+        os.remove(stats)
+    return False
 
 
 def cache_demo_tokens(
-    model,
-    synthetic: SyntheticConfig,
-    out: str,
-    resolution: int,
-    train: int,
-    val: int = 0,
-    extra: Callable[[str], dict] | None = None,
+    model, synthetic: SyntheticConfig, out: str, resolution: int, train: int, val: int = 0
 ) -> str:
     """Tokens (no pixel targets, no flips) of the first ``train`` train and ``val`` val scenes
-    of ``synthetic``'s world at ``resolution`` into ``out``; a split already cached is kept
-    (the cache writer resumes an interrupted one). ``extra(key)``: more JSON per sample."""
+    of ``synthetic``'s world at ``resolution`` into ``out``. A split already cached with as
+    many samples at that resolution is kept, and the cache writer resumes an interrupted one.
+    ``val`` 0 leaves the val split as it is."""
     from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
     from openvision3.data.loader import DataConfig
 
+    world = SyntheticWorld(synthetic.seed)
     syn = dataclasses.replace(synthetic, train_size=train, val_size=val or synthetic.val_size)
     for split, size in (("train", train), ("val", val)):
-        if not size or os.path.exists(os.path.join(out, f"{split}-000.json")):
+        if not size or _cached(out, split, resolution, size):
             continue
         cfg = CacheLatentsConfig(
             out=out, split=split, resolution=resolution, flip=False, images=False,
@@ -37,5 +69,13 @@ def cache_demo_tokens(
             data=DataConfig(source="synthetic", synthetic=syn),
         )  # fmt: skip
         with torch.no_grad():
-            write_latent_cache(cfg, vae=model.vae, encoder=model.encoder, extra=extra)
+            write_latent_cache(
+                cfg, vae=model.vae, encoder=model.encoder,
+                extra=lambda key: {"color_cell": color_cell(world, key)},
+            )  # fmt: skip
     return out
+
+
+def run_tokens(run: str) -> str:
+    """The demo run's shared token cache folder."""
+    return os.path.join(run, "tokens")

@@ -1,8 +1,9 @@
 """``ov3 demo --generation``: class-conditional generation on a finished demo's frozen tokens.
 
-1. Cache the frozen demo encoder's 8x8x192 tokens (128 px) of 4096 train and 512 val scenes,
-   no flips (a flip would move the cell), each labelled with its main (largest) object's
-   colour x grid cell: 8 x 9 = 72 classes. Shape is left out of the label: the demo tokens
+1. Cache the frozen demo encoder's 8x8x192 tokens (128 px) of 4096 train and 512 val scenes
+   in the run's shared token cache (``<run>/tokens``, also the understanding demo's), no flips
+   (a flip would move the cell), each labelled with its main (largest) object's colour x grid
+   cell: 8 x 9 = 72 classes. Shape is left out of the label: the demo tokens
    carry colour and cell well and shape poorly (``docs/demo-learning.md``), so a generator on
    them cannot do better on shape.
 2. Train DiT-DH-demo (``presets.demo_generation``) on them with the generation task.
@@ -27,26 +28,19 @@ import numpy as np
 import torch
 
 from openvision3.demo.synthetic import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
-from openvision3.demo.tokens import cache_demo_tokens
+from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
 from openvision3.generation import flow
 
 log = logging.getLogger(__name__)
 
 COLOR_NAMES = list(COLORS)
-NUM_CLASSES = len(COLOR_NAMES) * len(CELL_NAMES)  # 72
+NUM_CLASSES = NUM_COLOR_CELLS  # 72
 CLASS_NAMES = [f"{c} {cell}" for c in COLOR_NAMES for cell in CELL_NAMES]
 RESOLUTION = 128
 PALETTE = np.array(list(COLORS.values()) + list(BACKGROUNDS.values()), dtype=np.float32)
 REJECT = 60.0  # RGB distance beyond which a pixel matches no palette colour
 CHANCE = {"color": 1 / len(COLOR_NAMES), "cell": 1 / len(CELL_NAMES)}
 GATES = {"color": 5 * CHANCE["color"], "cell": 3 * CHANCE["cell"]}  # 0.625, 0.333
-
-
-def color_cell(world: SyntheticWorld, key: str) -> int:
-    """Label of a synthetic key ("train-00000012"): colour index x 9 + cell of the main object."""
-    split, index = key.rsplit("-", 1)
-    main = world.scene(split, int(index)).objects[0]
-    return COLOR_NAMES.index(main.color) * len(CELL_NAMES) + main.cell
 
 
 def judge(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +93,32 @@ def grid_image(images: np.ndarray, path: Path) -> None:
     Image.fromarray(canvas).save(path)
 
 
+def token_generator_config(
+    cache: str, decoder: str, run_dir: str, steps: int = 0, batch_size: int = 0, seed: int = 0
+):
+    """``presets.demo_generation`` (72 colour x cell classes) sized to the tokens of ``cache``
+    (a demo token cache: another model's tokens have another shape), decoding through the
+    OpenVision 3 export ``decoder``; ``steps`` / ``batch_size`` 0 keep the preset's (a new batch
+    keeps its peak LR)."""
+    from openvision3.generation.presets import demo_generation
+
+    cfg = demo_generation()
+    cfg.run_dir, cfg.decoder, cfg.class_names = run_dir, decoder, CLASS_NAMES
+    cfg.data.cache = cache
+    n, d = json.loads(Path(cache, "train-000.json").read_text())["tokens"]["shape"]
+    cfg.model.in_channels, cfg.model.input_size = d, math.isqrt(n)
+    if d * n < flow.SHIFT_BASE:
+        cfg.flow.shift = 1.0  # RAE's shift is >= 1
+    stage = cfg.train.stages[0]
+    if steps:
+        stage.steps, stage.warmup_steps = steps, min(stage.warmup_steps, steps)
+    if batch_size:
+        stage.base_lr *= stage.batch_size / batch_size  # peak = base_lr * batch / 256
+        stage.batch_size = batch_size
+    cfg.train.seed = seed
+    return cfg
+
+
 def run_generation_demo(
     run: str, out: str = "", steps: int = 0, cfg_scale: float = 3.0, sample_steps: int = 21,
     per_class: int = 2, train_size: int = 4096, val_size: int = 512,
@@ -109,7 +129,6 @@ def run_generation_demo(
     from openvision3.dataclass_io import from_dict
     from openvision3.demo.synthetic import SyntheticConfig
     from openvision3.generation.pipeline import load_generator
-    from openvision3.generation.presets import demo_generation
     from openvision3.pretrained import load_pretrained
     from openvision3.train.trainer import Trainer
 
@@ -123,26 +142,12 @@ def run_generation_demo(
     times = {}
 
     t0 = time.perf_counter()
-    cache = str(out / "tokens")
+    cache = cache_demo_tokens(model, synthetic, run_tokens(run), RESOLUTION, train_size, val_size)
     world = SyntheticWorld(synthetic.seed)
-    cache_demo_tokens(
-        model, synthetic, cache, RESOLUTION, train_size, val_size,
-        extra=lambda key: {"color_cell": color_cell(world, key)},
-    )  # fmt: skip
     times["cache_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cfg = demo_generation()
-    cfg.run_dir, cfg.decoder, cfg.class_names = str(out / "run"), final, CLASS_NAMES
-    cfg.data.cache = cache
-    # Another demo model (a smoke run) has other tokens: the DiT takes their shape.
-    n, d = json.loads(Path(cache, "train-000.json").read_text())["tokens"]["shape"]
-    cfg.model.in_channels, cfg.model.input_size = d, math.isqrt(n)
-    if d * n < flow.SHIFT_BASE:
-        cfg.flow.shift = 1.0  # RAE's shift is >= 1
-    if steps:
-        cfg.train.stages[0].steps = steps
-        cfg.train.stages[0].warmup_steps = min(cfg.train.stages[0].warmup_steps, steps)
+    cfg = token_generator_config(cache, final, str(out / "run"), steps)
     if not (out / "run" / "final" / "model.safetensors").exists():
         Trainer(cfg).fit()
     times["train_s"] = time.perf_counter() - t0

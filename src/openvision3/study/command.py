@@ -1,9 +1,10 @@
 """``ov3 study <name> [--base-preset P] [--overrides]``: run a named study, write its report.
 
 Overrides (tyro) reach the base experiment (``--base.data.path``, ``--base.train.stages.0.steps``,
-``--base.model...``), the seeds, the held-out evaluation, realism and the run folder; the arms and
-the claims' rules are the named study's. ``--base-preset NAME`` first swaps the base experiment
-for an experiment preset (``pretrain_b2``, ...): the way to run the same study at scale;
+``--base.model...``), the seeds, the held-out evaluation, realism, the generation stage
+(``--generation.steps``) and the run folder; the arms and the claims' rules are the named
+study's. ``--base-preset NAME`` first swaps the base experiment for an experiment preset
+(``pretrain_b2``, ...): the way to run the same study at scale;
 ``--model-preset NAME`` swaps the base's model for a model preset (``ov3-mu``, ``ov3-B/2``).
 """
 
@@ -13,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from openvision3.config import ExperimentConfig
-from openvision3.study.config import ProbeEvalConfig, RealismConfig
+from openvision3.study.config import GenerationStageConfig, ProbeEvalConfig, RealismConfig
 
 
 @dataclass
@@ -25,6 +26,7 @@ class StudyArgs:
     run_dir: str = ""
     eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
     realism: RealismConfig = field(default_factory=RealismConfig)
+    generation: GenerationStageConfig = field(default_factory=GenerationStageConfig)  # needs it
     report_only: bool = False  # write the report from the finished runs; train nothing
 
 
@@ -47,7 +49,9 @@ def main(argv: list[str]) -> int:
         study.base = get_preset(base_preset, model_preset) if base_preset else study.base
         if model_preset and not base_preset:
             study.base.model = get_preset("demo", model_preset).model
-    default = StudyArgs(study.base, study.seeds, study.run_dir, study.eval, study.realism)
+    default = StudyArgs(
+        study.base, study.seeds, study.run_dir, study.eval, study.realism, study.generation
+    )
     args = tyro.cli(
         StudyArgs,
         default=default,
@@ -56,11 +60,12 @@ def main(argv: list[str]) -> int:
         description=(STUDIES[study.name].__doc__ or "").strip(),
     )
     args.base.validate()
-    study.base, study.seeds, study.eval, study.realism = (
+    study.base, study.seeds, study.eval, study.realism, study.generation = (
         args.base,
         tuple(args.seeds),
         args.eval,
         args.realism,
+        args.generation,
     )
     study.run_dir = args.run_dir or study.run_dir
     study.__post_init__()  # re-check the seeds and arms after the overrides

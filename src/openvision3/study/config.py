@@ -125,6 +125,28 @@ class RealismConfig:
 
 
 @dataclass
+class GenerationStageConfig:
+    """A study's generation stage (``study/generation.py``; studies with ``needs="generation"``):
+    a DiT-DH-demo on each arm's tokens of ``train_images`` train scenes, ``steps`` of
+    ``batch_size``; ``per_class`` samples of each of the 72 colour x cell classes with CFG
+    ``cfg_scale`` on ``sample_steps`` grid points, scored against ``real_images`` val images."""
+
+    train_images: int = 4096
+    steps: int = 300
+    batch_size: int = 64
+    per_class: int = 2
+    cfg_scale: float = 3.0
+    sample_steps: int = 21
+    real_images: int = 256
+
+    def __post_init__(self):
+        if min(self.train_images, self.steps, self.batch_size, self.per_class) < 1:
+            raise ValueError("generation: train_images, steps, batch_size, per_class must be >= 1")
+        if self.sample_steps < 2 or self.real_images < 2:
+            raise ValueError("generation: need sample_steps >= 2 and real_images >= 2")
+
+
+@dataclass
 class StudyConfig:
     """A named grid of arms x seeds on one base experiment, with its rules."""
 
@@ -138,6 +160,7 @@ class StudyConfig:
     eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
     realism: RealismConfig = field(default_factory=RealismConfig)
     needs: str = ""  # an optional package the study needs ("generation"), else ""
+    generation: GenerationStageConfig = field(default_factory=GenerationStageConfig)
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)

@@ -53,7 +53,8 @@ def plot_claim(path: Path, title: str, rules: list[ComparisonConfig], data: dict
 
     fig, axes = plt.subplots(1, len(rules), figsize=(5 * len(rules), 3.4), squeeze=False)
     for ax, rule in zip(axes[0], rules):
-        for arm in (rule.arm, rule.baseline):
+        arms, drawn = (rule.arm, rule.baseline), False
+        for arm in arms:
             b = band(data.get(arm, {}).get("curves", []), rule.metric)
             if b is None:
                 continue
@@ -61,8 +62,16 @@ def plot_claim(path: Path, title: str, rules: list[ComparisonConfig], data: dict
             n = len(data[arm]["curves"])
             ax.plot(steps, mean, marker="o", ms=3, label=f"{arm} (n={n})")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
-        ax.set_title(f"{title}: {rule.metric}", fontsize=9)
+            drawn = True
         ax.set_xlabel("step")
+        if not drawn:  # a metric measured once after training (generation_fd): per-seed finals
+            for j, arm in enumerate(arms):
+                values = data.get(arm, {}).get("finals", {}).get(rule.metric, [])
+                ax.plot([j] * len(values), values, "o", label=f"{arm} (n={len(values)})")
+            ax.set_xticks(range(len(arms)), arms)
+            ax.set_xlim(-0.5, len(arms) - 0.5)
+            ax.set_xlabel("arm (final value per seed)")
+        ax.set_title(f"{title}: {rule.metric}", fontsize=9)
         ax.set_ylabel(rule.metric)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -21,12 +21,10 @@ from openvision3.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 RULES_FILE = "study.json"
-# Optional stages the runner can run after the arms (none yet: generation is defined, not wired).
-WIRED: tuple[str, ...] = ()
 
 
 def missing_package(study: StudyConfig) -> str:
-    """One line when the study needs a package that is absent (or a stage not wired), else ""."""
+    """One line when the study needs a package that is absent, else ""."""
     if not study.needs:
         return ""
     if importlib.util.find_spec(f"openvision3.{study.needs}") is None:
@@ -34,18 +32,14 @@ def missing_package(study: StudyConfig) -> str:
             f"study {study.name!r} skipped: it needs openvision3.{study.needs}, which is not "
             "installed in this checkout"
         )
-    if study.needs not in WIRED:
-        return (
-            f"study {study.name!r} skipped: its {study.needs} stage (a generator trained on each "
-            "arm's frozen tokens, scored by realism) is not wired into the runner yet"
-        )
     return ""
 
 
 def rules_of(study: StudyConfig) -> dict:
     """What a study decides by, fixed before its first run."""
     d = to_dict(study)
-    return {k: d[k] for k in ("arms", "seeds", "claims", "control", "eval", "base", "realism")}
+    keys = ["arms", "seeds", "claims", "control", "eval", "base", "realism"]
+    return {k: d[k] for k in keys + (["generation"] if study.needs == "generation" else [])}
 
 
 def write_rules(study: StudyConfig) -> None:
@@ -142,6 +136,10 @@ def collect(study: StudyConfig) -> dict:
                 curves.append(eval_curve(run))
                 if (run / "wall.json").is_file():
                     walls.append(json.loads((run / "wall.json").read_text())["seconds"])
+            if study.needs == "generation":
+                from openvision3.study.generation import generation_metrics
+
+                metrics = {**metrics, **generation_metrics(run)}
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
                     finals.setdefault(k, []).append(float(v))
@@ -167,6 +165,10 @@ def run_study(study: StudyConfig, report_only: bool = False) -> Path | None:
         run_arms(study, realism)
     if not proc.is_main:
         return None
+    if study.needs == "generation" and not report_only:
+        from openvision3.study.generation import run_generation_stage
+
+        run_generation_stage(study, realism)  # one process: the generators are small
     from openvision3.study.report import write_report
 
     return write_report(study, collect(study), realism_text, time.perf_counter() - t0)

@@ -26,6 +26,7 @@ from openvision3.study.config import (
     ArmConfig,
     ClaimConfig,
     ComparisonConfig,
+    GenerationStageConfig,
     ProbeEvalConfig,
     RealismConfig,
     StudyConfig,
@@ -177,10 +178,27 @@ def paper_small_generation() -> StudyConfig:
     return cfg
 
 
+def paper_small_generation_smoke() -> StudyConfig:
+    """``paper-small-generation`` on ``paper-small_smoke``'s tiny arms, a 2-step generator."""
+    cfg = paper_small_smoke()
+    gen = paper_small_generation()
+    cfg.name, cfg.run_dir = (
+        "paper-small-generation_smoke",
+        "runs/study-paper-small-generation_smoke",
+    )
+    cfg.arms = [a for a in cfg.arms if a.name in ("both", "frozen-init", "pixel-vit")]
+    cfg.claims, cfg.control, cfg.needs = gen.claims, gen.control, gen.needs
+    cfg.generation = GenerationStageConfig(
+        train_images=16, steps=2, batch_size=4, per_class=1, sample_steps=3, real_images=8
+    )
+    return cfg
+
+
 STUDIES: dict[str, Callable[[], StudyConfig]] = {
     "paper-small": paper_small,
     "paper-small_smoke": paper_small_smoke,
     "paper-small-generation": paper_small_generation,
+    "paper-small-generation_smoke": paper_small_generation_smoke,
 }
 
 

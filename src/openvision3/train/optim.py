@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -50,7 +50,9 @@ class OptimConfig:
     ``decay``: the shape after warmup, ``cosine`` or ``linear``; ``hold_ratio``: the fraction of
     each stage held at the peak before it decays (RAE's DiT schedule: constant for 40 of 800
     epochs, then linear to a tenth of the peak: ``decay=linear, hold_ratio=0.05,
-    min_lr_ratio=0.1``).
+    min_lr_ratio=0.1``). ``lr_scale``: module name -> LR multiplier for the parameters under
+    it (the longest matching name wins), e.g. LLaVA's ``mm_projector_lr`` as
+    ``{"model.multi_modal_projector": 0.1}``.
     """
 
     weight_decay: float = 0.2
@@ -61,9 +63,12 @@ class OptimConfig:
     fused: bool | None = None
     decay: str = "cosine"
     hold_ratio: float = 0.0
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # JSON gives a list
+        if any(not v > 0 for v in self.lr_scale.values()):
+            raise ValueError(f"lr_scale multipliers must be > 0, got {self.lr_scale}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -96,31 +101,56 @@ def no_weight_decay(name: str, param: torch.Tensor, is_norm: bool = False) -> bo
     return param.ndim < 2 or is_norm or any(s in name for s in NO_DECAY_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into ``[decay, no_decay]`` AdamW groups.
+def _scale_of(name: str, lr_scale: dict[str, float]) -> float:
+    hits = [k for k in lr_scale if name == k or name.startswith(k.rstrip(".") + ".")]
+    return lr_scale[max(hits, key=len)] if hits else 1.0
 
-    Both groups are always returned (possibly empty) so the optimizer state layout only depends
-    on the model. Frozen parameters (``requires_grad=False``) are left out; tied parameters appear
-    once. Group dicts carry a ``"name"`` for logging.
+
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None
+) -> list[dict]:
+    """Split trainable parameters into ``[decay, no_decay]`` AdamW groups, then one more pair
+    per LR multiplier of ``lr_scale`` (module name -> multiplier) that some parameter takes.
+
+    The first two groups are always returned (possibly empty) so the optimizer state layout only
+    depends on the model and ``lr_scale``. Frozen parameters (``requires_grad=False``) are left
+    out; tied parameters appear once. Group dicts carry a ``"name"`` for logging and an
+    ``"lr_scale"``.
     """
+    from openvision3.train.checkpoint import clean_key
+
+    lr_scale = lr_scale or {}
+    unmatched = [k for k in lr_scale if not any(
+        n == k or n.startswith(k.rstrip(".") + ".") for n, _ in model.named_parameters())]  # fmt: skip
+    if unmatched:
+        raise ValueError(f"optim.lr_scale: no parameter under {unmatched}")
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(False)
     }
-    decay, no_decay = [], []
+    groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if no_weight_decay(name, p, id(p) in norm_params) else decay).append(p)
+        decays = not no_weight_decay(name, p, id(p) in norm_params)
+        groups.setdefault((_scale_of(clean_key(name), lr_scale), decays), []).append(p)
     return [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        {
+            "name": ("decay" if decays else "no_decay") + ("" if scale == 1.0 else f"@{scale:g}"),
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": scale,
+        }
+        for (scale, decays), params in groups.items()
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with learning rate ``lr`` (the peak LR, or 1.0 when a
-    :func:`multi_stage_schedule` gives absolute learning rates)."""
-    groups = param_groups(model, cfg.weight_decay)
+    :func:`multi_stage_schedule` gives absolute learning rates) times each group's
+    ``lr_scale``."""
+    groups = param_groups(model, cfg.weight_decay, cfg.lr_scale)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     fused = cfg.fused
     if fused is None:
         fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
@@ -225,8 +255,9 @@ def build_multi_stage_scheduler(
 ) -> LambdaLR:
     """``LambdaLR`` whose group lr is exactly ``multi_stage_schedule(stages)(step)``.
 
-    Sets every group's base (``initial_lr``) to 1.0 first, so build it on a fresh optimizer.
+    Sets every group's base (``initial_lr``) to its ``lr_scale`` (1.0 by default) first, so
+    build it on a fresh optimizer; a scaled group's lr is the schedule's times its scale.
     """
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = 1.0
+        group["lr"] = group["initial_lr"] = group.get("lr_scale", 1.0)
     return LambdaLR(optimizer, multi_stage_schedule(stages, min_lr_ratio, decay, hold_ratio))

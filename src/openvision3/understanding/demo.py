@@ -1,12 +1,12 @@
 """``ov3 demo --understanding``: a tiny LLaVA on the frozen demo model's unified tokens,
 answering questions about synthetic scenes.
 
-1. The frozen demo encoder's tokens of the train scenes go into a feature cache
-   (``data/latents.py``; resumable, reused by later runs).
+1. The frozen demo encoder's tokens of the train scenes go into the run's feature cache
+   (``<run>/tokens``, ``data/latents.py``; resumable, shared with the generation demo).
 2. A random-init Llama (word-level tokenizer over the synthetic world's words) is assembled with
    the demo model as its tower, through the same ``LlavaForConditionalGeneration`` as real
    checkpoints, and trained by the engine on the cached tokens in LLaVA-1.5's two stages:
-   "describe the image" (the alt text, ``plain`` template) then questions (``vicuna_v1`` without
+   "describe the image" (the long caption, ``plain`` template) then questions (``vicuna_v1`` without
    the system prompt). The language model is random, so stage 1 trains it too (the real recipe
    freezes it: ``StageConfig.freeze``).
 3. The saved VLM is reloaded with ``from_pretrained`` and answers held-out questions with
@@ -248,7 +248,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     """Cache, assemble, train both stages, evaluate, write ``<out>/report.md`` (+ json)."""
     from openvision3.config import ExperimentConfig
     from openvision3.demo.synthetic import SyntheticWorld
-    from openvision3.demo.tokens import cache_demo_tokens
+    from openvision3.demo.tokens import cache_demo_tokens, run_tokens
     from openvision3.errors import ConfigError
     from openvision3.pretrained import load_pretrained, trained_resolution
     from openvision3.train.trainer import Trainer
@@ -269,7 +269,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     res = trained_resolution(export) or 128
     seconds, t0 = {}, time.perf_counter()
     ov3 = load_pretrained(export, device="cpu")
-    cache = cache_demo_tokens(ov3, synthetic, str(out / "cache"), res, cfg.train_size)
+    cache = cache_demo_tokens(ov3, synthetic, run_tokens(cfg.run), res, cfg.train_size)
     seconds["cache"] = time.perf_counter() - t0
 
     init = out / "vlm_init"

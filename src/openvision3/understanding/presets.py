@@ -6,6 +6,9 @@ checkpointing. LLaVA's global batches and LRs: stage 1 256 at 1e-3 (LCS-558K cap
 it by batch / 256). The ``_smoke`` variants run the same code on the tiny random VLM and the
 synthetic world in seconds.
 
+``llava15_ov3_b2_stage2_lora`` is LLaVA's ``finetune_lora.sh``: LoRA r 128, alpha 256 on every
+Linear of the LM (its own weights frozen), LR 2e-4, the projector at 2e-5.
+
 Before stage 1: ``ov3 vlm build --vision <encoder> --llm lmsys/vicuna-7b-v1.5 --out
 runs/llava15_ov3_b2/vlm``. Stage 2 reads stage 1's ``final/``.
 """
@@ -16,6 +19,7 @@ import math
 
 from openvision3.train.config import StageConfig, TrainConfig
 from openvision3.train.optim import OptimConfig
+from openvision3.understanding.lora import LoraSettings
 from openvision3.understanding.task import TINY, LlavaRunConfig, VLMDataConfig
 
 STAGE1_SAMPLES = 558_128  # blip_laion_cc_sbu_558k.json
@@ -73,6 +77,17 @@ def llava15_ov3_b2_stage2() -> LlavaRunConfig:
     )
 
 
+def llava15_ov3_b2_stage2_lora() -> LlavaRunConfig:
+    """LLaVA-1.5 stage 2 with LoRA (``finetune_lora.sh``): adapters r 128 / alpha 256 / dropout
+    0.05 on the LM at LR 2e-4, the projector at 2e-5; the export merges the adapters."""
+    cfg = llava15_ov3_b2_stage2()
+    cfg.name = "llava15_ov3_b2_stage2_lora"
+    cfg.lora = LoraSettings(r=128, alpha=256.0, dropout=0.05)
+    cfg.train.stages = [_stage(STAGE2_SAMPLES, 128, 2e-4, FREEZE_TOWER)]
+    cfg.train.optim.lr_scale = {"model.multi_modal_projector": 0.1}
+    return cfg
+
+
 def smoke(cfg: LlavaRunConfig) -> LlavaRunConfig:
     """The same run on the tiny random VLM, synthetic scenes rendered at 32 px, 3 steps."""
     cfg.name += "_smoke"
@@ -89,12 +104,16 @@ def smoke(cfg: LlavaRunConfig) -> LlavaRunConfig:
     cfg.train.precision, cfg.train.parallel = "auto", "auto"
     cfg.train.activation_checkpointing = False
     cfg.train.log_every, cfg.train.ckpt_every = 1, 3
+    if cfg.lora.r:
+        cfg.lora.r = 8
     return cfg
 
 
 PRESETS = {
     "llava15_ov3_b2_stage1": llava15_ov3_b2_stage1,
     "llava15_ov3_b2_stage2": llava15_ov3_b2_stage2,
+    "llava15_ov3_b2_stage2_lora": llava15_ov3_b2_stage2_lora,
     "llava15_ov3_b2_stage1_smoke": lambda: smoke(llava15_ov3_b2_stage1()),
     "llava15_ov3_b2_stage2_smoke": lambda: smoke(llava15_ov3_b2_stage2()),
+    "llava15_ov3_b2_stage2_lora_smoke": lambda: smoke(llava15_ov3_b2_stage2_lora()),
 }

@@ -18,7 +18,7 @@ from openvision3.demo.synthetic import (
     SPLITS,
     TEXTURES,
     Scene,
-    alt_text,
+    long_caption,
 )
 
 QUESTION_TYPES = ("colour", "position", "presence", "count", "background", "shape")
@@ -60,15 +60,18 @@ def scene_questions(
 
 
 def describe(scene: Scene) -> tuple[str, str]:
-    """Stage 1's caption pair: the instruction and the scene's alt text."""
-    return DESCRIBE, alt_text(scene)
+    """Stage 1's caption pair: the instruction and the scene's long caption (every object with
+    its size and colour, the main one's grid cell, the others' places relative to it, and the
+    background), as LLaVA's stage 1 pairs each image with its caption."""
+    return DESCRIBE, long_caption(scene)
 
 
 def vocabulary() -> list[str]:
-    """Every word of the questions, answers and alt texts (lower case, punctuation apart)."""
+    """Every word of the questions, answers and long captions (lower case, punctuation apart)."""
     words = ["user", "assistant", ":", ",", ".", "?", "large", "small", "object", "objects"]
     words += "what colour is the where shape how many are there a an background pattern".split()
     words += "describe image yes no".split()
     words += list(COLORS) + list(SHAPES) + list(BACKGROUNDS) + list(TEXTURES) + list(NUMBERS)
     words += [w for cell in CELL_NAMES for w in cell.split()]
+    words += "this shows in and on of it to above below left right".split()  # long captions
     return list(dict.fromkeys(words))

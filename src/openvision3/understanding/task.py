@@ -28,6 +28,7 @@ from torch import nn
 from openvision3.errors import ConfigError
 from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.task import RunConfig, Task, register_task
+from openvision3.understanding.lora import LoraSettings
 from openvision3.understanding.templates import IGNORE_INDEX
 
 SOURCES = ("llava_json", "synthetic", "synthetic_cache")
@@ -60,13 +61,15 @@ class VLMDataConfig:
 @dataclass
 class LlavaRunConfig(RunConfig):
     """A LLaVA run: ``model`` is an assembled VLM folder (``ov3 vlm build``, or the previous
-    stage's ``final/``), or ``tiny``."""
+    stage's ``final/``), or ``tiny``. ``lora.r`` > 0 trains LoRA adapters on the language
+    model instead of its weights (``understanding/lora.py``)."""
 
     TASK: ClassVar[str] = "llava"
 
     model: str = ""
     template: str = "vicuna_v1"
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> None:
         super().validate()
@@ -125,14 +128,26 @@ class LlavaTask(Task):
         # frozen tower stays whole on every rank, outside FSDP's groups).
         model._no_split_modules = decoder_layer_names(model)
         model.model.vision_tower.requires_grad_(False)
+        if self.cfg.lora.r:
+            from openvision3.understanding.lora import add_lora
+
+            add_lora(model, self.cfg.lora)
+            model.get_output_embeddings().requires_grad_(False)  # as the LM's own weights
         return model.train()
 
     def init_from(self, model: nn.Module, path: str) -> tuple[list[str], list[str]]:
         from transformers import LlavaForConditionalGeneration
 
         source = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        result = model.load_state_dict(source.state_dict(), strict=False)
-        return list(result.missing_keys), list(result.unexpected_keys)
+        weights = source.state_dict()
+        # Under LoRA a Linear's own weight is ``<name>.base_layer.weight``.
+        for key in model.state_dict():
+            plain = key.replace(".base_layer.", ".")
+            if plain != key and plain in weights:
+                weights[key] = weights.pop(plain)
+        result = model.load_state_dict(weights, strict=False)
+        missing = [k for k in result.missing_keys if "lora_" not in k]  # adapters start fresh
+        return missing, list(result.unexpected_keys)
 
     # ------------------------------------------------------------------ data
     def dataset(self, split: str = "train"):
@@ -241,16 +256,18 @@ class LlavaTask(Task):
     # ------------------------------------------------------------------ export
     def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
         from openvision3.understanding.assemble import TEMPLATE_KEY, save_vlm
+        from openvision3.understanding.lora import merged
 
         setattr(model.config, TEMPLATE_KEY, self.cfg.template)
         model.eval()
-        save_vlm(model, self.processor, path, {"task": self.cfg.TASK, **card})
+        lora = {"lora": vars(self.cfg.lora), "lora_merged": True} if self.cfg.lora.r else {}
+        save_vlm(merged(model), self.processor, path, {"task": self.cfg.TASK, **card, **lora})
         with open(os.path.join(path, "run_config.json"), "w") as f:
             f.write(self.cfg.to_json())
 
 
 class SyntheticConversations(torch.utils.data.Dataset):
-    """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the alt text) or
+    """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the long caption) or
     ``vqa`` (every question type, shuffled, one multi-turn conversation). Pixels are rendered
     at the tower's size, or (``cached``) the scene's unified tokens come from the cache."""
 
