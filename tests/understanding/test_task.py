@@ -93,3 +93,30 @@ def test_loss_is_the_answer_token_mean_under_accumulation():
     torch.testing.assert_close(loss2, ref, rtol=1e-5, atol=1e-6)
     for n in g1:
         torch.testing.assert_close(g2[n], g1[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_synthetic_questions_multi_turn_or_one_per_conversation():
+    """vqa: one conversation per scene with every type; vqa_single: each scene once per type,
+    one question each, the same answers."""
+    from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
+
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    task = cfg.build_task()
+    task.build_model()
+    multi = task.dataset()
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    cfg.data.questions = "vqa_single"
+    single = cfg.build_task()
+    single.processor, single._model_config = task.processor, task._model_config
+    one = single.dataset()
+    t = len(QUESTION_TYPES)
+    assert len(one) == t * len(multi)
+    for scene in range(3):
+        turns = multi.turns(scene)
+        asked = [one.turns(scene * t + k) for k in range(t)]
+        assert all(len(a) == 1 and a[0][0].startswith("<image>\n") for a in asked)
+        strip = lambda q: q.replace("<image>\n", "")  # noqa: E731
+        assert sorted((strip(q), a) for ((q, a),) in asked) == sorted(
+            (strip(q), a) for q, a in turns
+        )
+        assert torch.equal(one[scene * t + 2]["pixel_values"], multi[scene]["pixel_values"])

@@ -14,7 +14,7 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--run", default="", help="a finished `ov3 demo` run (default: run one first)")
     p.add_argument("--out", default="", help="output folder (default: RUN/generation)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's)")
-    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="0: tuned over 2, 4, 6")
     p.add_argument("--sample-steps", type=int, default=21, help="Euler grid points")
     p.add_argument("--train-size", type=int, default=4096)
     p.add_argument("--val-size", type=int, default=512)

@@ -81,7 +81,7 @@ def llava15_ov3_b2_stage2_lora() -> LlavaRunConfig:
     """LLaVA-1.5 stage 2 with LoRA (``finetune_lora.sh``): adapters r 128 / alpha 256 / dropout
     0.05 on the LM at LR 2e-4, the projector at 2e-5; the export merges the adapters."""
     cfg = llava15_ov3_b2_stage2()
-    cfg.name = "llava15_ov3_b2_stage2_lora"
+    cfg.name, cfg.run_dir = "llava15_ov3_b2_stage2_lora", "runs/llava15_ov3_b2_stage2_lora"
     cfg.lora = LoraSettings(r=128, alpha=256.0, dropout=0.05)
     cfg.train.stages = [_stage(STAGE2_SAMPLES, 128, 2e-4, FREEZE_TOWER)]
     cfg.train.optim.lr_scale = {"model.multi_modal_projector": 0.1}

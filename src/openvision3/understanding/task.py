@@ -32,14 +32,16 @@ from openvision3.understanding.lora import LoraSettings
 from openvision3.understanding.templates import IGNORE_INDEX
 
 SOURCES = ("llava_json", "synthetic", "synthetic_cache")
+QUESTIONS = ("describe", "vqa", "vqa_single")
 TINY = "tiny"  # --model tiny: the tiny random VLM of the smoke presets (understanding/tiny.py)
 
 
 @dataclass
 class VLMDataConfig:
     """``source``: llava_json | synthetic | synthetic_cache. ``questions`` (synthetic sources):
-    describe (stage 1's captions) or vqa (stage 2's questions, every type in one shuffled
-    multi-turn conversation)."""
+    describe (stage 1's captions), vqa (stage 2's questions, every type in one shuffled
+    multi-turn conversation) or vqa_single (one question per conversation: each scene once per
+    question type)."""
 
     source: str = "llava_json"
     json_path: str = ""
@@ -53,8 +55,8 @@ class VLMDataConfig:
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if self.questions not in ("describe", "vqa"):
-            raise ValueError(f"data.questions must be describe or vqa, got {self.questions!r}")
+        if self.questions not in QUESTIONS:
+            raise ValueError(f"data.questions must be one of {QUESTIONS}, got {self.questions!r}")
 
 
 @register_task
@@ -267,9 +269,10 @@ class LlavaTask(Task):
 
 
 class SyntheticConversations(torch.utils.data.Dataset):
-    """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the long caption) or
-    ``vqa`` (every question type, shuffled, one multi-turn conversation). Pixels are rendered
-    at the tower's size, or (``cached``) the scene's unified tokens come from the cache."""
+    """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the long caption),
+    ``vqa`` (every question type, shuffled, one multi-turn conversation) or ``vqa_single``
+    (item i: scene i // T asked question type i % T alone, T types). Pixels are rendered at the
+    tower's size, or (``cached``) the scene's unified tokens come from the cache."""
 
     def __init__(
         self,
@@ -301,13 +304,20 @@ class SyntheticConversations(torch.utils.data.Dataset):
                     f"expects {num_image_tokens}"
                 )
 
+    @property
+    def per_scene(self) -> int:
+        """Items per scene: one per question type under vqa_single, else one."""
+        from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
+
+        return len(QUESTION_TYPES) if self.d.questions == "vqa_single" else 1
+
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.per_scene
 
     def turns(self, i: int) -> list[tuple[str, str]]:
         from openvision3.understanding.synthetic_vqa import describe, scene_questions
 
-        index = self.indices[i]
+        index = self.indices[i // self.per_scene]
         scene = self.world.scene(self.split, index)
         if self.d.questions == "describe":
             q, a = describe(scene)
@@ -315,6 +325,9 @@ class SyntheticConversations(torch.utils.data.Dataset):
         qa = [
             (q, a) for _, q, a in scene_questions(scene, self.split, index, self.d.synthetic_seed)
         ]
+        if self.d.questions == "vqa_single":
+            q, a = qa[i % self.per_scene]
+            return [(f"<image>\n{q}", a)]
         order = np.random.default_rng([self.d.synthetic_seed, index, 11]).permutation(len(qa))
         turns = [qa[k] for k in order]
         return [(f"<image>\n{turns[0][0]}", turns[0][1])] + turns[1:]
@@ -326,11 +339,12 @@ class SyntheticConversations(torch.utils.data.Dataset):
             self.tokenizer, self.template, self.turns(i), self.image_token_id, self.num_image_tokens
         )
         out = {"ids": ids, "labels": labels}
+        j = i // self.per_scene
         if self.tokens is not None:
-            out["image_tokens"] = self.tokens[i]
+            out["image_tokens"] = self.tokens[j]
         else:
             image = self.world.render(
-                self.world.scene(self.split, self.indices[i]), self.image_size
+                self.world.scene(self.split, self.indices[j]), self.image_size
             )
             x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
             out["pixel_values"] = x * 2 - 1  # (3, R, R) in [-1, 1]

@@ -1,0 +1,61 @@
+"""The generation demo's pixel judge (no OpenVision 3 inside) and its CFG-scale tuning."""
+
+import numpy as np
+import pytest
+import torch
+
+from openvision3.demo.synthetic import SyntheticWorld
+from openvision3.demo.tokens import color_cell
+from openvision3.generation.demo import (
+    CELL_NAMES,
+    GATES,
+    NUM_CLASSES,
+    judge,
+    score,
+    tune_scale,
+)
+
+
+def _real(n=24, res=128):
+    world = SyntheticWorld(0)
+    samples = [world.sample("val", i, res) for i in range(n)]
+    labels = np.array([color_cell(world, s["key"]) for s in samples])
+    return np.stack([s["image"] for s in samples]), labels
+
+
+def test_judge_reads_colour_and_cell_of_real_scenes():
+    images, labels = _real()
+    colors, cells = judge(images)
+    assert (colors == labels // len(CELL_NAMES)).mean() >= 0.95
+    assert (cells == labels % len(CELL_NAMES)).mean() >= 0.95
+    blank = np.full((2, 64, 64, 3), 128, np.uint8)  # background only: no object colour
+    assert judge(blank)[0].tolist() == [-1, -1]
+    shuffled = score(images, np.roll(labels, 1))
+    assert shuffled["color"] < 0.5 and shuffled["n"] == len(labels)
+
+
+class _FakeGenerator:
+    """Draws real scenes of the asked class when w >= 4, of the next class otherwise."""
+
+    def __init__(self):
+        self.world, self.pool = SyntheticWorld(0), {}
+        for i in range(2000):
+            s = self.world.sample("train", i, 64)
+            self.pool.setdefault(color_cell(self.world, s["key"]), s["image"])
+            if len(self.pool) == NUM_CLASSES:
+                break
+
+    def sample(self, labels, cfg_scale, steps, seed):
+        shift = 0 if cfg_scale >= 4 else 1
+        x = np.stack([self.pool[(int(y) + shift) % NUM_CLASSES] for y in labels])
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+
+
+def test_tune_scale_keeps_the_scale_whose_samples_follow_their_labels():
+    gen = _FakeGenerator()
+    if len(gen.pool) < NUM_CLASSES:
+        pytest.skip("the first 2000 train scenes miss a class")
+    w, scores = tune_scale(gen, (2.0, 4.0), sample_steps=3)
+    assert w == 4.0
+    assert scores[4.0]["ratio"] > 1.0 > scores[2.0]["ratio"]
+    assert scores[4.0]["color"] >= GATES["color"]
