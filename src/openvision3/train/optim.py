@@ -101,8 +101,12 @@ def no_weight_decay(name: str, param: torch.Tensor, is_norm: bool = False) -> bo
     return param.ndim < 2 or is_norm or any(s in name for s in NO_DECAY_NAMES)
 
 
+def _under(name: str, module: str) -> bool:
+    return name == module or name.startswith(module.rstrip(".") + ".")
+
+
 def _scale_of(name: str, lr_scale: dict[str, float]) -> float:
-    hits = [k for k in lr_scale if name == k or name.startswith(k.rstrip(".") + ".")]
+    hits = [k for k in lr_scale if _under(name, k)]
     return lr_scale[max(hits, key=len)] if hits else 1.0
 
 
@@ -120,8 +124,8 @@ def param_groups(
     from openvision3.train.checkpoint import clean_key
 
     lr_scale = lr_scale or {}
-    unmatched = [k for k in lr_scale if not any(
-        n == k or n.startswith(k.rstrip(".") + ".") for n, _ in model.named_parameters())]  # fmt: skip
+    names = [clean_key(n) for n, _ in model.named_parameters()]  # wrapper prefixes dropped
+    unmatched = [k for k in lr_scale if not any(_under(n, k) for n in names)]
     if unmatched:
         raise ValueError(f"optim.lr_scale: no parameter under {unmatched}")
     norm_params = {
