@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from tests.evaluation._fid_fakes import save_random_inception
 from tests.inference.test_released import upstream_vit, write_released
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
 from tests.photos import PHOTOS, WNIDS
 
 pytestmark = pytest.mark.slow

@@ -5,11 +5,10 @@ sample labelled with its scene's colour x cell."""
 import json
 import types
 
-from tests.generation.conftest import GridTokens, tiny_vae
-
 from openvision3.data.latents import read_features
 from openvision3.demo.synthetic import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
 from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
+from tests.generation.conftest import GridTokens, tiny_vae
 
 RES = 32
 

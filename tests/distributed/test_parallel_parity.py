@@ -16,7 +16,6 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tests.dist_utils import free_port, worker_env
 
 from openvision3.configs import get_preset
 from openvision3.distributed.parallelize import clip_grad_norm_, is_sharded, parallelize
@@ -25,6 +24,7 @@ from openvision3.models.openvision3 import OpenVision3
 from openvision3.ov3.task import prune_model_config
 from openvision3.tokenizer import EOT_ID, PAD_ID, SOT_ID
 from openvision3.train.checkpoint import clean_key
+from tests.dist_utils import free_port, worker_env
 
 B, RES, L = 4, 32, 16  # global batch, pixels, text / caption length
 CLIP = 0.05  # below the gradient norm of the first step: clipping is active

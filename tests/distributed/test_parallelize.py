@@ -5,12 +5,12 @@ were. (2-rank DDP / FSDP2 parity: test_parallel_parity.py, marked dist.)"""
 import copy
 
 import torch
-from tests.distributed.test_parallel_parity import _batch, _cfg, _model, _step
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from openvision3.distributed.parallelize import block_units, blocks, is_sharded, parallelize
 from openvision3.losses.objective import Objective
 from openvision3.train.checkpoint import model_state_dict
+from tests.distributed.test_parallel_parity import _batch, _cfg, _model, _step
 
 
 def test_one_process_wraps_every_block_and_changes_nothing_else():

@@ -1,4 +1,5 @@
 import pytest
+
 from tests.evaluation._fid_fakes import save_random_inception
 
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
 from torchmetrics.functional.text import bleu_score
 
 from openvision3.demo.source import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
 from openvision3.demo.synthetic import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
+from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
 
 SCRIPT = [
     "a red circle on a blue square background",

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.evaluation._eval_fakes import TableModel, index_images
 
 from openvision3 import cli
 from openvision3.evaluation.pairs import pair_batches, read_pairs
 from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from tests.evaluation._eval_fakes import TableModel, index_images
 
 
 def _write_images(root, names, size=20):

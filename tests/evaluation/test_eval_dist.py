@@ -6,6 +6,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from openvision3.evaluation import (
+    CaptionEvaluator,
+    ReconstructionEvaluator,
+    RetrievalEvaluator,
+    ZeroShotEvaluator,
+)
 from tests.dist_utils import free_port
 from tests.evaluation._eval_fakes import (
     ClassTokenizer,
@@ -14,13 +21,6 @@ from tests.evaluation._eval_fakes import (
     TableModel,
     index_images,
     textured_images,
-)
-
-from openvision3.evaluation import (
-    CaptionEvaluator,
-    ReconstructionEvaluator,
-    RetrievalEvaluator,
-    ZeroShotEvaluator,
 )
 
 N, K, E = 7, 4, 6

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import linalg
-from tests.evaluation._eval_fakes import textured_images
-from tests.evaluation._fid_fakes import PooledFeatures
 
 from openvision3.data.transforms import to_uint8
 from openvision3.evaluation.fid import (
@@ -18,6 +16,8 @@ from openvision3.evaluation.fid import (
     reference_cache_path,
 )
 from openvision3.models.vae import MissingWeightsError
+from tests.evaluation._eval_fakes import textured_images
+from tests.evaluation._fid_fakes import PooledFeatures
 
 
 def _noisy(images: torch.Tensor, std: float, seed: int = 1) -> torch.Tensor:

@@ -7,6 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from openvision3.evaluation import ReconstructionEvaluator, ZeroShotEvaluator
+from openvision3.evaluation.fid import ReconstructionFID
+from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
+from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator
 from tests.dist_utils import free_port
 from tests.evaluation._eval_fakes import (
     ClassTokenizer,
@@ -16,11 +21,6 @@ from tests.evaluation._eval_fakes import (
     textured_images,
 )
 from tests.evaluation._fid_fakes import PooledFeatures
-
-from openvision3.evaluation import ReconstructionEvaluator, ZeroShotEvaluator
-from openvision3.evaluation.fid import ReconstructionFID
-from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
-from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator
 
 N, K, E = 7, 3, 5
 TEMPLATES = ["a {}"]

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from tests.evaluation._eval_fakes import TableModel, index_images
 
 from openvision3.evaluation.linear_probe import (
     LinearProbeConfig,
@@ -8,6 +7,7 @@ from openvision3.evaluation.linear_probe import (
     fit_logistic,
     linear_probe,
 )
+from tests.evaluation._eval_fakes import TableModel, index_images
 
 
 def _separable(n: int, k: int, dim: int, seed: int):

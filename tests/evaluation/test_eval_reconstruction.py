@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from tests.evaluation._eval_fakes import NoisyReconstructor, textured_images
 
 from openvision3.evaluation import MetricAccumulator, ReconstructionEvaluator, psnr_uint8, ssim
 from openvision3.evaluation.reconstruction import to_uint8
+from tests.evaluation._eval_fakes import NoisyReconstructor, textured_images
 
 
 def _hwc(u8: torch.Tensor) -> np.ndarray:

@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.evaluation._eval_fakes import TableModel, index_images
 
 from openvision3.evaluation import RetrievalEvaluator, retrieval_recall
+from tests.evaluation._eval_fakes import TableModel, index_images
 
 
 def test_recall_with_several_captions_per_image():

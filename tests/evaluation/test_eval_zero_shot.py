@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.evaluation._eval_fakes import ClassTokenizer, TableModel, index_images
 
 from openvision3.evaluation import ZeroShotEvaluator, build_classifier, imagenet_metadata
+from tests.evaluation._eval_fakes import ClassTokenizer, TableModel, index_images
 
 K = 10
 CLASSES = [f"c{k}" for k in range(K)]

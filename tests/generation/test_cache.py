@@ -5,12 +5,12 @@ import os
 
 import torch
 from PIL import Image
-from tests.generation.conftest import GridTokens, tiny_vae, write_cache
 
 from openvision3.data.latents import FeatureCache, read_features
 from openvision3.data.transforms import pil_to_tensor
 from openvision3.demo.source import SyntheticSource
 from openvision3.demo.synthetic import SyntheticConfig
+from tests.generation.conftest import GridTokens, tiny_vae, write_cache
 
 
 def test_round_trip(token_cache):

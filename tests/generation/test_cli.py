@@ -8,13 +8,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from tests.evaluation._fid_fakes import save_random_inception
-from tests.generation.conftest import tiny_vae, write_cache
 
 from openvision3.cli import main
 from openvision3.generation import load_generator
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from tests.evaluation._fid_fakes import save_random_inception
+from tests.generation.conftest import tiny_vae, write_cache
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.evaluation._fid_fakes import save_random_inception
 
 from openvision3.generation.metrics import evaluate_generation, load_images, precision_recall
+from tests.evaluation._fid_fakes import save_random_inception
 
 
 def brute_force_pr(real, fake, k):

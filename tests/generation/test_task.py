@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from tests.train.test_dcp_dist import assert_same, full_state
 
 from openvision3.generation.latent_stats import load_latent_stats
 from openvision3.generation.presets import PRESETS
 from openvision3.generation.task import GenerationConfig, sample_draws
 from openvision3.train.trainer import Trainer
+from tests.train.test_dcp_dist import assert_same, full_state
 
 
 def smoke(run_dir, cache, **train) -> GenerationConfig:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from openvision3.train.trainer import Trainer
 from tests.dist_utils import free_port, worker_env
 from tests.generation.test_task import smoke
 from tests.train.test_dcp_dist import assert_same, full_state
-
-from openvision3.train.trainer import Trainer
 
 
 def _cfg(root, cache, **train):

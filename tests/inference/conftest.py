@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.inference._inference_helpers import random_image
 
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from tests.inference._inference_helpers import random_image
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from tests.inference._inference_helpers import RES, random_image
 
 from openvision3.data.transforms import from_uint8
 from openvision3.inference.api import Pipeline, PipelineConfig, load
@@ -15,6 +14,7 @@ from openvision3.inference.bench import open_clip_vit
 from openvision3.models.encoder import Encoder, EncoderConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import MissingWeightsError
+from tests.inference._inference_helpers import RES, random_image
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,8 @@
 
 import json
 
-from tests.inference._inference_helpers import RES
-
 from openvision3.inference.command import main
+from tests.inference._inference_helpers import RES
 
 
 def test_bench_encode_table(model_dir, tmp_path):

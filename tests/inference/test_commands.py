@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.inference._inference_helpers import BAD, GOOD, RES, random_image
 
 from openvision3.inference import runs
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.command import main
 from openvision3.inference.writers import read_token_shards
+from tests.inference._inference_helpers import BAD, GOOD, RES, random_image
 
 FAST = ["--resolution", str(RES), "--no-progress", "--num-workers", "0"]
 

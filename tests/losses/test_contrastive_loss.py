@@ -6,9 +6,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from tests.dist_utils import free_port
 
 from openvision3.losses import ContrastiveLoss
+from tests.dist_utils import free_port
 
 B, E, WORLD = 6, 16, 2
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port, worker_env
 
 from openvision3.config import StageConfig
 from openvision3.configs import get_preset
@@ -23,6 +22,7 @@ from openvision3.train.accumulate import StepTerms, split_batch
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics
 from openvision3.train.trainer import Trainer
+from tests.dist_utils import free_port, worker_env
 
 BRANCHES = dict(reconstruction=True, contrastive=True, caption=True)
 

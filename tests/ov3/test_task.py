@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.inference.test_released import upstream_vit, write_released
 
 from openvision3.configs import get_preset
 from openvision3.errors import ConfigError
@@ -17,6 +16,7 @@ from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
 from openvision3.pretrained import read_released
 from openvision3.train.trainer import Trainer
+from tests.inference.test_released import upstream_vit, write_released
 
 
 def _batch(n=4, res=32):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.train.test_checkpoint import _assert_same, _draws, _setup, _train
 
 from openvision3.cli import main
 from openvision3.config import StageConfig, TrainConfig
@@ -26,6 +25,7 @@ from openvision3.train.checkpoint import (
     save_checkpoint,
 )
 from openvision3.train.trainer import Trainer, data_position
+from tests.train.test_checkpoint import _assert_same, _draws, _setup, _train
 
 
 def test_dcp_round_trip_is_exact(tmp_path):

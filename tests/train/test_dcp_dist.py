@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port, worker_env
-from tests.train.test_dcp import _smoke
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.tensor import DTensor
 
 from openvision3.cli import main
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.trainer import Trainer
+from tests.dist_utils import free_port, worker_env
+from tests.train.test_dcp import _smoke
 
 
 def _cfg(run_dir, **train):

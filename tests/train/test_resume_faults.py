@@ -7,12 +7,12 @@ import logging
 
 import pytest
 import torch
-from tests.train.test_task import stage, toy
 
 from openvision3.cli import main
 from openvision3.errors import CheckpointError
 from openvision3.train.checkpoint import list_checkpoints, read_meta, verify_checkpoint
 from openvision3.train.trainer import Trainer
+from tests.train.test_task import stage, toy
 
 
 def truncate(path, keep: float = 0.5) -> None:

@@ -8,7 +8,6 @@ import json
 
 import torch
 from safetensors.torch import load_file
-from tests.train.toy_task import ToyConfig, ToyRegressor
 
 from openvision3.cli import main
 from openvision3.dataclass_io import from_dict
@@ -18,6 +17,7 @@ from openvision3.train.export import export_checkpoint
 from openvision3.train.metrics import read_metrics
 from openvision3.train.task import config_class
 from openvision3.train.trainer import Trainer
+from tests.train.toy_task import ToyConfig, ToyRegressor
 
 FROZEN = "blocks.0"  # the first ToyBlock: a module name, and a whole FSDP2 unit
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port, worker_env
-from tests.train.test_dcp_dist import assert_same, full_state
-from tests.train.test_task import FROZEN, initial_weights, stage, toy
 
 from openvision3.cli import main
 from openvision3.train.checkpoint import find_latest, read_meta
 from openvision3.train.metrics import read_metrics
 from openvision3.train.optim import OptimConfig
 from openvision3.train.trainer import Trainer
+from tests.dist_utils import free_port, worker_env
+from tests.train.test_dcp_dist import assert_same, full_state
+from tests.train.test_task import FROZEN, initial_weights, stage, toy
 
 CLIP = 0.05  # below the gradient norms: clipping is active (FSDP2 clips with the global norm)
 MODES = {  # name: the run's train settings

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.dist_utils import free_port, worker_env
 
 from openvision3.cli import main
 from openvision3.config import ExperimentConfig, StageConfig
@@ -16,6 +15,7 @@ from openvision3.errors import ConfigError, TrainingDivergedError
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics
 from openvision3.train.trainer import Trainer
+from tests.dist_utils import free_port, worker_env
 
 
 def smoke(run_dir, **train) -> ExperimentConfig:

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.train.test_task import stage, toy
 
 from openvision3.errors import MissingExtraError
 from openvision3.train.config import TrainConfig
 from openvision3.train.metrics import MetricsLogger, read_metrics, wandb_settings
 from openvision3.train.trainer import Trainer
+from tests.train.test_task import stage, toy
 
 BLOCK, HEADER = 32768, 7  # the .wandb file is a LevelDB log: 32 KiB blocks, 7-byte headers
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4

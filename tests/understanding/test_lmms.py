@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("lmms_eval")
 pytestmark = pytest.mark.lmms
 
-from tests.understanding._vlm_fakes import tiny  # noqa: E402
-
 from openvision3.understanding.assemble import save_vlm  # noqa: E402
+from tests.understanding._vlm_fakes import tiny  # noqa: E402
 
 TASK_YAML = """\
 dataset_path: {data}

@@ -120,3 +120,39 @@ def test_synthetic_questions_multi_turn_or_one_per_conversation():
             (strip(q), a) for q, a in turns
         )
         assert torch.equal(one[scene * t + 2]["pixel_values"], multi[scene]["pixel_values"])
+
+
+def test_repeated_question_types_draw_their_own_questions():
+    """repeats: a type asked k times per scene, each its own draw (presence about other
+    colours), draw 0 the held-out questions' own; bad repeats are refused."""
+    from openvision3.understanding.synthetic_vqa import QUESTION_TYPES, scene_questions
+    from openvision3.understanding.task import VLMDataConfig
+
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    task = cfg.build_task()
+    task.build_model()
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    cfg.data.questions, cfg.data.repeats = "vqa_single", {"presence": 4}
+    rep = cfg.build_task()
+    rep.processor, rep._model_config = task.processor, task._model_config
+    data = rep.dataset()
+    t, per = len(QUESTION_TYPES), len(QUESTION_TYPES) + 3
+    assert data.per_scene == per and len(data) == per * cfg.data.synthetic_size
+    asked = set()
+    for scene in range(8):
+        rows = [data.turns(scene * per + k)[0] for k in range(per)]
+        presence = [(q, a) for q, a in rows if q.startswith("<image>\nis there")]
+        assert len(presence) == 4 and len(rows) - 4 == t - 1
+        s = data.world.scene("train", scene)
+        present = {o.color for o in s.objects}
+        for q, a in presence:
+            assert a == ("yes" if q.split()[4] in present else "no")
+        first = scene_questions(s, "train", scene, cfg.data.synthetic_seed)
+        assert presence[0] == ("<image>\n" + first[2][1], first[2][2])
+        asked.add(len(set(presence)))
+    assert max(asked) > 1  # the draws ask about other colours
+    for bad in ({"presense": 2}, {"presence": 0}):
+        with pytest.raises(ValueError, match="repeats"):
+            VLMDataConfig(source="synthetic", questions="vqa_single", repeats=bad)
+    with pytest.raises(ValueError, match="vqa_single only"):
+        VLMDataConfig(source="synthetic", questions="vqa", repeats={"presence": 2})

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from tests.dist_utils import free_port, worker_env
 
 pytest.importorskip("transformers")

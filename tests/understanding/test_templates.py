@@ -6,8 +6,6 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tests.understanding._vlm_fakes import tiny  # noqa: E402
-
 from openvision3.understanding.templates import (  # noqa: E402
     IGNORE_INDEX,
     encode,
@@ -15,6 +13,7 @@ from openvision3.understanding.templates import (  # noqa: E402
     pad_batch,
     prompt_ids,
 )
+from tests.understanding._vlm_fakes import tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tests.understanding._vlm_fakes import tiny  # noqa: E402
 from transformers import AutoConfig, AutoModel, LlavaForConditionalGeneration  # noqa: E402
 
 from openvision3.understanding import OpenVision3VisionConfig, OpenVision3VisionModel  # noqa: E402
+from tests.understanding._vlm_fakes import tiny  # noqa: E402
 
 
 def _inputs(vlm, batch=2, seed=1):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.web._web_helpers import RESOLUTION, FakeGenerator, FakeVLM
 
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from tests.web._web_helpers import RESOLUTION, FakeGenerator, FakeVLM
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+
 from tests.web._web_helpers import RESOLUTION
 
 pytestmark = pytest.mark.browser
@@ -50,9 +51,8 @@ def _start(handlers) -> tuple[str, object]:
 
 @pytest.fixture(scope="module")
 def urls(pipeline, gallery, tiny_model):
-    from tests.web._web_helpers import FakeGenerator, FakeVLM
-
     from openvision3.web.parts import Part
+    from tests.web._web_helpers import FakeGenerator, FakeVLM
 
     full = Handlers(
         pipeline,

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.web._web_helpers import RESOLUTION
 
 from openvision3.evaluation.reconstruction import psnr_uint8
 from openvision3.web.handlers import Handlers, decoder_noise
 from openvision3.web.options import NOISE_LEVELS, parse_labels
 from openvision3.web.parts import MissingPartError
+from tests.web._web_helpers import RESOLUTION
 
 
 def _image(seed: int) -> Image.Image:

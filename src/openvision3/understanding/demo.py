@@ -7,7 +7,7 @@ answering questions about synthetic scenes.
    the demo model as its tower, through the same ``LlavaForConditionalGeneration`` as real
    checkpoints, and trained by the engine on the cached tokens in LLaVA-1.5's two stages:
    "describe the image" (the long caption, ``plain`` template) then questions (``vicuna_v1`` without
-   the system prompt). The language model is random, so stage 1 trains it too (the real recipe
+   the system prompt; one per conversation, presence asked three times per scene). The language model is random, so stage 1 trains it too (the real recipe
    freezes it: ``StageConfig.freeze``).
 3. The saved VLM is reloaded with ``from_pretrained`` and answers held-out questions with
    ``generate`` on rendered val images: the tower runs on pixels, not the cache.
@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,10 @@ class UnderstandingDemoConfig:
     lr: float = 1e-3
     warmup_steps: int = 30
     questions: str = "vqa_single"  # stage 2: vqa_single, or vqa (six shuffled turns per scene)
+    # vqa_single: questions per scene of a type (default 1). Presence ("is there a red
+    # object?") has no answer signal in the image or the question alone, only in the two
+    # together, and stays at its prior while it gets a sixth of the questions.
+    repeats: dict[str, int] = field(default_factory=lambda: {"presence": 3})
     eval_batch: int = 128
     examples: int = 8
     seed: int = 0
@@ -97,6 +101,7 @@ def _stage_config(cfg, name, model, template, questions, steps, cache, world_see
             source="synthetic_cache",
             cache=cache,
             questions=questions,
+            repeats=dict(cfg.repeats) if questions == "vqa_single" else {},
             synthetic_seed=world_seed,
             synthetic_size=cfg.train_size,
         ),

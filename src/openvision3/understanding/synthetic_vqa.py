@@ -52,10 +52,15 @@ def question(scene: Scene, kind: str, rng: np.random.Generator) -> tuple[str, st
 
 
 def scene_questions(
-    scene: Scene, split: str, index: int, seed: int = 0, kinds=QUESTION_TYPES
+    scene: Scene, split: str, index: int, seed: int = 0, kinds=QUESTION_TYPES, draw: int = 0
 ) -> list[tuple[str, str, str]]:
-    """(type, question, answer) of every type in ``kinds``, deterministic per scene."""
-    rng = np.random.default_rng([seed, SPLITS[split], int(index), 7])
+    """(type, question, answer) of every type in ``kinds``, deterministic per scene and
+    ``draw``: another draw asks the types with a random part (presence's colour, background's
+    colour or pattern) anew; draw 0 is the held-out questions' own."""
+    if draw < 0:
+        raise ValueError(f"draw must be >= 0, got {draw}")
+    key = [seed, SPLITS[split], int(index), 7] + ([int(draw)] if draw else [])
+    rng = np.random.default_rng(key)
     return [(k, *question(scene, k, rng)) for k in kinds]
 
 

@@ -41,7 +41,7 @@ class VLMDataConfig:
     """``source``: llava_json | synthetic | synthetic_cache. ``questions`` (synthetic sources):
     describe (stage 1's captions), vqa (stage 2's questions, every type in one shuffled
     multi-turn conversation) or vqa_single (one question per conversation: each scene once per
-    question type)."""
+    question type, or ``repeats[type]`` times, each repeat its own draw of the question)."""
 
     source: str = "llava_json"
     json_path: str = ""
@@ -51,12 +51,22 @@ class VLMDataConfig:
     synthetic_seed: int = 0
     synthetic_size: int = 4096
     max_length: int = 2048
+    repeats: dict[str, int] = field(default_factory=dict)  # vqa_single: type -> draws per scene
 
     def __post_init__(self):
+        from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
+
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
         if self.questions not in QUESTIONS:
             raise ValueError(f"data.questions must be one of {QUESTIONS}, got {self.questions!r}")
+        bad = {k: v for k, v in self.repeats.items() if k not in QUESTION_TYPES or int(v) < 1}
+        if bad:
+            raise ValueError(
+                f"data.repeats maps question types {QUESTION_TYPES} to counts >= 1, got {bad}"
+            )
+        if self.repeats and self.questions != "vqa_single":
+            raise ValueError("data.repeats applies to --data.questions vqa_single only")
 
 
 @register_task
@@ -271,8 +281,9 @@ class LlavaTask(Task):
 class SyntheticConversations(torch.utils.data.Dataset):
     """Scenes of the synthetic world as LLaVA conversations: ``describe`` (the long caption),
     ``vqa`` (every question type, shuffled, one multi-turn conversation) or ``vqa_single``
-    (item i: scene i // T asked question type i % T alone, T types). Pixels are rendered at the
-    tower's size, or (``cached``) the scene's unified tokens come from the cache."""
+    (item i: scene i // S asked the question of slot i % S alone; the S slots are each type's
+    draws 0 .. repeats[type] - 1). Pixels are rendered at the tower's size, or (``cached``) the
+    scene's unified tokens come from the cache."""
 
     def __init__(
         self,
@@ -305,11 +316,20 @@ class SyntheticConversations(torch.utils.data.Dataset):
                 )
 
     @property
-    def per_scene(self) -> int:
-        """Items per scene: one per question type under vqa_single, else one."""
+    def slots(self) -> list[tuple[int, int]]:
+        """(type index, draw) of each item of a scene under vqa_single."""
         from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
 
-        return len(QUESTION_TYPES) if self.d.questions == "vqa_single" else 1
+        return [
+            (t, draw)
+            for t, kind in enumerate(QUESTION_TYPES)
+            for draw in range(int(self.d.repeats.get(kind, 1)))
+        ]
+
+    @property
+    def per_scene(self) -> int:
+        """Items per scene: its slots under vqa_single, else one."""
+        return len(self.slots) if self.d.questions == "vqa_single" else 1
 
     def __len__(self) -> int:
         return len(self.indices) * self.per_scene
@@ -322,12 +342,14 @@ class SyntheticConversations(torch.utils.data.Dataset):
         if self.d.questions == "describe":
             q, a = describe(scene)
             return [(f"<image>\n{q}", a)]
+        if self.d.questions == "vqa_single":
+            t, draw = self.slots[i % self.per_scene]
+            qa = scene_questions(scene, self.split, index, self.d.synthetic_seed, draw=draw)
+            _, q, a = qa[t]
+            return [(f"<image>\n{q}", a)]
         qa = [
             (q, a) for _, q, a in scene_questions(scene, self.split, index, self.d.synthetic_seed)
         ]
-        if self.d.questions == "vqa_single":
-            q, a = qa[i % self.per_scene]
-            return [(f"<image>\n{q}", a)]
         order = np.random.default_rng([self.d.synthetic_seed, index, 11]).permutation(len(qa))
         turns = [qa[k] for k in order]
         return [(f"<image>\n{turns[0][0]}", turns[0][1])] + turns[1:]
