@@ -7,8 +7,9 @@ answering questions about synthetic scenes.
    the demo model as its tower, through the same ``LlavaForConditionalGeneration`` as real
    checkpoints, and trained by the engine on the cached tokens in LLaVA-1.5's two stages:
    "describe the image" (the long caption, ``plain`` template) then questions (``vicuna_v1`` without
-   the system prompt; one per conversation, presence asked three times per scene). The language model is random, so stage 1 trains it too (the real recipe
-   freezes it: ``StageConfig.freeze``).
+   the system prompt; one per conversation, presence asked three times per scene). The
+   language model is random, so stage 1 trains it too (the real recipe freezes it:
+   ``StageConfig.freeze``).
 3. The saved VLM is reloaded with ``from_pretrained`` and answers held-out questions with
    ``generate`` on rendered val images: the tower runs on pixels, not the cache.
 
