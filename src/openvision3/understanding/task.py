@@ -297,12 +297,20 @@ class SyntheticConversations(torch.utils.data.Dataset):
         num_image_tokens,
     ):
         from openvision3.demo.synthetic import SyntheticWorld
+        from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
 
         self.d, self.split, self.image_size = d, split, image_size
         self.world = SyntheticWorld(d.synthetic_seed)
         self.tokenizer, self.template = tokenizer, template
         self.image_token_id, self.num_image_tokens = image_token_id, num_image_tokens
         self.tokens, self.indices = None, list(range(d.synthetic_size))
+        # vqa_single: (type index, draw) of each item of a scene; other modes: one item a scene.
+        self.slots = [
+            (t, draw)
+            for t, kind in enumerate(QUESTION_TYPES)
+            for draw in range(self.d.repeats.get(kind, 1))
+        ]
+        self.per_scene = len(self.slots) if d.questions == "vqa_single" else 1
         if cached:
             from openvision3.data.latents import read_features
 
@@ -314,22 +322,6 @@ class SyntheticConversations(torch.utils.data.Dataset):
                     f"--data.cache holds {self.tokens.shape[1]} tokens per image, the model "
                     f"expects {num_image_tokens}"
                 )
-
-    @property
-    def slots(self) -> list[tuple[int, int]]:
-        """(type index, draw) of each item of a scene under vqa_single."""
-        from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
-
-        return [
-            (t, draw)
-            for t, kind in enumerate(QUESTION_TYPES)
-            for draw in range(int(self.d.repeats.get(kind, 1)))
-        ]
-
-    @property
-    def per_scene(self) -> int:
-        """Items per scene: its slots under vqa_single, else one."""
-        return len(self.slots) if self.d.questions == "vqa_single" else 1
 
     def __len__(self) -> int:
         return len(self.indices) * self.per_scene
