@@ -1,5 +1,6 @@
 """Flow matching and sampling: the shift formula and grid endpoints, path and target, Euler
-exact on a straight-line field, the CFG interval, AutoGuidance with the same model."""
+exact on a straight-line field, the CFG interval (DiTwDDTHead's and LightningDiT's rules),
+AutoGuidance with the same model."""
 
 import math
 
@@ -7,7 +8,13 @@ import pytest
 import torch
 
 from openvision3.generation import flow
-from openvision3.generation.sampler import SamplerConfig, guided_velocity, integrate, sample_tokens
+from openvision3.generation.sampler import (
+    SamplerConfig,
+    guided_times,
+    guided_velocity,
+    integrate,
+    sample_tokens,
+)
 
 
 def test_shift_factor_and_monotone_shift():
@@ -113,3 +120,48 @@ def test_autoguidance_with_the_same_model_is_the_model():
     a = sample_tokens(model, y, noise, cfg, 1.0, guide=model)
     b = sample_tokens(model, y, noise, SamplerConfig(steps=5), 1.0)
     torch.testing.assert_close(a, b)
+
+
+def lightningdit_guides(t0: float, intervals) -> bool:
+    """LightningDiT.forward_with_cfg, written out: the batch's first t picks; a listed [a, b)
+    (upper edge exclusive) holding it gets the conditional velocity, any other t guidance."""
+    return not any(a <= t0 < b for a, b in intervals)
+
+
+@pytest.mark.parametrize("t0", [0.0, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
+def test_interval_rules_pick_the_guided_times(t0):
+    t = torch.full((3,), t0)
+    inside = guided_times(t, (0.3, 0.7), "inside")  # DiTwDDTHead: t_min <= t <= t_max
+    assert inside.tolist() == [0.3 <= t0 <= 0.7] * 3
+    lightning = guided_times(t, (0.3, 0.7), "lightningdit")
+    assert lightning.tolist() == [lightningdit_guides(t0, [(0.3, 0.7)])] * 3
+    # Through the velocity: guided or the conditional model as is.
+    model, y, x = Affine(), torch.tensor([0, 1, 2]), torch.randn(3, 2)
+    cond, null = model(x, t, y), model(x, t, torch.full_like(y, 3))
+    v = guided_velocity(model, y, 4.0, (0.3, 0.7), rule="lightningdit")(x, t)
+    want = null + 4.0 * (cond - null) if lightningdit_guides(t0, [(0.3, 0.7)]) else cond
+    torch.testing.assert_close(v, want)
+
+
+def test_lightningdit_rule_judges_the_batch_by_its_first_time():
+    t = torch.tensor([0.5, 0.9, 0.1])  # t[0] inside [0.3, 0.7): no sample guided
+    assert guided_times(t, (0.3, 0.7), "lightningdit").tolist() == [False] * 3
+    assert guided_times(t, (0.3, 0.7), "inside").tolist() == [True, False, False]
+
+
+def test_sampler_applies_the_lightningdit_rule():
+    """interval [0, 1) under LightningDiT's rule: only the first step (t = 1) is guided."""
+    model, y, noise = Affine(), torch.tensor([0, 2]), torch.randn(2, 2)
+    scfg = SamplerConfig(steps=4, scale=3.0, interval=(0.0, 1.0), interval_rule="lightningdit")
+    out = sample_tokens(model, y, noise, scfg, 1.0)
+    grid, x = flow.sample_grid(4, 1.0), noise
+    for i in range(3):
+        t = torch.full((2,), float(grid[i]))
+        cond, null = model(x, t, y), model(x, t, torch.full_like(y, 3))
+        v = null + 3.0 * (cond - null) if i == 0 else cond
+        x = x + float(grid[i + 1] - grid[i]) * v
+    torch.testing.assert_close(out, x)
+    inside = sample_tokens(model, y, noise, SamplerConfig(steps=4, scale=3.0), 1.0)
+    assert (inside - out).abs().max() > 1e-3  # the default rule guides every step
+    with pytest.raises(ValueError, match="interval_rule"):
+        SamplerConfig(interval_rule="outside")

@@ -4,7 +4,8 @@ The architecture of RAE's ``DiTwDDTHead`` (``src/stage2/models/DDT.py``, with th
 ``src/stage2/models/model_utils.py``), written for this package:
 
 - a backbone of ``depth`` blocks, ``width`` wide, on the token grid: 1x1 (p x p) patch
-  embedding + fixed 2-D sin-cos positions, conditioned on c = SiLU(t_emb + y_emb);
+  embedding + fixed 2-D sin-cos positions, conditioned on c = SiLU(t_emb + y_emb) (each
+  block's adaLN applies SiLU again, as RAE's does);
 - s = SiLU(t_emb + backbone output), projected to the head's width;
 - a head of ``head_depth`` blocks, ``head_width`` wide, on the noisy input again (its own patch
   embedding, no absolute positions), each block conditioned per token on s;
@@ -15,15 +16,22 @@ no qk-norm and 2-D RoPE on q and k (EVA's ``VisionRotaryEmbeddingFast``, interle
 the head dimension per axis), SwiGLU MLP, adaLN-Zero (shift, scale, gate for each branch).
 The time embedding is Gaussian-Fourier (256 fixed frequencies); the class table has a null
 class (index ``num_classes``) for classifier-free guidance. Parameter names follow RAE's, so a
-RAE checkpoint's ``state_dict`` loads as is.
+RAE checkpoint's ``state_dict`` loads as is (strictly).
 
-``head_depth = 0`` is the plain DiT baseline (RAE's ``LightningDiT``): the final layer is then
-conditioned on c, as in DiT. Time t in [0, 1] with t = 1 pure noise; the output is the flow
-velocity, the shape of the input.
+``head_depth = 0`` is the plain DiT baseline, RAE's ``LightningDiT``
+(``src/stage2/models/lightningDiT.py``, ``learn_sigma=False``): its names (``x_embedder``,
+``feat_rope``), its condition c = t_emb + y_emb (the adaLN layers apply the only SiLU), the
+final layer conditioned on c, its init (xavier-uniform on every Linear before the DiT init) and
+its sin-cos table (column in the first half of the channels). Label dropout is the training
+task's (``GenerationTask``), not the model's; in eval mode both forwards are the same function.
+Plain-DiT state dicts written before these names load through ``convert_legacy_plain_dit``.
+
+Time t in [0, 1] with t = 1 pure noise; the output is the flow velocity, the shape of the input.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -33,13 +41,18 @@ from torch import nn
 
 from openvision3.models.posemb import sincos_2d
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class DiTDHConfig:
     """Sizes of a DiT-DH. ``in_channels`` x ``input_size``^2 is the token grid (C, H, W);
     ``head_depth = 0`` gives the plain DiT (no head, ``head_*`` unused). ``class_init_std``:
     the label table's initial std (RAE: 0.02; a short run learns its labels faster from
-    larger, well-separated rows, see ``presets.demo_dit``)."""
+    larger, well-separated rows, see ``presets.demo_dit``). ``legacy_silu_condition`` (plain
+    DiT only): condition on SiLU(t_emb + y_emb) as plain DiTs did before they matched
+    LightningDiT's t_emb + y_emb; set by ``DiTDH.load_state_dict`` when it converts such a
+    checkpoint, so its weights keep the function they were trained for."""
 
     in_channels: int = 768
     input_size: int = 16
@@ -54,6 +67,7 @@ class DiTDHConfig:
     num_classes: int = 1000
     time_frequencies: int = 256
     class_init_std: float = 0.02
+    legacy_silu_condition: bool = False
 
     def __post_init__(self):
         if self.input_size % self.patch_size:
@@ -68,6 +82,8 @@ class DiTDHConfig:
             raise ValueError(f"class_init_std must be > 0, got {self.class_init_std}")
         if self.depth < 1 or self.head_depth < 0 or self.num_classes < 1:
             raise ValueError("need depth >= 1, head_depth >= 0, num_classes >= 1")
+        if self.legacy_silu_condition and self.head_depth:
+            raise ValueError("legacy_silu_condition is a plain-DiT (head_depth 0) setting")
 
     @property
     def grid(self) -> int:
@@ -211,9 +227,33 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+# Plain-DiT parameter names before they were LightningDiT's -> LightningDiT's.
+LEGACY_PLAIN_DIT_NAMES = {"s_embedder.": "x_embedder.", "enc_feat_rope.": "feat_rope."}
+
+
+def convert_legacy_plain_dit(state_dict: dict, prefix: str = "") -> bool:
+    """Rename, in place, the keys of a plain-DiT state dict written before the plain DiT took
+    LightningDiT's names (``s_embedder.*`` -> ``x_embedder.*``, ``enc_feat_rope.*`` ->
+    ``feat_rope.*``, under ``prefix``). Returns whether any key was renamed."""
+    renamed = False
+    for key in list(state_dict):
+        for old, new in LEGACY_PLAIN_DIT_NAMES.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+                renamed = True
+    return renamed
+
+
+def _xavier_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class DiTDH(nn.Module):
     """``DiTDH(cfg)(x, t, y)``: noisy tokens (B, C, H, W), times (B,), labels (B,) (null class
-    ``cfg.num_classes``) -> velocity (B, C, H, W)."""
+    ``cfg.num_classes``) -> velocity (B, C, H, W). ``head_depth = 0``: RAE's ``LightningDiT``."""
 
     _no_split_modules = ["DiTBlock"]  # the unit of activation checkpointing, compile, FSDP2
 
@@ -223,11 +263,20 @@ class DiTDH(nn.Module):
         c, p, g = cfg.in_channels, cfg.patch_size, cfg.grid
         head = cfg.head_depth > 0
         out_width = cfg.head_width if head else cfg.width
-        self.s_embedder = PatchEmbed(c, cfg.width, p)
+        # Registration order: RAE's construction order for the plain DiT (one seed gives
+        # LightningDiT's init); unchanged for the DiT-DH (optimizer state is saved by index).
+        if head:  # DiTwDDTHead: s_embedder (backbone), x_embedder (head)
+            self.s_embedder = PatchEmbed(c, cfg.width, p)
+        else:  # LightningDiT: x_embedder
+            self.x_embedder = PatchEmbed(c, cfg.width, p)
         self.pos_embed = nn.Parameter(torch.zeros(1, g * g, cfg.width), requires_grad=False)
         self.t_embedder = GaussianFourierEmbedding(cfg.width, cfg.time_frequencies)
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.width)
-        self.enc_feat_rope = Rope2d(cfg.width // cfg.heads, g)
+        rope = Rope2d(cfg.width // cfg.heads, g)
+        if head:
+            self.enc_feat_rope = rope
+        else:
+            self.feat_rope = rope
         widths = [(cfg.width, cfg.heads)] * cfg.depth
         if head:
             self.x_embedder = PatchEmbed(c, cfg.head_width, p)
@@ -237,14 +286,19 @@ class DiTDH(nn.Module):
             widths += [(cfg.head_width, cfg.head_heads)] * cfg.head_depth
         self.blocks = nn.ModuleList(DiTBlock(w, k, cfg.mlp_ratio) for w, k in widths)
         self.final_layer = FinalLayer(out_width, p * p * c)
+        if not head:
+            self.register_load_state_dict_pre_hook(DiTDH._convert_legacy_names)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """RAE's default init: xavier patch embeddings, N(0, 0.02) label table (``class_init_std``)
-        and time MLP, sin-cos positions, adaLN and output layers zero (adaLN-Zero); other
-        Linears as PyTorch initialises them."""
-        embedders = [self.s_embedder] + ([self.x_embedder] if self.cfg.head_depth else [])
-        for emb in embedders:
+        """RAE's init. Plain DiT (``LightningDiT.initialize_weights``): xavier-uniform on every
+        Linear with zero bias first. Then both: xavier patch embeddings, N(0, 0.02) label table
+        (``class_init_std``) and time MLP, sin-cos positions, adaLN and output layers zero
+        (adaLN-Zero). The DiT-DH (``DiTwDDTHead``, ``xavier_uniform_init=False``) leaves its
+        other Linears as PyTorch initialises them."""
+        if not self.cfg.head_depth:
+            self.apply(_xavier_linear)
+        for emb in [self.backbone_embedder] + ([self.x_embedder] if self.cfg.head_depth else []):
             w = emb.proj.weight.data
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(emb.proj.bias)
@@ -252,13 +306,44 @@ class DiTDH(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.pos_embed.device.type != "meta":
-            g = self.cfg.grid
-            self.pos_embed.data.copy_(sincos_2d(self.cfg.width, g, g)[None])
+            self.pos_embed.data.copy_(self.sincos_table()[None])
         for module in [*self.blocks, self.final_layer]:
             nn.init.zeros_(module.adaLN_modulation[-1].weight)
             nn.init.zeros_(module.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    @property
+    def backbone_embedder(self) -> PatchEmbed:
+        """The backbone's patch embedding: ``s_embedder`` (DiT-DH) or ``x_embedder`` (plain)."""
+        return self.s_embedder if self.cfg.head_depth else self.x_embedder
+
+    @property
+    def backbone_rope(self) -> Rope2d:
+        """The backbone's RoPE: ``enc_feat_rope`` (DiT-DH) or ``feat_rope`` (plain)."""
+        return self.enc_feat_rope if self.cfg.head_depth else self.feat_rope
+
+    def sincos_table(self) -> torch.Tensor:
+        """The fixed (N, D) position table. Plain DiT: RAE's ``get_2d_sincos_pos_embed`` (the
+        column in the first half of the channels); DiT-DH: the row first (its table is in every
+        checkpoint, so RAE's loads unchanged)."""
+        d, g = self.cfg.width, self.cfg.grid
+        table = sincos_2d(d, g, g)  # (N, D): [row, column]
+        if self.cfg.head_depth:
+            return table
+        return torch.cat([table[:, d // 2 :], table[:, : d // 2]], dim=1)
+
+    @staticmethod
+    def _convert_legacy_names(module, state_dict, prefix, *args) -> None:
+        """Load-time converter of plain-DiT checkpoints written before LightningDiT's names;
+        such weights were trained on SiLU(t + y), so the model keeps that condition."""
+        if convert_legacy_plain_dit(state_dict, prefix) and not module.cfg.legacy_silu_condition:
+            module.cfg.legacy_silu_condition = True
+            log.warning(
+                "converted a plain-DiT state dict with the names before LightningDiT's "
+                "(s_embedder, enc_feat_rope); it keeps the SiLU(t + y) condition it was "
+                "trained with (DiTDHConfig.legacy_silu_condition)"
+            )
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) -> (B, C, H, W), patches in (p, p, C) order as RAE's ``unpatchify``."""
@@ -269,10 +354,12 @@ class DiTDH(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         t_emb = self.t_embedder(t)  # (B,) -> (B, D)
-        c = F.silu(t_emb + self.y_embedder(y))
-        s = self.s_embedder(x) + self.pos_embed  # (B, C, H, W) -> (B, N, D)
+        c = t_emb + self.y_embedder(y)  # LightningDiT: t + y; the adaLN's SiLU is the only one
+        if cfg.head_depth or cfg.legacy_silu_condition:
+            c = F.silu(c)  # DiTwDDTHead: SiLU(t + y), and the adaLN's SiLU again
+        s = self.backbone_embedder(x) + self.pos_embed  # (B, C, H, W) -> (B, N, D)
         for block in self.blocks[: cfg.depth]:
-            s = block(s, c, self.enc_feat_rope)
+            s = block(s, c, self.backbone_rope)
         if not cfg.head_depth:  # plain DiT
             return self.unpatchify(self.final_layer(s, c))
         s = self.s_projector(F.silu(t_emb[:, None] + s))  # (B, N, D) -> (B, N, D_h)
