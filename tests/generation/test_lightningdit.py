@@ -3,6 +3,7 @@ shapes of RAE's XL models (``rae_state_dicts.txt``, listed from RAE's code on th
 hand-written LightningDiT forward (t + y into adaLN, SiLU once), LightningDiT's xavier init and
 sin-cos table, and old plain-DiT checkpoints converted on load."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -13,8 +14,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from openvision3.dataclass_io import to_dict
 from openvision3.generation.models import DiTDH, DiTDHConfig, count_parameters
+from openvision3.generation.pipeline import _read_model
 from openvision3.generation.presets import MODEL_PRESETS
+from openvision3.generation.task import STATS_NAME, GenerationConfig
 
 RAE_LISTS = Path(__file__).with_name("rae_state_dicts.txt")
 RAE_MODELS = {"# DiTwDDTHead": "dit-dh-xl", "# LightningDiT": "dit-xl"}
@@ -167,23 +171,42 @@ def legacy_state_dict(model: DiTDH) -> dict:
     return out
 
 
+def write_old_export(model: DiTDH, path: Path) -> None:
+    """A generator export as written before the rename: old names, no ``legacy_silu_condition``
+    in its config."""
+    cfg = to_dict(GenerationConfig(model=tiny()))
+    del cfg["model"]["legacy_silu_condition"]
+    meta = {"task": GenerationConfig.TASK, "config": cfg, "decoder": "", "card": {}}
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(meta))
+    save_file(legacy_state_dict(model), str(path / "model.safetensors"))
+    stats = {"mean": torch.zeros(8, 4, 4), "var": torch.ones(8, 4, 4)}
+    save_file(stats, str(path / STATS_NAME))
+
+
 def test_old_plain_dit_export_loads_and_keeps_its_function(tmp_path):
     """An export written before the rename (``s_embedder``, ``enc_feat_rope``; trained on
-    SiLU(t + y)) loads strictly through safetensors and computes what it computed then."""
+    SiLU(t + y)) loads through the generator loader and computes what it computed then."""
     trained = randomized(tiny(), seed=1)
-    save_file(legacy_state_dict(trained), str(tmp_path / "model.safetensors"))
-    fresh = DiTDH(tiny()).eval()
-    fresh.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
-    assert fresh.cfg.legacy_silu_condition  # recorded, so a re-export keeps it
-    assert {k for k in fresh.state_dict() if "s_embedder" in k or "enc_" in k} == set()
+    write_old_export(trained, tmp_path / "old")
+    model, cfg, _, _ = _read_model(str(tmp_path / "old"), "cpu")
+    assert cfg.model.legacy_silu_condition  # recorded in the config, so a re-export keeps it
+    assert {k for k in model.state_dict() if "s_embedder" in k or "enc_" in k} == set()
     x, t, y = torch.randn(2, 8, 4, 4), torch.rand(2), torch.tensor([1, 5])
     with torch.no_grad():
         ref = lightningdit_reference(trained, x, t, y, silu_condition=True)
-        torch.testing.assert_close(fresh(x, t, y), ref, rtol=1e-5, atol=1e-5)
-    # LightningDiT's names: nothing converted, LightningDiT's condition.
-    other = DiTDH(tiny()).eval()
+        torch.testing.assert_close(model.eval()(x, t, y), ref, rtol=1e-5, atol=1e-5)
+    # The same weights strictly, under the old names; and under LightningDiT's, unconverted.
+    strict = DiTDH(tiny())
+    strict.load_state_dict(load_file(str(tmp_path / "old" / "model.safetensors")), strict=True)
+    assert strict.cfg.legacy_silu_condition
+    other = DiTDH(tiny())
     other.load_state_dict(trained.state_dict(), strict=True)
     assert not other.cfg.legacy_silu_condition
+    # A DiT-DH's state dict (s_embedder and x_embedder) is not mistaken for an old plain DiT.
+    dh = DiTDH(tiny(head_depth=1, head_width=48, head_heads=2)).state_dict()
+    with pytest.raises(RuntimeError, match="s_embedder"):
+        DiTDH(tiny()).load_state_dict(dh, strict=True)
 
 
 def test_legacy_condition_is_plain_dit_only():

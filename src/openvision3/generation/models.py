@@ -24,7 +24,8 @@ RAE checkpoint's ``state_dict`` loads as is (strictly).
 final layer conditioned on c, its init (xavier-uniform on every Linear before the DiT init) and
 its sin-cos table (column in the first half of the channels). Label dropout is the training
 task's (``GenerationTask``), not the model's; in eval mode both forwards are the same function.
-Plain-DiT state dicts written before these names load through ``convert_legacy_plain_dit``.
+Plain-DiT state dicts written before these names load through ``convert_legacy_plain_dit``
+and keep the SiLU(t + y) condition they were trained with.
 
 Time t in [0, 1] with t = 1 pure noise; the output is the flow velocity, the shape of the input.
 """
@@ -234,8 +235,11 @@ LEGACY_PLAIN_DIT_NAMES = {"s_embedder.": "x_embedder.", "enc_feat_rope.": "feat_
 def convert_legacy_plain_dit(state_dict: dict, prefix: str = "") -> bool:
     """Rename, in place, the keys of a plain-DiT state dict written before the plain DiT took
     LightningDiT's names (``s_embedder.*`` -> ``x_embedder.*``, ``enc_feat_rope.*`` ->
-    ``feat_rope.*``, under ``prefix``). Returns whether any key was renamed."""
+    ``feat_rope.*``, under ``prefix``). Returns whether any key was renamed. A state dict that
+    has ``x_embedder`` already (LightningDiT's, or a DiT-DH's head) is left as it is."""
     renamed = False
+    if any(k.startswith(prefix + "x_embedder.") for k in state_dict):
+        return renamed
     for key in list(state_dict):
         for old, new in LEGACY_PLAIN_DIT_NAMES.items():
             if key.startswith(prefix + old):

@@ -28,7 +28,8 @@ def dit_dh(size: str, channels: int = 768, input_size: int = 16, **kw) -> DiTDHC
 
 
 def dit_xl(channels: int = 768, input_size: int = 16, **kw) -> DiTDHConfig:
-    """The plain DiT-XL baseline (RAE's ``LightningDiT``): no head."""
+    """The plain DiT-XL baseline, RAE's ``LightningDiT`` (``learn_sigma=False``): no head; its
+    parameter names, forward and init."""
     return dit_dh("XL", channels, input_size, head_depth=0, **kw)
 
 
