@@ -1,10 +1,13 @@
+import random
+
 import pytest
 import torch
-from torchmetrics.functional.text import bleu_score
+from pycocoevalcap.bleu.bleu import Bleu
 
 from openvision3.demo.source import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
 from openvision3.demo.synthetic import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
+from openvision3.evaluation.captioning import coco_caption_scores, normalize_caption
 from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images
 
 SCRIPT = [
@@ -21,6 +24,41 @@ TRUTH = [  # (colour, shape) each generated caption should name
     ("orange", "square"),  # wrong: the caption says circle
     ("blue", "star"),
 ]
+
+
+def coco_bleu4(generated, refs):
+    """pycocoevalcap's own Bleu_4, on the text the toolkit would see after tokenisation."""
+    gts = {i: [normalize_caption(t) for t in r] for i, r in enumerate(refs)}
+    res = {i: [normalize_caption(g)] for i, g in enumerate(generated)}
+    return Bleu(4).compute_score(gts, res, verbose=0)[0][3]
+
+
+WORDS = (
+    "a man woman dog cat sitting standing on in the of with next to table street field red "
+    "blue small large two people holding riding bike horse grass near water building"
+).split()
+
+
+def coco_like_corpus(n=200, seed=0):
+    """``n`` generated captions of 7-12 words with 5 references of 8-16 words each; for about
+    half of the images the two references listed first are one word longer and one word
+    shorter than the caption (a tie for the closest reference length, the longer one first)."""
+    g = random.Random(seed)
+    generated, refs = [], []
+    for _ in range(n):
+        scene = [g.choice(WORDS) for _ in range(18)]
+        h = g.randint(7, 12)
+        generated.append(" ".join(w if g.random() < 0.65 else g.choice(WORDS) for w in scene[:h]))
+
+        def ref(length, scene=scene):
+            start = g.randint(0, 2)
+            words = scene[start : start + length]
+            return " ".join(w if g.random() < 0.8 else g.choice(WORDS) for w in words)
+
+        tie = g.random() < 0.5
+        first = [ref(h + 1), ref(h - 1)] if tie else [ref(g.randint(8, 16)) for _ in range(2)]
+        refs.append(first + [ref(g.randint(8, 16)) for _ in range(3)])
+    return generated, refs
 
 
 def _batches(n, size, refs, ref_key="caption_text"):
@@ -40,7 +78,7 @@ def test_perfect_captions_score_bleu_one():
     model = ScriptedCaptioner(SCRIPT)
     ev = CaptionEvaluator(max_len=12, beam_size=3, num_samples=3)
     out = ev.run(model, _batches(5, 2, SCRIPT))
-    assert out["bleu4"] == pytest.approx(1.0, abs=1e-12)
+    assert out["bleu4"] == pytest.approx(1.0, abs=1e-9)  # 1 - O(1e-11): the toolkit's epsilons
     # CIDEr-D of captions equal to their single reference: cosine 1 for n = 1..4, times 10.
     assert out["cider"] == pytest.approx(10.0, rel=1e-9)
     assert out["count"] == 5 and not any(k.endswith("_accuracy") for k in out)
@@ -69,7 +107,7 @@ def test_corpus_bleu_and_attribute_accuracy():
         ScriptedCaptioner(SCRIPT), _batches(5, 2, refs, "refs"), references=lambda b: b["refs"]
     )
     # Corpus BLEU (sums of n-gram matches over all captions), not a mean of sentence scores.
-    expected = bleu_score(SCRIPT, refs, n_gram=4).item()
+    expected = coco_bleu4(SCRIPT, refs)
     assert 0.3 < expected < 0.95
     assert out["bleu4"] == pytest.approx(expected, abs=1e-6)
     assert out["attribute_accuracy"] == pytest.approx(4 / 5)
@@ -130,15 +168,48 @@ def test_reference_count_must_match():
 
 
 def test_normalize_caption_and_imperfect_captions_score_lower():
-    from openvision3.evaluation.captioning import _cider, normalize_caption
-
     assert normalize_caption("A Dog, running.  Fast!") == "a dog running fast"
     # 5 words each, so every n-gram order up to 4 exists.
     refs = [["A red circle on grey."], ["A blue square on white."], ["A green heart on black."]]
-    perfect = _cider(
+    perfect = coco_caption_scores(
         ["a red circle on grey", "A BLUE SQUARE ON WHITE", "a green heart on black!"], refs
-    )
-    wrong = _cider(
+    )["cider"]
+    wrong = coco_caption_scores(
         ["a red circle on grey", "a green square on black", "a blue heart on white"], refs
-    )
+    )["cider"]
     assert perfect == pytest.approx(10.0, rel=1e-9) and 0 < wrong < perfect
+
+
+def test_bleu4_is_coco_bleu4_whatever_the_reference_order():
+    generated, refs = coco_like_corpus()
+    lengths = [
+        (len(c.split()), sorted(len(r.split()) for r in rs)) for c, rs in zip(generated, refs)
+    ]
+    tied = sum(h - 1 in ls and h + 1 in ls and h not in ls for h, ls in lengths)
+    assert tied >= 60  # the corpus exercises the brevity penalty's tie rule
+
+    def bleu4(refs):
+        model = ScriptedCaptioner(generated)
+        return CaptionEvaluator().run(model, _batches(len(generated), 32, refs))["bleu4"]
+
+    expected = coco_bleu4(generated, refs)
+    assert 0.2 < expected < 0.5
+    assert bleu4(refs) == pytest.approx(expected, abs=1e-6)
+    # Shortest first, longest first, shuffled: the same score (ties resolve to the shorter).
+    g = random.Random(1)
+    for order in (
+        [sorted(r, key=lambda t: len(t.split())) for r in refs],
+        [sorted(r, key=lambda t: -len(t.split())) for r in refs],
+        [g.sample(r, len(r)) for r in refs],
+    ):
+        assert bleu4(order) == pytest.approx(expected, abs=1e-12)
+
+
+def test_coco_scores_normalise_text_and_keep_the_toolkit_smoothing():
+    # No 4-gram in common: the toolkit's epsilons give a tiny positive Bleu_4, not exactly 0.
+    scores = coco_caption_scores(["A dog, on grass!"], [["a cat on the grass"]])
+    expected = Bleu(4).compute_score({0: ["a cat on the grass"]}, {0: ["a dog on grass"]}, 0)
+    assert scores["bleu4"] == expected[0][3] and scores["bleu4"] > 0
+    assert coco_caption_scores([], []) == {"bleu4": None, "cider": None}
+    with pytest.raises(ValueError, match="at least one reference"):
+        coco_caption_scores(["a dog"], [[]])

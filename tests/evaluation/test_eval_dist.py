@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from pycocoevalcap.bleu.bleu import Bleu
 
 from openvision3.evaluation import (
     CaptionEvaluator,
@@ -27,7 +28,12 @@ N, K, E = 7, 4, 6
 CLASSES = [f"c{k}" for k in range(K)]
 TEMPLATES = ["a {}", "the {}"]
 SCRIPT = [f"a {c} {s} on a plain background" for c, s in zip("rgbyrgb", "xyzxyzx")]
-REFS = [f"a {c} {s} on a plain grey background" for c, s in zip("rgbbrgb", "xyzxyzz")]
+# Two references per image, 8 and 6 words around the 7-word captions: a tie for BLEU's closest
+# reference length (COCO's scorer takes the shorter, wherever it is listed).
+REFS = [
+    [f"a {c} {s} on a plain grey background", f"one {c} {s} on plain background"]
+    for c, s in zip("rgbbrgb", "xyzxyzz")
+]
 SPLITS = {"4/3": [range(0, 4), range(4, 7)], "7/0": [range(0, 7), range(0)]}
 
 
@@ -106,6 +112,9 @@ def test_uneven_ranks_match_one_rank(tmp_path):
     assert single["recon"]["count"] == N and single["recon_cap"]["count"] == 5
     assert 0 < single["zero_shot"]["top1"] < 1  # non-trivial cases
     assert 0 < single["retrieval"]["t2i_r1"] < 1 and 0 < single["caption"]["bleu4"] < 1
+    gts = {i: REFS[i] for i in range(N)}
+    coco = Bleu(4).compute_score(gts, {i: [SCRIPT[i]] for i in range(N)}, verbose=0)[0][3]
+    assert single["caption"]["bleu4"] == pytest.approx(coco, abs=1e-12)
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     single_csv = (tmp_path / "single.csv").read_text()
     for tag in ("4-3", "7-0"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import linalg
+from torch import nn
 
 from openvision3.data.transforms import to_uint8
 from openvision3.evaluation.fid import (
@@ -105,10 +106,76 @@ def test_stale_reference_count_is_refused(tmp_path):
         fid.compute()
 
 
+def _rotation(f: int, seed: int) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(f, f)))
+    return q
+
+
+def test_frechet_distance_of_known_gaussians():
+    g = np.random.default_rng(0)
+    f = 16
+    mu1, mu2 = g.normal(size=f), g.normal(size=f)
+    # Covariances with the same eigenvectors: (S1 S2)^(1/2) = Q diag(sqrt(a b)) Q^T, so the
+    # distance is |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+    q = _rotation(f, 1)
+    a, b = g.uniform(0.1, 4.0, size=f), g.uniform(0.1, 4.0, size=f)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+    # Rank-deficient S1 (fewer samples than features): the zero eigenvalues add nothing.
+    a[: f // 2] = 0.0
+    s1 = (q * a) @ q.T
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    # Swapped, the zero eigenvalues come back as rounding (~1e-16), whose square roots add ~1e-8.
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, abs=1e-6)
+    # Non-commuting 2 x 2: Tr((S1 S2)^(1/2)) = sqrt(Tr(S1 S2) + 2 sqrt(det(S1 S2))), the sum of
+    # the square roots of the two positive eigenvalues of S1 S2.
+    s1 = np.array([[2.0, 0.6], [0.6, 1.0]])
+    s2 = np.array([[0.5, -0.3], [-0.3, 3.0]])
+    m = s1 @ s2
+    trace_sqrt = np.sqrt(np.trace(m) + 2 * np.sqrt(np.linalg.det(m)))
+    expected = 1.0 + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert frechet_distance(np.zeros(2), s1, np.array([1.0, 0.0]), s2) == pytest.approx(
+        expected, rel=1e-12
+    )
+
+
+def test_frechet_distance_never_calls_sqrtm(monkeypatch):
+    def removed(*args, **kwargs):
+        raise AssertionError("scipy.linalg.sqrtm called")
+
+    monkeypatch.setattr(linalg, "sqrtm", removed)
+    s = np.eye(3)
+    assert frechet_distance(np.zeros(3), s, np.ones(3), 4 * s) == pytest.approx(3.0 + 3.0)
+
+
+def _corrupt_weights(kind: str, path) -> str:
+    if kind == "random-bytes":  # b"j" first: the unpickler fails with a KeyError
+        path.write_bytes(b"j" + np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated":
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:500])
+    else:  # another network's state dict
+        torch.save(nn.Linear(2, 2).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["random-bytes", "truncated", "another-network"])
+def test_corrupt_inception_weights_say_what_to_fetch(kind, tmp_path):
+    path = _corrupt_weights(kind, tmp_path / "inception.pth")
+    with pytest.raises(MissingWeightsError, match="not a valid Inception-v3 FID weights") as err:
+        InceptionFeatures(path)
+    message = str(err.value)
+    assert path in message and INCEPTION_URL in message
+    assert "--reconstruction.inception-weights" in message and "\n" not in message
+
+
 def test_missing_inception_weights_say_what_to_fetch(tmp_path, monkeypatch):
-    with pytest.raises(MissingWeightsError, match="inception_weights=") as err:
-        InceptionFeatures(str(tmp_path / "nope.pth"))
-    assert INCEPTION_URL in str(err.value)
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(MissingWeightsError, match="--reconstruction.inception-weights") as err:
+        InceptionFeatures(missing)
+    assert INCEPTION_URL in str(err.value) and missing in str(err.value)
     # TORCH_HOME moves the hub cache (torch.hub.set_dir would pin it for every later test).
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError) as err:
@@ -119,3 +186,4 @@ def test_missing_inception_weights_say_what_to_fetch(tmp_path, monkeypatch):
         and os.path.join(str(tmp_path), "hub", "checkpoints", INCEPTION_FILE) in message
     )
     assert "--reconstruction.inception-weights" in message
+    assert "--reconstruction.rfid off" in message

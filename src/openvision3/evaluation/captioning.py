@@ -1,39 +1,41 @@
 """Captioning quality of the understanding branch: corpus BLEU-4 and CIDEr-D of ``model.caption``.
 
-Generated and reference captions are normalised alike before every metric
-(``normalize_caption``: lowercase, punctuation replaced by spaces, whitespace-split), as the
-COCO caption toolkit does with its PTB tokenizer and punctuation removal (the java tokenizer
-itself is not used). So references read from raw text (caption files) and references decoded
-from tokens (the loaders, which space out punctuation) give the same scores.
+Both are scored as the COCO caption toolkit scores them, by pycocoevalcap's own scorers:
+``Bleu(4)`` (corpus BLEU-4 of Papineni et al. 2002, the effective reference length of each image
+being its closest reference length, the shorter one on a tie, and the toolkit's smoothing
+constants 1e-15 / 1e-9 in the n-gram precisions and the brevity penalty) and ``Cider``
+(CIDEr-D, Vedantam et al. 2015). So the scores do not depend on the order of the references.
 
-BLEU comes from torchmetrics (``BLEUScore``, n_gram=4, no smoothing); its n-gram match and
-length counters are sums, so they are all-reduced across ranks before the score is formed and
-uneven shards give the corpus BLEU of all images. CIDEr (CIDEr-D, Vedantam et al. 2015) is
-pycocoevalcap's ``Cider`` scorer; ``None`` when pycocoevalcap is not importable.
+Tokenisation: generated and reference captions are normalised alike before scoring
+(``normalize_caption``: lowercase, every character that is not a letter, digit, underscore or
+whitespace replaced by a space, split on whitespace), which stands in for the toolkit's java
+PTB tokenizer and its punctuation removal (the java tokenizer itself is not used; it differs
+on contractions: ``"don't"`` is ``don t`` here, ``do n't`` there). So references read from raw
+text (caption files) and references decoded from tokens (the loaders, which space out
+punctuation) give the same scores.
+
+Both metrics are corpus-level (BLEU's counts and CIDEr's document frequencies span all
+images), so every rank's captions are gathered and the union is scored on every rank: uneven
+shards give the scores of all images.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from openvision3.distributed.process import get_world_size, is_distributed
+from openvision3.errors import require
 from openvision3.evaluation.reduce import (
     MetricAccumulator,
-    all_reduce_sum,
     evaluating,
     gather_objects_to_rank0,
     model_device,
 )
-
-if TYPE_CHECKING:
-    from torchmetrics.text import BLEUScore
 
 References = str | Callable[[dict], list]
 
@@ -61,21 +63,40 @@ def normalize_caption(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def _cider(generated: list[str], refs: list[list[str]]) -> float | None:
-    """Corpus CIDEr-D over all ranks (of normalised captions), or None when pycocoevalcap is
-    not importable."""
-    try:  # optional; not a dependency
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return None
-    if is_distributed():  # CIDEr's IDF is corpus-wide: score the union, on every rank
-        shards = [None] * get_world_size()
-        dist.all_gather_object(shards, (generated, refs))
-        generated = [g for shard in shards for g in shard[0]]
-        refs = [r for shard in shards for r in shard[1]]
+def _gather_corpus(
+    generated: list[str], refs: list[list[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """Every rank's (generated, references), concatenated in rank order, on every rank."""
+    if not is_distributed():
+        return generated, refs
+    shards = [None] * get_world_size()
+    dist.all_gather_object(shards, (generated, refs))
+    return [g for s in shards for g in s[0]], [r for s in shards for r in s[1]]
+
+
+def coco_caption_scores(generated: list[str], refs: list[list[str]]) -> dict[str, float | None]:
+    """Corpus BLEU-4 and CIDEr-D of captions against their references, over all ranks.
+
+    Args:
+        generated: one caption per image (raw text; normalised here).
+        refs: one list of at least one reference per image (raw text; normalised here).
+
+    Returns:
+        ``{"bleu4": pycocoevalcap Bleu(4)'s corpus Bleu_4, "cider": Cider's corpus CIDEr-D}``,
+        both None for an empty corpus (neither is defined there). Call on every rank.
+    """
+    bleu = require("pycocoevalcap.bleu.bleu", "eval", "caption BLEU-4")
+    cider = require("pycocoevalcap.cider.cider", "eval", "caption CIDEr")
+    generated, refs = _gather_corpus(generated, refs)
+    if len(refs) != len(generated) or any(len(r) == 0 for r in refs):
+        raise ValueError("every generated caption needs at least one reference")
+    if not generated:
+        return {"bleu4": None, "cider": None}
+    # The scorers take {image id: [caption, ...]} with exactly one generated caption per id.
     gts = {i: [normalize_caption(t) for t in r] for i, r in enumerate(refs)}
     res = {i: [normalize_caption(g)] for i, g in enumerate(generated)}
-    return float(Cider().compute_score(gts, res)[0])
+    bleus, _ = bleu.Bleu(4).compute_score(gts, res, verbose=0)  # [Bleu_1, ..., Bleu_4]
+    return {"bleu4": float(bleus[3]), "cider": float(cider.Cider().compute_score(gts, res)[0])}
 
 
 class CaptionEvaluator:
@@ -123,15 +144,11 @@ class CaptionEvaluator:
                 callable batch -> that list.
 
         Returns:
-            ``{"bleu4", "cider" (None without pycocoevalcap), "<name>_accuracy" for each
-            attribute, "count"}`` over all ranks. ``self.samples`` holds the kept rows (on rank 0 when distributed).
+            ``{"bleu4", "cider" (``coco_caption_scores``; None without images),
+            "<name>_accuracy" for each attribute, "count"}`` over all ranks. ``self.samples``
+            holds the kept rows (on rank 0 when distributed).
         """
-        from openvision3.errors import require
-
-        text_metrics = require("torchmetrics.text", "eval", "caption BLEU")  # lazy: a slow import
-
         acc = MetricAccumulator("generated", *self.attributes)
-        bleu = text_metrics.BLEUScore(n_gram=4, sync_on_compute=False)  # synced below, by us
         generated_all, refs_all, samples = [], [], []
         device = model_device(model)
         with evaluating(model):
@@ -141,11 +158,8 @@ class CaptionEvaluator:
                 refs = _references(batch, references)
                 if len(refs) != len(generated):
                     raise ValueError(f"{len(refs)} references for {len(generated)} images")
-                words = [normalize_caption(g) for g in generated]
-                ref_words = [[normalize_caption(r) for r in rs] for rs in refs]
-                bleu.update(words, ref_words)
-                generated_all += words
-                refs_all += ref_words
+                generated_all += generated
+                refs_all += refs
                 acc.add("generated", torch.ones(len(generated)))
                 keys = batch.get("key", [None] * len(generated))
                 rows = [_row(batch, i) for i in range(len(generated))] if self.attributes else []
@@ -156,7 +170,7 @@ class CaptionEvaluator:
                     if len(samples) < self.num_samples:
                         samples.append({"key": key, "generated": g, "reference": r[0]})
         acc.all_reduce()
-        result = {"bleu4": self._reduced_bleu(bleu), "cider": _cider(generated_all, refs_all)}
+        result = coco_caption_scores(generated_all, refs_all)
         means = acc.compute()
         result.update({f"{name}_accuracy": means[name] for name in self.attributes})
         shards = gather_objects_to_rank0(samples)
@@ -164,13 +178,3 @@ class CaptionEvaluator:
             [] if shards is None else [s for shard in shards for s in shard][: self.num_samples]
         )
         return {**result, "count": acc.count("generated")}
-
-    @staticmethod
-    def _reduced_bleu(bleu: BLEUScore) -> float:
-        # BLEU's states (n-gram numerators/denominators, candidate/reference lengths) are sums.
-        for name, state in bleu.metric_state.items():
-            setattr(bleu, name, all_reduce_sum(state))
-        with warnings.catch_warnings():
-            # A rank that got no batch never called update(); its reduced states are valid.
-            warnings.filterwarnings("ignore", message=".*before the ``update`` method.*")
-            return float(bleu.compute())

@@ -43,24 +43,65 @@ def default_inception_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION_FILE)
 
 
-def inception_weights_path(weights: str = "") -> str:
-    """The local Inception weights file, or a ``MissingWeightsError`` saying what to fetch."""
+# How ``ov3 eval`` (rFID) takes the weights; ``ov3 eval generation`` passes its own flag.
+RFID_FLAG = "--reconstruction.inception-weights"
+RFID_SKIP = "--reconstruction.rfid off skips rFID"
+
+
+def inception_weights_path(
+    weights: str = "", flag: str = RFID_FLAG, feature: str = "rFID", skip: str = RFID_SKIP
+) -> str:
+    """The local Inception weights file, or a ``MissingWeightsError`` saying what to fetch.
+
+    Args:
+        weights: the path given on the command line ("" = the torch hub cache).
+        flag: the command's flag for that path, named in the messages.
+        feature: the metric that needs the weights (rFID, gFID), named in the messages.
+        skip: how to run the command without the metric ("" = say nothing).
+    """
     if weights:
         if not os.path.isfile(weights):
             raise MissingWeightsError(
-                f"inception_weights={weights!r} does not exist. It must be torch-fidelity's "
-                f"Inception-v3 FID weights, downloaded from {INCEPTION_URL}"
+                f"{flag} {weights} does not exist. It must be torch-fidelity's Inception-v3 FID "
+                f"weights, downloaded from {INCEPTION_URL}"
             )
         return weights
     cached = default_inception_path()
     if not os.path.isfile(cached):
         raise MissingWeightsError(
-            "rFID needs the Inception-v3 FID weights, and nothing is downloaded here. Fetch "
+            f"{feature} needs the Inception-v3 FID weights, and nothing is downloaded here. Fetch "
             f"{INCEPTION_URL} and either put it at {cached} (the torch hub cache; TORCH_HOME "
-            "moves it) or pass its path with --reconstruction.inception-weights PATH "
-            "(config field reconstruction.inception_weights); --reconstruction.no-rfid skips rFID."
+            f"moves it) or pass its path with {flag} PATH" + (f"; {skip}." if skip else ".")
         )
     return cached
+
+
+def load_inception(path: str, outputs: list[str], flag: str = RFID_FLAG) -> nn.Module:
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` ("inception-v3-compat") with the weights
+    at ``path``, in eval mode and frozen; ``outputs`` name its features ("2048", "logits_unbiased").
+
+    A file that is not a state dict of this network (truncated, random bytes, another model's)
+    raises a one-line ``MissingWeightsError`` naming the file to download and ``flag``.
+    """
+    from openvision3.errors import require
+
+    inception = require("torch_fidelity.feature_extractor_inceptionv3", "eval", "FID")
+    try:  # torch-fidelity calls torch.load (weights_only) and a strict load_state_dict
+        net = inception.FeatureExtractorInceptionV3(
+            "inception-v3-compat", outputs, feature_extractor_weights_path=path
+        )
+    except Exception as err:
+        # Unpickling arbitrary bytes fails in many ways (random bytes: UnpicklingError, or
+        # KeyError / IndexError from the unpickler's memo and stack; a truncated zip:
+        # RuntimeError; an empty file: EOFError); a strict load of another network's state
+        # dict: RuntimeError; a pickled tensor: TypeError. Building the network itself is
+        # fixed code, so any failure here is the file's.
+        raise MissingWeightsError(
+            f"{path} is not a valid Inception-v3 FID weights file (loading it raised "
+            f"{type(err).__name__}; OV3_DEBUG=1 shows why). Download {INCEPTION_URL} and put it "
+            f"at {default_inception_path()} or pass its path with {flag} PATH"
+        ) from err
+    return net.eval().requires_grad_(False)  # torch-fidelity 0.3 leaves BatchNorm in train mode
 
 
 class InceptionFeatures(nn.Module):
@@ -73,13 +114,7 @@ class InceptionFeatures(nn.Module):
     def __init__(self, weights: str = ""):
         super().__init__()
         path = inception_weights_path(weights)  # fail before importing torch-fidelity
-        from openvision3.errors import require
-
-        inception = require("torch_fidelity.feature_extractor_inceptionv3", "eval", "FID")
-        self.net = inception.FeatureExtractorInceptionV3(
-            "inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=path
-        )
-        self.net.eval().requires_grad_(False)  # torch-fidelity 0.3 leaves BatchNorm in train mode
+        self.net = load_inception(path, [str(FEATURE_DIM)])
         self.weights = path
         self.calls = 0
 

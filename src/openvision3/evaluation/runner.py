@@ -381,10 +381,9 @@ def run_captioning(run: EvalRun) -> dict:
         if run.pairs is not None
         else f"the loader's caption, decoded from {REFERENCE_CONTEXT} tokens",
         "normalisation": "lowercase, punctuation replaced by spaces (generated and references)",
-        "bleu4": "torchmetrics BLEUScore(n_gram=4), corpus level",
-        "cider": "pycocoevalcap Cider (CIDEr-D) (not the java PTB tokenizer)"
-        if metrics["cider"] is not None
-        else "not computed (pycocoevalcap not installed)",
+        "tokenisation": "the normalised text split on whitespace (not the java PTB tokenizer)",
+        "bleu4": "pycocoevalcap Bleu(4), corpus level (closest reference length, shorter on ties)",
+        "cider": "pycocoevalcap Cider (CIDEr-D), corpus level",
     }
     return {"metrics": metrics, "settings": settings, "samples": cap.samples}
 

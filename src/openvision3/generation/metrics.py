@@ -1,12 +1,17 @@
 """gFID, Inception Score, precision and recall of generated images (``ov3 eval generation``).
 
 Features: torch-fidelity's TF-ported Inception-v3 (pool3 2048-d and the unbiased logits),
-read from a local weights file as ``evaluation/fid.py`` does: nothing is downloaded. FID and IS
-are torch-fidelity's formulas (``fid_statistics_to_metric``, ``isc_features_to_metric``, 10
-splits). Precision and recall are ADM's (``evaluations/evaluator.py``, Kynkaanniemi et al.
-2019): each set's k-th nearest-neighbour radius (k = 3, the point itself not counted) in the
-pool3 space; precision = the share of samples inside some reference ball, recall = the share
-of references inside some sample ball. torch-fidelity 0.3.0 has no precision / recall.
+read from a local weights file as ``evaluation/fid.py`` does: nothing is downloaded.
+torch-fidelity is kept for the features and for IS (``isc_features_to_metric``, 10 splits). FID
+is the rFID code's: ``FeatureStats`` (mean and unbiased covariance, as ``np.cov``) and
+``frechet_distance`` (Heusel et al. 2017, Eq. 6, the trace of the square root from a symmetric
+eigenproblem), so gFID and rFID are one formula, and neither calls ``scipy.linalg.sqrtm``
+(torch-fidelity 0.3.0's ``fid_statistics_to_metric`` passes it ``disp=False``, deprecated in
+SciPy 1.16 and removed in 1.18). Precision and recall are ADM's (``evaluations/evaluator.py``,
+Kynkaanniemi et al. 2019): each set's k-th nearest-neighbour radius (k = 3, the point itself
+not counted) in the pool3 space; precision = the share of samples inside some reference ball,
+recall = the share of references inside some sample ball. torch-fidelity 0.3.0 has no
+precision / recall.
 
 References: a folder of images (PNG / JPEG), an ``.npz`` of images (``arr_0`` (N, H, W, 3)
 uint8, as ``ov3 sample`` and ADM write), or ADM's ``VIRTUAL_imagenet256_labeled.npz``, whose
@@ -21,8 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from openvision3.evaluation.fid import inception_weights_path
+from openvision3.evaluation.fid import (
+    FeatureStats,
+    frechet_distance,
+    inception_weights_path,
+    load_inception,
+)
 
+# ``ov3 eval generation``'s flag for the weights file, named in its error messages.
+WEIGHTS_FLAG = "--inception-weights"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -31,14 +43,8 @@ class InceptionPoolAndLogits(nn.Module):
 
     def __init__(self, weights: str = ""):
         super().__init__()
-        path = inception_weights_path(weights)
-        from openvision3.errors import require
-
-        fe = require("torch_fidelity.feature_extractor_inceptionv3", "eval", "gFID")
-        self.net = fe.FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=path
-        )
-        self.net.eval().requires_grad_(False)
+        path = inception_weights_path(weights, WEIGHTS_FLAG, "gFID", skip="")
+        self.net = load_inception(path, ["2048", "logits_unbiased"], WEIGHTS_FLAG)
 
     def train(self, mode: bool = True):
         return super().train(False)
@@ -100,21 +106,18 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
-    stats = lambda m, s: {"mu": np.asarray(m), "sigma": np.asarray(s)}  # noqa: E731
-    return float(
-        fid_statistics_to_metric(stats(mu1, sigma1), stats(mu2, sigma2), False)[
-            "frechet_inception_distance"
-        ]
-    )
+    """Frechet distance of two Gaussians (mean (F,), covariance (F, F)): rFID's formula."""
+    return frechet_distance(
+        np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
+        np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64),
+    )  # fmt: skip
 
 
 def statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    s = fid_features_to_statistics(features)
-    return s["mu"], s["sigma"]
+    """(N, F) features -> mean (F,) and unbiased covariance (F, F), float64."""
+    stats = FeatureStats(features.shape[1])
+    stats.add(features)
+    return stats.mean_cov()
 
 
 def evaluate_generation(
