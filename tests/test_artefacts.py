@@ -261,6 +261,36 @@ def test_every_loader_names_every_wrong_folder_in_one_line_with_bounded_memory(f
         assert row["seconds"] < 1.0, row
 
 
+@pytest.mark.parametrize(
+    "argv, folder, says",
+    [
+        (["sample", "{f}", "--out", "{tmp}/samples"], "vlm", "LLaVA (VLM) folder, not"),
+        (["vlm", "chat", "{f}", "{img}", "hi"], "tokenizer", "`ov3 vlm build --vision"),
+        (["encode", "{f}", "{tmp}", "--output", "{tmp}/t"], "generator", "`ov3 sample "),
+        (["export", "{f}", "{tmp}/out"], "empty", "empty folder, not a checkpoint"),
+    ],
+)
+def test_commands_end_in_one_line_on_a_wrong_folder(folders, tmp_path, capsys, argv, folder, says):
+    from openvision3.cli import main
+
+    img = folders["images"] / "red.png"
+    argv = [a.format(f=folders[folder], tmp=tmp_path, img=img) for a in argv]
+    assert main(argv) in (1, 2)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+
+
+@pytest.mark.parametrize("preset", ["demo_generation_smoke", "llava15_ov3_b2_stage1_smoke"])
+def test_model_preset_outside_openvision3_presets_is_one_line(preset):
+    from openvision3.cli import main
+    from openvision3.configs import get_preset
+    from openvision3.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--model-preset swaps the model of an OpenVision 3"):
+        get_preset(preset, "ov3-mu")
+    assert main(["train", preset, "--model-preset", "ov3-mu"]) == 2
+
+
 # ---------------------------------------------------------------------- the card's own lines
 CARD_RUNNER = textwrap.dedent(
     """

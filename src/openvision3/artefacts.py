@@ -166,6 +166,8 @@ def require_kind(path: str, wanted: str) -> Kind:
     kind = folder_kind(path)
     if kind.name == wanted or (wanted == TOKENIZER and kind.name == "released"):
         return kind
+    if kind.name == "missing":
+        raise MissingWeightsError(f"{path!r} does not exist (expected {_KINDS[wanted].what})")
     message = kind.describe(path, not_=_KINDS[wanted].what)
     if kind.name in ("missing", "empty", "images", "other", "file"):
         raise MissingWeightsError(message)
