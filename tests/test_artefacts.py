@@ -163,6 +163,7 @@ def test_no_file_that_travels_with_a_folder_holds_the_builders_paths(folders):
     assert card["vision"] == "demo/final" and card["llm"] == "tiny"
     gen = json.loads((folders["generator"] / "config.json").read_text())
     assert gen["decoder"] == "../../demo/final"  # relative to the export: it still loads
+    assert gen["card"]["decoder"] == "demo/final"
     assert gen["config"]["data"]["cache"] == "../../../caches/tokens"
 
 

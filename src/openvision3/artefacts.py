@@ -316,9 +316,10 @@ def generator_card(name: str, card: dict, tokens: tuple[int, int, int], classes:
         title=f"OpenVision 3 generator {card.get('experiment') or ''}".strip(),
         summary=(
             "A class-conditional DiT-DH (RAE's diffusion transformer with a wide head) trained "
-            f"by flow matching on OpenVision 3 unified tokens {tokens} (D, h, w), {classes} "
-            "classes. An OpenVision 3 export's decoder and VAE turn its samples into pixels; "
-            "the decoder it was trained for is recorded (relative to this folder when local)."
+            f"by flow matching on OpenVision 3 unified tokens, (D, h, w) = {tokens}, with "
+            f"{classes} classes. An OpenVision 3 export's decoder and VAE turn its samples into "
+            "pixels; the decoder it was trained for is recorded in `config.json` (relative to "
+            "this folder when local)."
         ),
         kind=GENERATOR,
         facts=_facts(card, _RUN_FACTS)

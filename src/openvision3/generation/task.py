@@ -303,10 +303,12 @@ class GenerationTask(Task):
         weights = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
         save_file(weights, str(out / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in self.stats.items()}, str(out / STATS_NAME))
-        decoder = self.cfg.decoder or self._cache_source()
-        if os.path.exists(decoder):  # a local export: recorded relative to this one
-            decoder = os.path.relpath(os.path.abspath(decoder), os.path.abspath(out))
-        card = {**card, "data": portable_name(self.cfg.data.cache), "decoder": decoder}
+        source = self.cfg.decoder or self._cache_source()
+        decoder = source
+        if os.path.exists(source):  # a local export: recorded relative to this one
+            decoder = os.path.relpath(os.path.abspath(source), os.path.abspath(out))
+        names = {"data": portable_name(self.cfg.data.cache), "decoder": portable_name(source)}
+        card = {**card, **names}
         meta = {
             KIND_KEY: GENERATOR,
             # this machine's paths (data, run directory) relative to the export
