@@ -325,3 +325,21 @@ def test_card_python_lines_load_each_export_as_written(folders):
             env=dict(os.environ, HF_HUB_OFFLINE="1"),
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_relative_paths_rewrites_only_absolute_paths():
+    from openvision3.artefacts import relative_paths
+
+    cfg = {
+        "run_dir": "/home/me/runs/llava/stage2",
+        "data": {"json_path": "/data/llava/mix665k.json", "source": "llava_json"},
+        "model": "runs/llava/stage1/final",
+        "stages": [{"init": "/home/me/runs/ov3/final"}],
+    }
+    out = relative_paths(cfg, "/home/me/runs/llava/stage2/final")
+    assert out == {
+        "run_dir": "..",
+        "data": {"json_path": "../../../../../../data/llava/mix665k.json", "source": "llava_json"},
+        "model": "runs/llava/stage1/final",
+        "stages": [{"init": "../../../ov3/final"}],
+    }
