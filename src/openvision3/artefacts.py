@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from openvision3.errors import ConfigError, MissingWeightsError
@@ -119,8 +120,7 @@ def folder_kind(path: str | os.PathLike) -> Kind:
     """What the local folder ``path`` holds, from its JSON files and listing alone."""
     p = Path(path)
     if not p.is_dir():
-        what = "a file, not a folder" if p.exists() else "missing"
-        return Kind("missing" if not p.exists() else "file", what)
+        return Kind("file", "a file") if p.exists() else Kind("missing", "missing")
     config = _json(p / "config.json")
     if config is not None:
         if config.get("format") == TOKENIZER or config.get(KIND_KEY) == TOKENIZER:
@@ -138,7 +138,7 @@ def folder_kind(path: str | os.PathLike) -> Kind:
             arch = ", ".join(config.get("architectures") or []) or config["model_type"]
             return Kind(
                 "transformers",
-                f"a transformers model ({arch}), not an OpenVision 3 export",
+                f"a transformers model ({arch})",
                 "`ov3 vlm build --llm {path}` takes a causal language model"
                 if config.get("model_type") != "llava"
                 else "",
@@ -151,12 +151,12 @@ def folder_kind(path: str | os.PathLike) -> Kind:
         return _KINDS["checkpoint"]
     if (p / "checkpoints").is_dir():
         return _run_kind(p)
-    entries = list(p.iterdir())
+    entries = list(islice(p.iterdir(), 256))  # enough to tell; an image folder may be huge
     if not entries:
         return _KINDS["empty"]
     if any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries if e.is_file()):
         return _KINDS["images"]
-    return Kind("other", "not a model folder (no config.json of a model)")
+    return Kind("other", "a folder without a model's config.json")
 
 
 def require_kind(path: str, wanted: str) -> Kind:
@@ -169,7 +169,7 @@ def require_kind(path: str, wanted: str) -> Kind:
     if kind.name == "missing":
         raise MissingWeightsError(f"{path!r} does not exist (expected {_KINDS[wanted].what})")
     message = kind.describe(path, not_=_KINDS[wanted].what)
-    if kind.name in ("missing", "empty", "images", "other", "file"):
+    if kind.name in ("empty", "images", "other", "file"):
         raise MissingWeightsError(message)
     raise WrongFolderError(message)
 
