@@ -21,6 +21,14 @@ import time
 
 import torch
 
+from openvision3.artefacts import (
+    KIND_KEY,
+    TOKENIZER,
+    portable_name,
+    require_kind,
+    tokenizer_card,
+    write_card,
+)
 from openvision3.dataclass_io import from_dict, to_dict
 from openvision3.errors import MissingWeightsError
 from openvision3.files import atomic_write, write_json
@@ -68,7 +76,9 @@ def save_pretrained(
     """Write ``config.json``, ``model.safetensors`` and ``model_card.json`` into ``path``.
 
     The VAE is written to ``vae/`` when it was built from a config (no hub id / folder to
-    reference) or when ``include_vae`` is True. ``resolution``: the input side in pixels the
+    reference) or read from an absolute local path (recorded by its folder name), or when
+    ``include_vae`` is True. ``README.md``, the Hub's model card, is written unless the folder
+    holds a README.md of the user's. ``resolution``: the input side in pixels the
     weights were last trained at, recorded in both JSON files; ``load`` runs there by default.
     """
     from safetensors.torch import save_model
@@ -81,8 +91,18 @@ def save_pretrained(
         )
     os.makedirs(path, exist_ok=True)
     has_vae = model.vae is not None
-    include_vae = (not cfg.vae.pretrained) if include_vae is None else include_vae
-    config = {"format": FORMAT, "version": VERSION, "model": to_dict(cfg), "has_vae": has_vae}
+    # A VAE from this machine's own folder travels in vae/ (its absolute path would not).
+    local_vae = os.path.isabs(cfg.vae.pretrained)
+    include_vae = (not cfg.vae.pretrained or local_vae) if include_vae is None else include_vae
+    config = {
+        "format": FORMAT,
+        KIND_KEY: TOKENIZER,
+        "version": VERSION,
+        "model": to_dict(cfg),
+        "has_vae": has_vae,
+    }
+    if local_vae and has_vae and include_vae:
+        config["model"]["vae"]["pretrained"] = portable_name(cfg.vae.pretrained)
     if resolution is not None:
         config["resolution"] = resolution
     if has_vae and include_vae:
@@ -93,7 +113,12 @@ def save_pretrained(
         weights, lambda tmp: save_model(unwrap_model(model), str(tmp), metadata={"format": "pt"})
     )
     write_json(os.path.join(path, CONFIG_NAME), config)
-    write_json(os.path.join(path, CARD_NAME), _card(model, card, resolution))
+    card = _card(model, card, resolution)
+    write_json(os.path.join(path, CARD_NAME), card)
+    parts = [p for p in ("decoder", "text", "captioner") if getattr(model, p) is not None]
+    parts = [{"text": "text tower", "captioner": "caption decoder"}.get(p, p) for p in parts]
+    readme = tokenizer_card(portable_name(path), card, cfg.encoder.width, cfg.pixel_patch, parts)
+    write_card(path, readme)
 
 
 def _card(model: OpenVision3, extra: dict | None, resolution: int | None) -> dict:
@@ -103,7 +128,7 @@ def _card(model: OpenVision3, extra: dict | None, resolution: int | None) -> dic
         "model": cfg.name or "custom",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "vae": {
-            "source": cfg.vae.pretrained or "built from config (saved in vae/)",
+            "source": portable_name(cfg.vae.pretrained) or "built from config (saved in vae/)",
             "convention": cfg.vae.convention,
             "scaling_factor": cfg.vae.scaling_factor,
             "shift_factor": cfg.vae.shift_factor if cfg.vae.convention == "flux" else 0.0,
@@ -132,15 +157,12 @@ def load_pretrained(
     a ``FrozenVAE``, or None for a latent-only model (``encode_latents``, ``embed_latents``).
     """
     local = resolve(path)
-    if os.path.isfile(os.path.join(local, CONFIG_NAME)):
-        model = _load_ours(local, vae)
-    elif os.path.isfile(os.path.join(local, RELEASED_CONFIG)):
+    # A folder of another kind (a generator, a VLM, a checkpoint, ...) is named in one line
+    # before anything is built.
+    if require_kind(local, TOKENIZER).name == "released":
         model = load_released(local, vae=vae)
     else:
-        raise FileNotFoundError(
-            f"{local!r} holds neither {CONFIG_NAME} + {WEIGHTS_NAME} (an OpenVision3 export) nor "
-            f"{RELEASED_CONFIG} + {RELEASED_WEIGHTS} (a released OpenVision 3 encoder)"
-        )
+        model = _load_ours(local, vae)
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
@@ -198,7 +220,7 @@ def _load_ours(local: str, vae) -> OpenVision3:
     model = OpenVision3(cfg, vae=_build_vae(vae, cfg.vae, vae_dir))
     weights = os.path.join(local, WEIGHTS_NAME)
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"missing {weights}")
+        raise MissingWeightsError(f"{local!r} is an OpenVision 3 export without {WEIGHTS_NAME}")
     load_model(model, weights, strict=True)
     return model
 

@@ -109,7 +109,7 @@ def test_released_refuses_unsupported_fields(tmp_path, extra, match):
 def test_missing_model_is_a_clear_error(tmp_path):
     from openvision3.models.vae import MissingWeightsError
 
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(FileNotFoundError, match="is an empty folder, not an OpenVision 3"):
         load_pretrained(str(tmp_path))
     with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
         load_pretrained("UCSC-VLAA/openvision3-vit-base-patch2-32")

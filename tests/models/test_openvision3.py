@@ -94,6 +94,7 @@ def test_save_pretrained_round_trip(tmp_path, model):
     model.eval()
     model.save_pretrained(str(tmp_path / "export"))
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "README.md",
         "config.json",
         "model.safetensors",
         "model_card.json",

@@ -7,8 +7,9 @@ The paper's recipe (Table 1; 1 epoch = 1.28M samples):
 The fine-tune runs at 224 px for understanding (the released ``base-patch2-28``: a 28 x 28
 latent grid) or 256 px for generation; ``*_b2_224`` is the former.
 
-``--model-preset NAME`` on the command line swaps the whole model of any preset for a named
-model preset (``ov3-mu``, ``ov3-S/2``, ``ov3-B/2``, ``ov3-L/2``, ...) before the other flags.
+``--model-preset NAME`` on the command line swaps the whole model of an OpenVision 3 preset for a
+named model preset (``ov3-mu``, ``ov3-S/2``, ``ov3-B/2``, ``ov3-L/2``, ...) before the other
+flags; generation and LLaVA presets refuse it in one line (their ``--model.*`` flags apply).
 """
 
 from __future__ import annotations
@@ -226,6 +227,17 @@ def get_preset(name: str, model_preset: str = "") -> ExperimentConfig:
         raise ConfigError(f"unknown experiment preset {name!r}; choose from {preset_names()}")
     cfg = PRESETS[name]()
     if model_preset:
+        if not isinstance(cfg, ExperimentConfig):
+            # A generator or a LLaVA trains on a finished OpenVision 3 export (its token cache,
+            # its tower), so an untrained model preset has nothing to apply to.
+            hint = {
+                "generation": "its DiT-DH is set by --model.* flags",
+                "llava": "--model names its VLM folder (`ov3 vlm build --vision EXPORT ...`)",
+            }.get(cfg.TASK, "its own --model flags apply")
+            raise ConfigError(
+                f"--model-preset swaps the model of an OpenVision 3 preset; {name!r} is a "
+                f"{cfg.TASK} preset on a trained OpenVision 3 export: {hint}"
+            )
         if model_preset not in MODEL_PRESETS:
             raise ConfigError(
                 f"--model-preset: unknown model preset {model_preset!r}; "

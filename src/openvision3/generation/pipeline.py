@@ -92,15 +92,7 @@ class Generator:
 def _read_model(path: str, device) -> tuple[DiTDH, GenerationConfig, dict, dict]:
     from safetensors.torch import load_file
 
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        raise MissingWeightsError(
-            f"{path!r} holds no generator export (config.json): train one "
-            "with `ov3 train dit_dh_xl_ov3_b2 ...` or `ov3 demo --generation`"
-        )
-    meta = json.loads(open(config).read())
-    if meta.get("task") != GenerationConfig.TASK:
-        raise ConfigError(f"{path!r} is a {meta.get('task')!r} export, not a generator")
+    meta = json.loads(open(os.path.join(path, "config.json")).read())
     cfg = from_dict(GenerationConfig, meta["config"])
     model = DiTDH(cfg.model)
     model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=False)
@@ -112,10 +104,15 @@ def load_generator(path: str, device: str = "cpu", decoder: str = "", guide: str
     """A generator export (``run/final``) -> ``Generator``. ``decoder``: the OpenVision 3 export
     with the decoder ("" = the one recorded at training); ``guide``: a second (smaller or
     earlier) generator export for AutoGuidance."""
+    from openvision3.artefacts import GENERATOR, require_kind
     from openvision3.pretrained import load_pretrained
 
+    for folder in (path, guide) if guide else (path,):  # one line for a folder of another kind
+        require_kind(folder, GENERATOR)
     model, cfg, stats, meta = _read_model(path, device)
     source = decoder or meta.get("decoder") or ""
+    if not decoder and os.path.isdir(os.path.join(path, source)):
+        source = os.path.join(path, source)  # recorded relative to the export
     if not source:
         raise ConfigError("this generator records no decoder: pass decoder=<OpenVision 3 export>")
     ov3 = load_pretrained(source, device=device)

@@ -24,6 +24,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from openvision3.artefacts import (
+    GENERATOR,
+    KIND_KEY,
+    generator_card,
+    portable_name,
+    relative_paths,
+    write_card,
+)
 from openvision3.data.latents import FeatureCache
 from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
@@ -283,7 +291,9 @@ class GenerationTask(Task):
 
     def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
         """``model.safetensors`` + ``config.json`` (task, run config, card) + the statistics:
-        everything ``load_generator`` needs besides the decoder's export."""
+        everything ``load_generator`` needs besides the decoder's export; and the ``README.md``
+        model card. Local paths are recorded relative to the export (the decoder's too, which
+        ``load_generator`` resolves there)."""
         from safetensors.torch import save_file
 
         from openvision3.train.checkpoint import model_state_dict
@@ -293,14 +303,23 @@ class GenerationTask(Task):
         weights = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
         save_file(weights, str(out / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in self.stats.items()}, str(out / STATS_NAME))
-        decoder = self.cfg.decoder or self._cache_source()
+        source = self.cfg.decoder or self._cache_source()
+        decoder = source
+        if os.path.exists(source):  # a local export: recorded relative to this one
+            decoder = os.path.relpath(os.path.abspath(source), os.path.abspath(out))
+        names = {"data": portable_name(self.cfg.data.cache), "decoder": portable_name(source)}
+        card = {**card, **names}
         meta = {
-            "task": self.cfg.TASK,
-            "config": to_dict(self.cfg),
+            KIND_KEY: GENERATOR,
+            # this machine's paths (data, run directory) relative to the export
+            "config": relative_paths(to_dict(self.cfg), os.path.abspath(out)),
             "decoder": decoder,
             "card": card,
         }
         (out / "config.json").write_text(json.dumps(meta, indent=2))
+        m = self.cfg.model
+        tokens = (m.in_channels, m.input_size, m.input_size)
+        write_card(out, generator_card(portable_name(path), card, tokens, m.num_classes))
 
     def _cache_source(self) -> str:
         try:

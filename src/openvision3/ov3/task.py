@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from openvision3.artefacts import portable_name
 from openvision3.config import ExperimentConfig
 from openvision3.data.latents import check_cache_vae
 from openvision3.data.loader import build_loader
@@ -124,6 +125,7 @@ class OpenVision3Task(Task):
         return evaluate_model(model, self.cfg.data, ec, res, out_dir=out_dir)
 
     def export(self, model: OpenVision3, path: str, card: dict, resolution: int) -> None:
-        model.save_pretrained(
-            path, resolution=resolution, card={**card, "data": self.cfg.data.source}
-        )
+        data = {"data": self.cfg.data.source}
+        if self.cfg.data.path:  # by its name: the card travels with the folder
+            data["data_path"] = portable_name(self.cfg.data.path)
+        model.save_pretrained(path, resolution=resolution, card={**card, **data})

@@ -1,9 +1,10 @@
 """Export a training checkpoint (``single`` or ``dcp``, any world size) as a pretrained model.
 
 ``ov3 export <checkpoint or run dir> <out dir>`` writes what ``Trainer.finish`` writes into
-``run_dir/final`` (``config.json`` + ``model.safetensors`` + ``model_card.json``, and ``vae/``
-for config-built VAEs), in one process and without a process group: DCP reads every rank's
-shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result. Both record
+``run_dir/final`` (for OpenVision 3 runs ``config.json`` + ``model.safetensors`` +
+``model_card.json`` + the ``README.md`` model card, and ``vae/`` for config-built VAEs; other
+tasks write their own export), in one process and without a process group: DCP reads every
+rank's shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result. Both record
 the resolution of the stage that ran the last step, the one ``openvision3.load`` runs at.
 """
 
@@ -16,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from openvision3.artefacts import folder_kind
+from openvision3.errors import CheckpointError
 from openvision3.train.checkpoint import find_latest, load_weights, read_meta
 from openvision3.train.config import StageConfig
 from openvision3.train.task import config_from_checkpoint
@@ -49,7 +52,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     if not (path / "state.json").is_file():
         latest = find_latest(path)
         if latest is None:
-            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
+            raise CheckpointError(
+                folder_kind(path).describe(str(path), not_="a checkpoint or a run with checkpoints")
+            )
         path = latest
     meta = read_meta(path)
     cfg = config_from_checkpoint(meta["state"])
@@ -64,7 +69,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
         "steps": meta["step"],
         "samples_seen": meta["state"].get("samples_seen"),
         "weights": "ema" if use_ema else "live",
-        "exported_from": str(path),
+        # the checkpoint by its place in the run, not by this machine's path
+        "exported_from": f"{cfg.name}/{path.name}"
+        if path.parent.name == "checkpoints"
+        else path.name,
     }
     resolution = last_trained_resolution(cfg.train.stages, meta["step"])
     task.export(model, str(out_dir), card, resolution)

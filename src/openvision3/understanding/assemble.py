@@ -26,6 +26,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from openvision3.artefacts import KIND_KEY, portable_name, vlm_card, write_card
+from openvision3.artefacts import VLM as VLM_KIND
 from openvision3.understanding.templates import IMAGE, VICUNA_CHAT_TEMPLATE
 from openvision3.understanding.tower import OpenVision3VisionModel
 
@@ -120,12 +122,20 @@ def assemble(
 
 
 def save_vlm(vlm: LlavaForConditionalGeneration, processor, out: str, card: dict | None = None):
+    """The model and processor (transformers' layout), ``model_card.json`` (the kind and
+    ``card``: sources by hub id or folder name) and the ``README.md`` model card."""
     os.makedirs(out, exist_ok=True)
     vlm.save_pretrained(out)
     processor.save_pretrained(out)
-    if card is not None:
-        with open(os.path.join(out, "model_card.json"), "w") as f:
-            json.dump(card, f, indent=2)
+    card = {KIND_KEY: VLM_KIND, **(card or {})}
+    card.setdefault("template", getattr(vlm.config, TEMPLATE_KEY, None))
+    with open(os.path.join(out, "model_card.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    vision, text = vlm.config.vision_config, vlm.config.text_config
+    readme = vlm_card(
+        portable_name(out), card, vision.image_size, vision.num_image_tokens, text.model_type
+    )
+    write_card(out, readme)
 
 
 def build_vlm(args: BuildArgs) -> str:
@@ -148,7 +158,11 @@ def build_vlm(args: BuildArgs) -> str:
         lm = AutoModelForCausalLM.from_pretrained(args.llm, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(args.llm)
     vlm, processor = assemble(tower, lm, tokenizer, args.vision_feature_layer, args.template)
-    card = {"vision": args.vision, "llm": args.llm, "image_size": size}
+    card = {
+        "vision": portable_name(args.vision),
+        "llm": portable_name(args.llm),
+        "image_size": size,
+    }
     save_vlm(vlm, processor, args.out, card)
     return args.out
 

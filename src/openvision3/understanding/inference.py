@@ -10,13 +10,10 @@ conversation template up to the assistant's cue; decoding is greedy.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from openvision3.errors import MissingWeightsError
 from openvision3.understanding.assemble import TEMPLATE_KEY, pad_to_square
 from openvision3.understanding.templates import get_template, pad_batch, prompt_ids
 
@@ -96,10 +93,10 @@ def load_vlm(
     path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> VLM:
     """A saved VLM folder (``ov3 vlm build``, a training export, the demo's) -> ``VLM``."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise MissingWeightsError(
-            f"{path!r} is not a VLM folder (no config.json); build one with `ov3 vlm build`"
-        )
+    from openvision3.artefacts import VLM as VLM_KIND
+    from openvision3.artefacts import require_kind
+
+    require_kind(path, VLM_KIND)  # one line, before anything is built, for another kind
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
     processor = AutoProcessor.from_pretrained(path)
     template = getattr(model.config, TEMPLATE_KEY, "vicuna_v1")

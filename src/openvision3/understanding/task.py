@@ -16,6 +16,7 @@ tokens; one process).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openvision3.artefacts import VLM, portable_name, relative_paths, require_kind
+from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
 from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.task import RunConfig, Task, register_task
@@ -89,8 +92,11 @@ class LlavaRunConfig(RunConfig):
 
         if not self.model:
             raise ConfigError("--model is required: an assembled VLM folder (ov3 vlm build)")
-        if self.model != TINY and not os.path.isfile(os.path.join(self.model, "config.json")):
-            raise ConfigError(f"--model {self.model!r} is not a VLM folder (no config.json)")
+        if self.model != TINY:  # one line for a folder of another kind, before any build
+            try:
+                require_kind(self.model, VLM)
+            except (ConfigError, FileNotFoundError) as err:
+                raise ConfigError(f"--model: {err}") from None
         if self.template not in TEMPLATES:
             raise ConfigError(f"--template must be one of {sorted(TEMPLATES)}")
         if self.data.source == "llava_json" and not self.data.json_path:
@@ -273,9 +279,12 @@ class LlavaTask(Task):
         setattr(model.config, TEMPLATE_KEY, self.cfg.template)
         model.eval()
         lora = {"lora": vars(self.cfg.lora), "lora_merged": True} if self.cfg.lora.r else {}
-        save_vlm(merged(model), self.processor, path, {"task": self.cfg.TASK, **card, **lora})
-        with open(os.path.join(path, "run_config.json"), "w") as f:
-            f.write(self.cfg.to_json())
+        d = self.cfg.data
+        names = {"model": portable_name(self.cfg.model), "template": self.cfg.template}
+        names["data"] = portable_name(d.json_path or d.cache) or d.source
+        save_vlm(merged(model), self.processor, path, {**card, **names, **lora})
+        with open(os.path.join(path, "run_config.json"), "w") as f:  # paths relative to it
+            json.dump(relative_paths(to_dict(self.cfg), os.path.abspath(path)), f, indent=2)
 
 
 class SyntheticConversations(torch.utils.data.Dataset):
