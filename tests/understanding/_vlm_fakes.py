@@ -36,7 +36,7 @@ def sentencepiece_tokenizer():
     specials = ["<unk>", "<s>", "</s>"]
     byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials + byte_pieces, show_progress=False
+        vocab_size=1000, special_tokens=specials + byte_pieces, show_progress=False
     )
     sp = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     sp.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
