@@ -54,7 +54,12 @@ def sentencepiece_tokenizer():
     tok.add_special_tokens(specials)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
     )
     bos = model["vocab"]["<s>"]
     tok.post_processor = processors.TemplateProcessing(

@@ -141,11 +141,18 @@ def _direct_answer_logprob(path, image, question, answer):
     processor = AutoProcessor.from_pretrained(path)
     model = LlavaForConditionalGeneration.from_pretrained(path).eval()
     msgs = [
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": question}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     ]
     inputs = processor.apply_chat_template(
-        msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+        msgs,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        return_tensors="pt",
     )
     mask = inputs.pop("assistant_masks")[0].bool()
     ids = inputs["input_ids"][0]
@@ -175,7 +182,9 @@ def test_loglikelihood_scores_the_continuation_lmms_eval_means(tmp_path):
     mc = model.loglikelihood([_Request(question, " yes", visual, 0, "t", "test")])
     ll = model.loglikelihood([_Request(question, lambda d: d["answer"], visual, 0, "t", "test")])
     direct, n = _direct_answer_logprob(str(tmp_path / "vlm"), image, question, "yes")
-    assert mc[0][0] == pytest.approx(direct, abs=1e-5) and ll[0][0] == pytest.approx(direct, abs=1e-5)
+    assert mc[0][0] == pytest.approx(direct, abs=1e-5) and ll[0][0] == pytest.approx(
+        direct, abs=1e-5
+    )
     assert n == 1  # "▁yes"; an added space would score "▁", "▁yes"
     print(f"lmms loglikelihood {mc[0][0]:.6f} vs transformers {direct:.6f} over {n} tokens")
 
@@ -194,16 +203,23 @@ def test_simple_evaluate_loglikelihood_task_offline(tmp_path):
     vlm, processor, _ = tiny(template="vicuna_v1_short")
     save_vlm(vlm, processor, str(tmp_path / "vlm"))
     rows = {
-        "image": [Image.new("RGB", s, c) for s, c in [((40, 24), (200, 30, 30)), ((24, 40), (30, 30, 200))]],
+        "image": [
+            Image.new("RGB", s, c)
+            for s, c in [((40, 24), (200, 30, 30)), ((24, 40), (30, 30, 200))]
+        ],
         "question": ["what colour is the large object?", "is there a blue object?"],
         "answer": ["red", "yes"],
     }
     features = datasets.Features(
-        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+        }
     )
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
-        str(tmp_path / "data")
-    )
+    datasets.DatasetDict(
+        {"test": datasets.Dataset.from_dict(rows, features=features)}
+    ).save_to_disk(str(tmp_path / "data"))
     task_dir = tmp_path / "task"
     task_dir.mkdir()
     (task_dir / "ov3_synthetic_loglik.yaml").write_text(LOGLIK_YAML.format(data=tmp_path / "data"))

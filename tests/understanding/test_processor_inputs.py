@@ -5,6 +5,7 @@ pixels, with a word-level and a Llama-style SentencePiece tokenizer, single- and
 conversations and three aspect ratios; ``pipeline("image-text-to-text")``, ``generate`` on the
 processor's inputs and ``ov3 vlm answer`` give the same greedy tokens."""
 
+import copy
 import json
 
 import numpy as np
@@ -127,7 +128,12 @@ def test_generation_prompt_equals_auto_processor_and_prefixes_training(folder):
     items = _training_items(folder)
     width = batch["input_ids"].shape[1]
     for i, (image, q) in enumerate(zip(images, questions)):
-        msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": q}]}]
+        msgs = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": q}],
+            }
+        ]
         ref = processor.apply_chat_template(
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
@@ -161,7 +167,10 @@ def test_pipeline_generate_and_answer_agree(folder, capsys):
     from openvision3.cli import main
 
     path = str(folder / "vlm")
-    rows = [{"image": str(folder / "images" / f"{i}.png"), "question": "what colour is it?"} for i in range(3)]
+    rows = [
+        {"image": str(folder / "images" / f"{i}.png"), "question": "what colour is it?"}
+        for i in range(3)
+    ]
     (folder / "q.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert main(["vlm", "answer", path, str(folder / "q.jsonl"), "--max-new-tokens", "6"]) == 0
     ours = [json.loads(line)["answer"] for line in capsys.readouterr().out.splitlines()]
@@ -170,11 +179,93 @@ def test_pipeline_generate_and_answer_agree(folder, capsys):
     processor = AutoProcessor.from_pretrained(path)
     for row, answer in zip(rows, ours):
         image = Image.open(row["image"]).convert("RGB")
-        msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": row["question"]}]}]
-        got = pipe(text=msgs, return_full_text=False, generate_kwargs={"max_new_tokens": 6, "do_sample": False})
+        msgs = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": row["question"]},
+                ],
+            }
+        ]
+        got = pipe(
+            text=msgs,
+            return_full_text=False,
+            generate_kwargs={"max_new_tokens": 6, "do_sample": False},
+        )
         inputs = processor.apply_chat_template(
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        direct = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        direct = processor.tokenizer.decode(
+            out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
         assert got[0]["generated_text"].strip() == direct.strip() == answer
+
+
+def _legacy_folder(path):
+    """A folder as older versions saved it: ``CLIPImageProcessor`` (centre crop), a fixed
+    Vicuna chat template, a word-level tokenizer that did not add its BOS (the ids got it by
+    hand); the model trained with vicuna_v1_short."""
+    from tokenizers import processors
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    vlm, processor, _ = tiny(template="vicuna_v1_short")
+    tok = copy.deepcopy(processor.tokenizer)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    old = "{% for m in messages %}{{ 'USER: ' + m['content'] }}{% endfor %}"
+    tok.chat_template = old
+    legacy = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+        ),
+        tokenizer=tok,
+        patch_size=16,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=old,
+    )
+    save_vlm(vlm, legacy, str(path))
+    return vlm, processor
+
+
+def test_legacy_folder_converts_on_load_and_upgrade_saves_it(tmp_path, caplog, capsys):
+    """An older folder loads with a one-line note and the inputs it was trained with (BOS, its
+    own template) padded as LLaVA-1.5; ``ov3 vlm upgrade`` writes that, after which transformers'
+    ``AutoProcessor`` reads the same inputs and the note is gone."""
+    import logging
+
+    from openvision3.cli import main
+    from openvision3.understanding import load_vlm
+    from openvision3.understanding.templates import encode
+
+    _, processor = _legacy_folder(tmp_path / "old")
+    image, question = _image((451, 300), 0), "what colour is the large object?"
+    with caplog.at_level(logging.WARNING):
+        vlm = load_vlm(str(tmp_path / "old"))
+    notes = [r.getMessage() for r in caplog.records if "older processor" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0] and "ov3 vlm upgrade" in notes[0]
+    assert vlm.template == "vicuna_v1_short"
+    ids = vlm.inputs([image], [question])["input_ids"][0].tolist()
+    trained = encode(processor, "vicuna_v1_short", [(f"<image>\n{question}", "red")], None, 4)
+    assert ids[0] == processor.tokenizer.bos_token_id and trained["ids"][: len(ids)] == ids
+    assert main(["vlm", "upgrade", str(tmp_path / "old")]) == 0
+    auto = AutoProcessor.from_pretrained(tmp_path / "old")
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": question}],
+        }
+    ]
+    ref = auto.apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert ref["input_ids"][0].tolist() == ids
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = load_vlm(str(tmp_path / "old"))
+    assert not [r for r in caplog.records if "older processor" in r.getMessage()]
+    assert torch.equal(again.inputs([image], [question])["pixel_values"], ref["pixel_values"])

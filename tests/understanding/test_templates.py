@@ -29,7 +29,10 @@ def test_word_level_ids_are_pinned(parts):
     vlm, processor = parts
     tok, image = processor.tokenizer, vlm.config.image_token_id
     words = lambda s: tok.convert_tokens_to_ids(s.split())  # noqa: E731
-    turns = [("<image>\nwhat colour is the large object?", "red"), ("is there a blue object?", "no")]
+    turns = [
+        ("<image>\nwhat colour is the large object?", "red"),
+        ("is there a blue object?", "no"),
+    ]
     out = encode(processor, "vicuna_v1_short", turns, None, 4)
     expected = (
         [tok.bos_token_id]
@@ -50,7 +53,9 @@ def test_vicuna_system_prompt_and_cue(parts):
     tok = processor.tokenizer
     out = encode(processor, "vicuna_v1", [("<image>\nwhat?", "red")], None, 4)
     text = tok.decode(out["ids"])
-    assert text.startswith("<s> a <unk> <unk> a <unk> user") and text.endswith("assistant : red </s>")
+    assert text.startswith("<s> a <unk> <unk> a <unk> user") and text.endswith(
+        "assistant : red </s>"
+    )
 
 
 def test_prompt_is_the_training_prefix(parts):
@@ -59,7 +64,13 @@ def test_prompt_is_the_training_prefix(parts):
         text=[prompt_text(processor, "what colour is the large object?")],
         images=[__import__("PIL.Image").Image.new("RGB", (32, 32))],
     )["input_ids"][0]
-    full = encode(processor, "vicuna_v1_short", [("<image>\nwhat colour is the large object?", "red")], None, 4)
+    full = encode(
+        processor,
+        "vicuna_v1_short",
+        [("<image>\nwhat colour is the large object?", "red")],
+        None,
+        4,
+    )
     assert full["ids"][: len(prompt)] == list(prompt)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import torch
 from PIL import Image
 

@@ -52,9 +52,7 @@ class VLM:
     def pixel_values(self, images) -> torch.Tensor:
         """PIL images, or a (B, 3, H, W) tensor in [0, 1] -> (B, 3, R, R) in [-1, 1]."""
         images, kwargs = _image_inputs(images)
-        return self.processor.image_processor(images, return_tensors="pt", **kwargs)[
-            "pixel_values"
-        ]
+        return self.processor.image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]
 
     def inputs(self, images, questions: list[str]) -> dict[str, torch.Tensor]:
         """The processor's ``input_ids``, ``attention_mask`` (left-padded) and

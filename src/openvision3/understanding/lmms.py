@@ -111,7 +111,7 @@ class OV3Llava(lmms):
         (the chat template up to the assistant's cue) and the prompt + continuation are each
         tokenised by the processor in one call; the continuation's tokens are those past the
         prompt's (lmms-eval's ``context_enc`` / ``continuation_enc`` split)."""
-        vlm, out = self.vlm, []
+        out = []
         for req in requests:
             context, target, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
