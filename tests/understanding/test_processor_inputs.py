@@ -149,6 +149,19 @@ def test_generation_prompt_equals_auto_processor_and_prefixes_training(folder):
     torch.testing.assert_close(top, torch.full_like(top, 127 / 255 * 2 - 1), atol=1e-6, rtol=0)
 
 
+def test_cached_feature_path_equals_the_processor(folder):
+    """Training on cached tower features (no pixels: the tokenizer's ``apply_chat_template``,
+    ``<image>`` expanded) gives the processor's ids and labels."""
+    from openvision3.understanding.templates import encode
+
+    processor = AutoProcessor.from_pretrained(folder / "vlm")
+    for template in ("plain", "vicuna_v1", "vicuna_v1_short"):
+        for turns in TURNS:
+            with_pixels = encode(processor, template, turns, _image((451, 300), 0))
+            cached = encode(processor, template, turns, None, 4)
+            assert (cached["ids"], cached["labels"]) == (with_pixels["ids"], with_pixels["labels"])
+
+
 def test_sentencepiece_prompt_has_no_stray_space():
     """With ``prepend_scheme="first"`` the text after ``<image>`` gets no "▁" of its own: one
     call tokenises the prompt (pieces tokenised one by one would add it)."""
