@@ -1,5 +1,6 @@
-"""Conversation templates: the loss covers the answers only, ``<image>`` becomes N image
-tokens (ours and ``LlavaProcessor`` alike), the embeddings cover the grown vocabulary."""
+"""Conversation templates: the Jinja chat template is the one definition; the loss covers the
+answers only; with the demo's word-level tokenizer the ids are those the demo was measured
+with; the saved processor carries the template the model was trained with."""
 
 import pytest
 import torch
@@ -8,10 +9,10 @@ pytest.importorskip("transformers")
 
 from openvision3.understanding.templates import (  # noqa: E402
     IGNORE_INDEX,
+    TEMPLATES,
     encode,
-    get_template,
     pad_batch,
-    prompt_ids,
+    prompt_text,
 )
 from tests.understanding._vlm_fakes import tiny  # noqa: E402
 
@@ -22,47 +23,55 @@ def parts():
     return vlm, processor
 
 
-def _words(tok, ids):
-    return tok.decode([i for i in ids if i != IGNORE_INDEX], skip_special_tokens=False)
-
-
-def test_only_answers_count(parts):
+def test_word_level_ids_are_pinned(parts):
+    """The demo's tokenizer: exactly the ids the understanding demo was trained and measured
+    with (BOS, image tokens, words; the answers and their EOS in the labels)."""
     vlm, processor = parts
     tok, image = processor.tokenizer, vlm.config.image_token_id
+    words = lambda s: tok.convert_tokens_to_ids(s.split())  # noqa: E731
     turns = [
         ("<image>\nwhat colour is the large object?", "red"),
         ("is there a blue object?", "no"),
     ]
-    ids, labels = encode(tok, get_template("vicuna_v1"), turns, image, 4)
-    assert len(ids) == len(labels)
-    kept = [t for t in labels if t != IGNORE_INDEX]
-    assert kept == tok.convert_tokens_to_ids(["red", "</s>", "no", "</s>"])
-    assert ids.count(image) == 4 and all(
-        lab == IGNORE_INDEX for i, lab in zip(ids, labels) if i == image
+    out = encode(processor, "vicuna_v1_short", turns, None, 4)
+    expected = (
+        [tok.bos_token_id]
+        + words("user :")
+        + [image] * 4
+        + words("what colour is the large object ? assistant : red </s>")
+        + words("user : is there a blue object ? assistant : no </s>")
     )
-    assert ids[0] == tok.bos_token_id
-    # the image comes first in its turn, then the question; the cue ends each user turn
-    text = _words(tok, ids)
-    tail = "<image> what colour is the large object? assistant : red </s> user : is there a blue object? assistant : no </s>"
-    assert text.endswith(tail)
+    assert out["ids"] == expected
+    assert [t for t in out["labels"] if t != IGNORE_INDEX] == words("red </s> no </s>")
+    plain = encode(processor, "plain", [("<image>\ndescribe", "red circle")], None, 4)
+    assert plain["ids"] == [tok.bos_token_id] + [image] * 4 + words("red circle")
+    assert plain["labels"] == [IGNORE_INDEX] * 5 + words("red circle")
 
 
-def test_plain_template_trains_the_caption_only(parts):
-    vlm, processor = parts
-    tok, image = processor.tokenizer, vlm.config.image_token_id
-    ids, labels = encode(
-        tok, get_template("plain"), [("<image>\ndescribe", "red circle")], image, 4
+def test_vicuna_system_prompt_and_cue(parts):
+    _, processor = parts
+    tok = processor.tokenizer
+    out = encode(processor, "vicuna_v1", [("<image>\nwhat?", "red")], None, 4)
+    text = tok.decode(out["ids"])
+    assert text.startswith("<s> a <unk> <unk> a <unk> user") and text.endswith(
+        "assistant : red </s>"
     )
-    assert ids == [tok.bos_token_id] + [image] * 4 + tok.convert_tokens_to_ids(["red", "circle"])
-    assert labels == [IGNORE_INDEX] * 5 + ids[5:]
 
 
 def test_prompt_is_the_training_prefix(parts):
-    vlm, processor = parts
-    tok, image, t = processor.tokenizer, vlm.config.image_token_id, get_template("vicuna_v1_short")
-    prompt = prompt_ids(tok, t, "what colour is the large object?", image, 4)
-    full, _ = encode(tok, t, [("<image>\nwhat colour is the large object?", "red")], image, 4)
-    assert full[: len(prompt)] == prompt
+    _, processor = parts
+    prompt = processor(
+        text=[prompt_text(processor, "what colour is the large object?")],
+        images=[__import__("PIL.Image").Image.new("RGB", (32, 32))],
+    )["input_ids"][0]
+    full = encode(
+        processor,
+        "vicuna_v1_short",
+        [("<image>\nwhat colour is the large object?", "red")],
+        None,
+        4,
+    )
+    assert full["ids"][: len(prompt)] == list(prompt)
 
 
 def test_left_padding_for_generation():
@@ -89,9 +98,25 @@ def test_processor_expands_image_and_embeddings_are_resized(parts):
     assert torch.allclose(out["pixel_values"], torch.full_like(out["pixel_values"], -1.0))
 
 
-def test_chat_template_matches_the_vicuna_prompt(parts):
-    _, processor = parts
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_saved_chat_template_is_the_trained_one(name, tmp_path):
+    """Each template is saved with the processor and read back by ``AutoProcessor``, whose
+    ``apply_chat_template`` then renders the same prompt as ours."""
+    from transformers import AutoProcessor
+
+    from openvision3.understanding.assemble import save_vlm
+
+    vlm, processor, _ = tiny(template=name)
+    save_vlm(vlm, processor, str(tmp_path))
+    back = AutoProcessor.from_pretrained(tmp_path)
+    assert back.chat_template == TEMPLATES[name]
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
-    text = processor.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert text.endswith("USER: <image>\nwhat? ASSISTANT:")
-    assert text.startswith("A chat between a curious user")
+    text = back.apply_chat_template(msgs, add_generation_prompt=True)
+    expected = {
+        "plain": "<image>",
+        "vicuna_v1_short": "USER: <image>\nwhat? ASSISTANT:",
+        "vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions. "
+        "USER: <image>\nwhat? ASSISTANT:",
+    }[name]
+    assert text == expected == prompt_text(back, "what?")

@@ -1,35 +1,39 @@
 """Assemble a LLaVA checkpoint: the OpenVision 3 tower + LLaVA's ``mlp2x_gelu`` projector (the
 ``LlavaMultiModalProjector`` of transformers) + any causal language model.
 
-The ``<image>`` token is added to the tokenizer and the embeddings resized; the tokenizer gets
-the vicuna_v1 chat template; the processor (``LlavaProcessor``) expands ``<image>`` to the N
-image tokens of the tower (``(R / 16)^2``). The result loads with
-``LlavaForConditionalGeneration.from_pretrained`` once ``openvision3.understanding`` is imported.
+The ``<image>`` token is added to the tokenizer and the embeddings resized; the processor
+(``LlavaProcessor``) carries the chat template the model is (to be) trained with, pads images to
+a square of the mean colour (``LlavaImageProcessor(do_pad=True)``: LLaVA-1.5's
+``--image_aspect_ratio pad``) and expands ``<image>`` to the N image tokens of the tower
+(``(R / 16)^2``). The result loads with ``LlavaForConditionalGeneration.from_pretrained`` once
+``openvision3.understanding`` is imported; ``AutoProcessor`` needs no import at all.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    CLIPImageProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessor,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
 from openvision3.artefacts import KIND_KEY, portable_name, vlm_card, write_card
 from openvision3.artefacts import VLM as VLM_KIND
-from openvision3.understanding.templates import IMAGE, VICUNA_CHAT_TEMPLATE
+from openvision3.understanding.templates import IMAGE, get_template
 from openvision3.understanding.tower import OpenVision3VisionModel
+
+log = logging.getLogger(__name__)
 
 # Stored in the LLaVA config: the conversation template the model was trained with.
 TEMPLATE_KEY = "ov3_template"
@@ -48,28 +52,18 @@ class BuildArgs:
     vae: str = "auto"  # the VAE of a released encoder (hub id or folder); auto = its default
 
 
-def image_processor(image_size: int) -> CLIPImageProcessor:
-    """Pixels in [-1, 1] at ``image_size`` (the input range of OpenVision 3)."""
-    return CLIPImageProcessor(
+def image_processor(image_size: int) -> LlavaImageProcessor:
+    """Pixels in [-1, 1] at ``image_size`` (the input range of OpenVision 3); a non-square image
+    is first padded to a square of the mean colour (127 for 0.5: ``int(0.5 * 255)``), as
+    LLaVA-1.5's ``expand2square``, then resized: nothing is cropped away."""
+    return LlavaImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
+        do_pad=True,
         do_convert_rgb=True,
     )
-
-
-def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (127, 127, 127)) -> Image.Image:
-    """LLaVA-1.5's ``expand2square`` (``--image_aspect_ratio pad``): centre the image on a square
-    of the processor's mean colour."""
-    image = image.convert("RGB")
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
 
 
 def add_image_token(tokenizer) -> int:
@@ -90,7 +84,7 @@ def assemble(
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The VLM (tower and LM weights copied, projector initialised) and its processor."""
     image_id = add_image_token(tokenizer)
-    tokenizer.chat_template = VICUNA_CHAT_TEMPLATE
+    tokenizer.chat_template = get_template(template)
     n = tower.config.num_image_tokens
     config = LlavaConfig(
         vision_config=tower.config.to_dict(),
@@ -115,10 +109,48 @@ def assemble(
         patch_size=tower.config.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=VICUNA_CHAT_TEMPLATE,
+        chat_template=get_template(template),
         image_token=IMAGE,
     )
     return vlm.eval(), processor
+
+
+def set_template(processor, template: str) -> None:
+    """The chat template ``template`` in the processor and its tokenizer (what ``save_vlm``
+    writes): each training stage exports the template it trained with."""
+    processor.chat_template = processor.tokenizer.chat_template = get_template(template)
+
+
+def load_processor(path: str, template: str):
+    """``AutoProcessor.from_pretrained(path)``; a folder saved before the processor defined the
+    inputs (a centre-cropping ``CLIPImageProcessor`` and the fixed vicuna_v1 chat template, the
+    BOS added by hand) is converted in memory with a one-line note: ``LlavaImageProcessor(do_pad=
+    True)`` at the same size, the ``template`` the model was trained with, a tokenizer that adds
+    its BOS. ``ov3 vlm upgrade`` writes the conversion into the folder."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    old = processor.image_processor
+    if type(old).__name__ != "CLIPImageProcessor":
+        return processor
+    processor.image_processor = image_processor(int(old.crop_size["height"]))
+    set_template(processor, template)
+    tok = processor.tokenizer
+    if tok.bos_token_id is not None and tok("")["input_ids"][:1] != [tok.bos_token_id]:
+        from tokenizers import processors
+
+        bos = (tok.bos_token, tok.bos_token_id)
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]
+        )
+    log.warning(
+        "%s: an older processor (CLIPImageProcessor, fixed chat template) converted in memory to "
+        "LlavaImageProcessor(do_pad=True) and the %r template; `ov3 vlm upgrade %s` saves it",
+        path,
+        template,
+        path,
+    )
+    return processor
 
 
 def save_vlm(vlm: LlavaForConditionalGeneration, processor, out: str, card: dict | None = None):
@@ -171,7 +203,7 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer (``tokenizers``' ``WordLevel``) over ``words`` plus the special
     tokens ``<unk> <pad> <s> </s> <image>``; splits on whitespace and punctuation, lower case.
     Small vocabularies keep a tiny language model's embedding and head small."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     specials = ["<unk>", "<pad>", "<s>", "</s>", IMAGE]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(words)))}
@@ -181,6 +213,10 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    # The tokenizer adds its BOS itself, as a Llama tokenizer does (the processor's call).
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",

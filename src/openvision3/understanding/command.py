@@ -4,6 +4,7 @@
     ov3 vlm chat runs/vlm image.jpg "what is in the image?"
     ov3 vlm answer runs/vlm questions.jsonl --out answers.jsonl
     ov3 eval vqa runs/vlm questions.jsonl
+    ov3 vlm upgrade runs/old-vlm   # an older folder's processor files, rewritten
 
 A question file is JSONL, one ``{"image": path, "question": str}`` per line (``id`` and, for
 ``eval vqa``, ``answer``: a string or a list of reference answers, optional); image paths are
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from openvision3.errors import ConfigError, require
 
-USAGE = "usage: ov3 vlm {build,chat,answer} [--help]"
+USAGE = "usage: ov3 vlm {build,chat,answer,upgrade} [--help]"
 
 
 @dataclass
@@ -57,6 +58,31 @@ class VQAArgs:
     batch_size: int = 16
     max_new_tokens: int = 16
     device: str = "cpu"
+
+
+@dataclass
+class UpgradeArgs:
+    """``ov3 vlm upgrade MODEL``: rewrite the processor of a folder saved by an older version
+    (a centre-cropping ``CLIPImageProcessor``, the fixed vicuna_v1 chat template) as
+    ``load_vlm`` converts it: ``LlavaImageProcessor(do_pad=True)``, the template the model was
+    trained with, a tokenizer that adds its BOS. The weights are not touched."""
+
+    model: str
+
+
+def cmd_upgrade(args: UpgradeArgs) -> int:
+    from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
+
+    config = os.path.join(args.model, "config.json")
+    if not os.path.isfile(config):
+        raise ConfigError(f"{args.model!r} is not a VLM folder (no config.json)")
+    with open(config) as f:
+        template = json.load(f).get(TEMPLATE_KEY, "vicuna_v1")
+    load_processor(args.model, template).save_pretrained(args.model)
+    print(
+        f"{args.model}: processor saved (LlavaImageProcessor with padding, {template!r} template)"
+    )
+    return 0
 
 
 def read_questions(path: str, image_root: str = "") -> list[dict]:
@@ -186,6 +212,11 @@ def main(argv: list[str]) -> int:
         return cmd_chat(tyro.cli(ChatArgs, args=argv[1:], prog="ov3 vlm chat", config=conf))
     if sub == "answer":
         return cmd_answer(tyro.cli(AnswerArgs, args=argv[1:], prog="ov3 vlm answer", config=conf))
+    if sub == "upgrade":
+        require("transformers", "understanding", "ov3 vlm upgrade")
+        return cmd_upgrade(
+            tyro.cli(UpgradeArgs, args=argv[1:], prog="ov3 vlm upgrade", config=conf)
+        )
     print(USAGE, file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
     return 0 if sub in ("-h", "--help") else 2
 

@@ -2,21 +2,22 @@
 
 LLaVA's format is a JSON list of ``{"id", "image": "rel/path.jpg", "conversations": [{"from":
 "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}`` (LLaVA's
-``train.py``: ``LazySupervisedDataset``). Images are padded to a square of the processor's mean
-colour (``--image_aspect_ratio pad``) and processed to the tower's input size.
+``train.py``: ``LazySupervisedDataset``). Each conversation goes through the model's processor
+in one call (``templates.encode``): its ids, the answer-token labels and the pixels (padded to a
+square of the mean colour, ``--image_aspect_ratio pad``, at the tower's input size), the same
+inputs ``load_vlm`` and transformers' ``AutoProcessor`` give.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 
 import torch
 from PIL import Image
 
 from openvision3.errors import ConfigError
-from openvision3.understanding.templates import Template, encode, pad_batch
+from openvision3.understanding.templates import IMAGE, encode, pad_batch
 
 
 def turns_of(conversations: list[dict]) -> list[tuple[str, str]]:
@@ -50,41 +51,37 @@ class ConversationDataset(torch.utils.data.Dataset):
         self,
         records: list[dict],
         image_folder: str,
-        tokenizer,
-        template: Template,
-        image_token_id: int,
-        num_image_tokens: int,
-        pixels: Callable[[list[Image.Image]], torch.Tensor],
+        processor,
+        template: str,
         image_size: int,
         max_length: int,
     ):
         self.records, self.image_folder = records, image_folder
-        self.tokenizer, self.template = tokenizer, template
-        self.image_token_id, self.num_image_tokens = image_token_id, num_image_tokens
-        self.pixels, self.image_size, self.max_length = pixels, image_size, max_length
+        self.processor, self.template = processor, template
+        self.image_size, self.max_length = image_size, max_length
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        ids, labels = encode(
-            self.tokenizer,
-            self.template,
-            turns_of(rec["conversations"]),
-            self.image_token_id,
-            self.num_image_tokens if "image" in rec else 0,
-        )
-        n_image = sum(t == self.image_token_id for t in ids)
-        if n_image and len(ids) > self.max_length and self.max_length < n_image + 1:
-            raise ConfigError(f"--data.max-length {self.max_length} cannot hold the image tokens")
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        image = None
         if "image" in rec:
             with Image.open(os.path.join(self.image_folder, rec["image"])) as im:
-                pixels = self.pixels([im.convert("RGB")])[0]
-        else:
-            pixels = torch.zeros(3, self.image_size, self.image_size)
-        return {"ids": ids, "labels": labels, "pixel_values": pixels, "has_image": "image" in rec}
+                image = im.convert("RGB")
+        out = encode(self.processor, self.template, turns_of(rec["conversations"]), image)
+        ids, labels = out["ids"], out["labels"]
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE)
+        n_image = sum(t == image_id for t in ids)
+        if n_image and len(ids) > self.max_length and self.max_length < n_image + 1:
+            raise ConfigError(f"--data.max-length {self.max_length} cannot hold the image tokens")
+        pixels = out.get("pixel_values", torch.zeros(3, self.image_size, self.image_size))
+        return {
+            "ids": ids[: self.max_length],
+            "labels": labels[: self.max_length],
+            "pixel_values": pixels,
+            "has_image": image is not None,
+        }
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:

@@ -3,66 +3,61 @@
     vlm = load_vlm("runs/vlm", device="cpu")
     vlm.generate([Image.open("cat.jpg")], ["what is in the image?"])  # -> ["a cat ..."]
 
-Images are padded to a square of the processor's mean colour (LLaVA-1.5's ``pad``), resized by
-the processor to the tower's input size and scaled to [-1, 1]; the prompt is the model's
-conversation template up to the assistant's cue; decoding is greedy.
+The processor saved in the folder defines the inputs, exactly as transformers'
+``AutoProcessor`` / ``pipeline("image-text-to-text")`` read them: its chat template (the one the
+model was trained with) up to the assistant's cue, tokenised in one call with ``<image>``
+expanded to the tower's tokens, and its image processor (padded to a square of the mean colour,
+LLaVA-1.5's ``pad``, resized to the tower's input, scaled to [-1, 1]). Decoding is greedy.
 """
 
 from __future__ import annotations
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
-from openvision3.understanding.assemble import TEMPLATE_KEY, pad_to_square
-from openvision3.understanding.templates import get_template, pad_batch, prompt_ids
+from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
+from openvision3.understanding.templates import prompt_inputs, template_name
+
+
+def _image_inputs(images) -> tuple[list, dict]:
+    """PIL images as they are; a (B, 3, H, W) tensor in [0, 1] as B images the processor takes
+    unscaled (``do_rescale=False``)."""
+    if torch.is_tensor(images):
+        return list(images.float()), {"do_rescale": False}
+    return [im.convert("RGB") for im in images], {}
 
 
 class VLM:
-    """A LLaVA model with its processor and conversation template."""
+    """A LLaVA model with its processor (which carries the conversation template)."""
 
-    def __init__(self, model: LlavaForConditionalGeneration, processor, template: str):
+    def __init__(self, model: LlavaForConditionalGeneration, processor):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.template = get_template(template)
-        self.image_size = model.config.vision_config.image_size
-        self.num_image_tokens = model.config.vision_config.num_image_tokens
+        # The template's name where it is one of ours (None for a foreign chat template).
+        self.template = template_name(processor.chat_template)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.multi_modal_projector.linear_1.weight.dtype
+
     def pixel_values(self, images) -> torch.Tensor:
         """PIL images, or a (B, 3, H, W) tensor in [0, 1] -> (B, 3, R, R) in [-1, 1]."""
-        if torch.is_tensor(images):
-            x = images.float()
-            if x.shape[-1] != x.shape[-2]:
-                raise ValueError(f"tensor images must be square, got {tuple(x.shape)}")
-            if x.shape[-1] != self.image_size:
-                x = torch.nn.functional.interpolate(
-                    x, size=self.image_size, mode="bicubic", antialias=True
-                ).clamp(0, 1)
-            return x * 2 - 1
-        squares = [pad_to_square(im) for im in images]
-        return self.processor.image_processor(images=squares, return_tensors="pt")["pixel_values"]
+        images, kwargs = _image_inputs(images)
+        return self.processor.image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]
 
-    def prompts(self, questions: list[str]) -> dict[str, torch.Tensor]:
-        rows = [
-            (ids, ids)
-            for ids in (
-                prompt_ids(
-                    self.tokenizer,
-                    self.template,
-                    q,
-                    self.model.config.image_token_id,
-                    self.num_image_tokens,
-                )
-                for q in questions
-            )
-        ]
-        batch = pad_batch(rows, self.tokenizer.pad_token_id, left=True)
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    def inputs(self, images, questions: list[str]) -> dict[str, torch.Tensor]:
+        """The processor's ``input_ids``, ``attention_mask`` (left-padded) and
+        ``pixel_values`` of (image, question) pairs, on the model's device."""
+        images, kwargs = _image_inputs(images)
+        batch = prompt_inputs(self.processor, questions, images, **kwargs)
+        batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
     def generate(
@@ -73,13 +68,10 @@ class VLM:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if not len(questions):
             return []
-        dtype = self.model.model.multi_modal_projector.linear_1.weight.dtype
-        pixels = self.pixel_values(images).to(self.device, dtype)
-        batch = {k: v.to(self.device) for k, v in self.prompts(questions).items()}
+        batch = self.inputs(images, questions)
         kwargs = dict(do_sample=False, num_beams=1) | generate_kwargs
         out = self.model.generate(
             **batch,
-            pixel_values=pixels,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -98,9 +90,8 @@ def load_vlm(
 
     require_kind(path, VLM_KIND)  # one line, before anything is built, for another kind
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
-    processor = AutoProcessor.from_pretrained(path)
-    template = getattr(model.config, TEMPLATE_KEY, "vicuna_v1")
-    return VLM(model.to(device), processor, template)
+    processor = load_processor(path, getattr(model.config, TEMPLATE_KEY, "vicuna_v1"))
+    return VLM(model.to(device), processor)
 
 
 def open_image(path: str) -> Image.Image:

@@ -19,7 +19,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
 from openvision3.understanding.inference import load_vlm
-from openvision3.understanding.templates import IMAGE
+from openvision3.understanding.templates import IMAGE, prompt_text
 
 MODEL_ID = "openvision3"
 
@@ -101,22 +101,40 @@ class OV3Llava(lmms):
 
     @torch.no_grad()
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        """log p(target | image, context) summed over the target's tokens, and whether greedy
-        decoding would produce exactly those tokens."""
-        vlm, out = self.vlm, []
-        tok = vlm.tokenizer
+        """log p(continuation | image, context) summed over the continuation's tokens, and
+        whether greedy decoding would produce exactly those tokens.
+
+        The continuation is what lmms-eval means (``lmms_eval/api/task.py``,
+        ``construct_requests``): a ``multiple_choice`` task passes a string that already carries
+        the target delimiter (``" yes"``); a ``loglikelihood`` task passes its ``doc_to_target``,
+        whose target has none, so lmms-eval's default delimiter " " goes before it. The prompt
+        (the chat template up to the assistant's cue) and the prompt + continuation are each
+        tokenised by the processor in one call; the continuation's tokens are those past the
+        prompt's (lmms-eval's ``context_enc`` / ``continuation_enc`` split)."""
+        out = []
         for req in requests:
-            context, doc_to_target, doc_to_visual, doc_id, task, split = req.args
+            context, target, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
-            target = doc_to_target(doc) if callable(doc_to_target) else doc_to_target
-            image = _first_image(doc_to_visual(doc))
-            prompt = vlm.prompts([context.replace(IMAGE, "").strip()])["input_ids"][0].tolist()
-            cont = tok(" " + str(target), add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + cont], device=vlm.device)
-            pixels = vlm.pixel_values([image.convert("RGB")]).to(vlm.device)
-            logits = vlm.model(input_ids=ids, pixel_values=pixels).logits[0, len(prompt) - 1 : -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            target_ids = torch.tensor(cont, device=vlm.device)
-            score = logp.gather(-1, target_ids[:, None]).sum().item()
-            out.append((score, bool((logp.argmax(-1) == target_ids).all())))
+            cont = " " + str(target(doc)) if callable(target) else str(target)
+            score, greedy = self.continuation_logprob(doc_to_visual(doc), context, cont)
+            out.append((score, greedy))
         return out
+
+    def continuation_logprob(self, visuals, context: str, continuation: str) -> tuple[float, bool]:
+        """(sum of the continuation tokens' log-probabilities, all of them greedy)."""
+        vlm = self.vlm
+        image = _first_image(visuals)
+        if image is None:
+            raise ValueError("the openvision3 model answers questions about one image")
+        prompt = prompt_text(vlm.processor, context)
+        full = vlm.processor(
+            text=[prompt + continuation], images=[image.convert("RGB")], return_tensors="pt"
+        )
+        n_prompt = len(vlm.processor(text=[prompt], images=[image.convert("RGB")])["input_ids"][0])
+        ids = full["input_ids"].to(vlm.device)  # (1, L)
+        pixels = full["pixel_values"].to(vlm.device, vlm.dtype)
+        logits = vlm.model(input_ids=ids, pixel_values=pixels).logits[0, n_prompt - 1 : -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
+        target = ids[0, n_prompt:]
+        score = logp.gather(-1, target[:, None]).sum().item()
+        return score, bool((logp.argmax(-1) == target).all())

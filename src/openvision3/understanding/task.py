@@ -116,10 +116,12 @@ def load_vlm_parts(path: str):
         from openvision3.understanding.tiny import tiny_vlm
 
         return tiny_vlm()
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
 
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    return model, AutoProcessor.from_pretrained(path)
+    return model, load_processor(path, getattr(model.config, TEMPLATE_KEY, "vicuna_v1"))
 
 
 def decoder_layer_names(model: nn.Module) -> list[str]:
@@ -169,38 +171,29 @@ class LlavaTask(Task):
 
     # ------------------------------------------------------------------ data
     def dataset(self, split: str = "train"):
-        from openvision3.understanding.templates import get_template
-
         d, model_cfg = self.cfg.data, self._config()
-        common = dict(
-            tokenizer=self.processor.tokenizer,
-            template=get_template(self.cfg.template),
-            image_token_id=model_cfg.image_token_id,
-            num_image_tokens=model_cfg.vision_config.num_image_tokens,
-        )
+        size = model_cfg.vision_config.image_size
         if d.source == "llava_json":
             from openvision3.understanding.data import ConversationDataset, read_llava_json
-            from openvision3.understanding.inference import VLM
 
-            size = model_cfg.vision_config.image_size
-            pixels = VLM.__new__(VLM)  # only its image preprocessing
-            pixels.processor, pixels.image_size = self.processor, size
             return ConversationDataset(
                 read_llava_json(d.json_path),
                 d.image_folder,
-                pixels=pixels.pixel_values,
+                self.processor,
+                self.cfg.template,
                 image_size=size,
                 max_length=d.max_length,
-                **common,
             )
         if d.source == "synthetic_cache" and model_cfg.vision_feature_layer != -1:
             raise ConfigError("--data.source synthetic_cache holds the last layer's tokens only")
         return SyntheticConversations(
             d,
             split,
-            model_cfg.vision_config.image_size,
+            size,
             cached=d.source == "synthetic_cache",
-            **common,
+            processor=self.processor,
+            template=self.cfg.template,
+            num_image_tokens=model_cfg.vision_config.num_image_tokens,
         )
 
     def _config(self):
@@ -273,10 +266,12 @@ class LlavaTask(Task):
 
     # ------------------------------------------------------------------ export
     def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
-        from openvision3.understanding.assemble import TEMPLATE_KEY, save_vlm
+        from openvision3.understanding.assemble import TEMPLATE_KEY, save_vlm, set_template
         from openvision3.understanding.lora import merged
 
+        # The stage's own template, in the config and in the processor's chat template.
         setattr(model.config, TEMPLATE_KEY, self.cfg.template)
+        set_template(self.processor, self.cfg.template)
         model.eval()
         lora = {"lora": vars(self.cfg.lora), "lora_merged": True} if self.cfg.lora.r else {}
         d = self.cfg.data
@@ -295,23 +290,14 @@ class SyntheticConversations(torch.utils.data.Dataset):
     scene's unified tokens come from the cache."""
 
     def __init__(
-        self,
-        d: VLMDataConfig,
-        split,
-        image_size,
-        cached,
-        tokenizer,
-        template,
-        image_token_id,
-        num_image_tokens,
+        self, d: VLMDataConfig, split, image_size, cached, processor, template, num_image_tokens
     ):
         from openvision3.demo.synthetic import SyntheticWorld
         from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
 
         self.d, self.split, self.image_size = d, split, image_size
         self.world = SyntheticWorld(d.synthetic_seed)
-        self.tokenizer, self.template = tokenizer, template
-        self.image_token_id, self.num_image_tokens = image_token_id, num_image_tokens
+        self.processor, self.template, self.num_image_tokens = processor, template, num_image_tokens
         self.tokens, self.indices = None, list(range(d.synthetic_size))
         # vqa_single: (type index, draw) of each item of a scene; other modes: one item a scene.
         self.slots = [
@@ -358,17 +344,14 @@ class SyntheticConversations(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from openvision3.understanding.templates import encode
 
-        ids, labels = encode(
-            self.tokenizer, self.template, self.turns(i), self.image_token_id, self.num_image_tokens
-        )
-        out = {"ids": ids, "labels": labels}
         j = i // self.per_scene
+        image = None
+        if self.tokens is None:  # the processor makes the pixels, as at inference
+            from PIL import Image
+
+            scene = self.world.scene(self.split, self.indices[j])
+            image = Image.fromarray(self.world.render(scene, self.image_size))
+        out = encode(self.processor, self.template, self.turns(i), image, self.num_image_tokens)
         if self.tokens is not None:
-            out["image_tokens"] = self.tokens[j]
-        else:
-            image = self.world.render(
-                self.world.scene(self.split, self.indices[j]), self.image_size
-            )
-            x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-            out["pixel_values"] = x * 2 - 1  # (3, R, R) in [-1, 1]
+            out["image_tokens"] = self.tokens[j]  # (N, D)
         return out

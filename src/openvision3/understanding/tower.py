@@ -2,7 +2,7 @@
 ``OpenVision3VisionModel`` (``model_type = "openvision3_vision"``).
 
 The tower is the frozen VAE plus the ViT encoder. It takes pixel values in [-1, 1] (a
-``CLIPImageProcessor`` with mean = std = 0.5) and returns CLIP's output convention, which is
+``LlavaImageProcessor`` with mean = std = 0.5) and returns CLIP's output convention, which is
 what ``LlavaModel.get_image_features`` reads: ``hidden_states`` has depth + 1 entries, entry 0
 the embedding output and entry k the output of block k, each with the CLS row first, so
 ``vision_feature_layer=-1`` with the ``"default"`` strategy (drop the CLS) selects exactly the
