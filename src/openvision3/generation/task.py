@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from openvision3.data.latents import FeatureCache
+from openvision3.data.latents import FeatureCache, read_cache_meta
 from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
 from openvision3.generation import flow
@@ -107,6 +108,29 @@ class GenerationConfig(RunConfig):
                 f"--class-names has {len(self.class_names)} names for "
                 f"--model.num-classes {self.model.num_classes}"
             )
+
+    def read_token_shape(self, given: Collection[str] = ()) -> None:
+        """Take the model's token shape, ``--model.in-channels`` D and ``--model.input-size``
+        h, from the cache's metadata (``ov3 cache-latents ... --tokens``), except for the flags
+        in ``given`` (those set on the command line), which must agree with it."""
+        try:
+            tokens = read_cache_meta(self.data.cache, self.data.split)["tokens"]
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"--data.cache: {err}") from err
+        if not tokens:
+            raise ConfigError(
+                f"--data.cache {self.data.cache!r} holds VAE latents but no tokens: write it "
+                "with `ov3 cache-latents PRESET --tokens EXPORT`"
+            )
+        shape = {"in_channels": tokens["shape"][1], "input_size": tokens["grid"][0]}
+        for name, value in shape.items():
+            flag, have = "--model." + name.replace("_", "-"), getattr(self.model, name)
+            if flag in given and have != value:
+                raise ConfigError(
+                    f"{flag} {have} does not match --data.cache {self.data.cache!r}, whose "
+                    f"tokens have {flag[8:]} {value}: drop {flag} to take the cache's"
+                )
+        self.model = replace(self.model, **shape)  # re-checked by __post_init__
 
     def build_task(self) -> GenerationTask:
         return GenerationTask(self)
@@ -254,7 +278,9 @@ class GenerationTask(Task):
         got = [loader.cache.meta["tokens"]["shape"][1], *loader.grid]
         if got != want:
             raise ConfigError(
-                f"--data.cache holds tokens (D, h, w) = {got}; the model takes {want}"
+                f"--data.cache holds tokens (D, h, w) = {got}; the model takes {want} "
+                "(--model.in-channels, --model.input-size; `ov3 train` reads them from the "
+                "cache when they are not given)"
             )
         return loader
 

@@ -30,6 +30,16 @@ class StudyArgs:
     report_only: bool = False  # write the report from the finished runs; train nothing
 
 
+def study_summaries() -> dict[str, str]:
+    """Study name -> the first sentence of its docstring (``ov3 study --help``)."""
+    from openvision3.study.studies import STUDIES
+
+    return {
+        name: " ".join((make.__doc__ or "").split()).replace("``", "`")
+        for name, make in STUDIES.items()
+    }
+
+
 def main(argv: list[str]) -> int:
     import tyro
 
