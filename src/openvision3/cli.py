@@ -59,6 +59,15 @@ MODEL_PRESET_HELP = (
 )
 
 
+def tyro_config() -> tuple:
+    """tyro's settings for experiment configs: optional parts (``model.decoder: DecoderConfig |
+    None``) are plain dotted flags, listed by --help and set without first naming a tyro
+    subcommand (``--model.decoder.depth 4``)."""
+    import tyro
+
+    return (tyro.conf.AvoidSubcommands,)
+
+
 def _model_presets() -> str:
     from openvision3.models.presets import PRESETS as MODEL_PRESETS
 
@@ -89,6 +98,7 @@ def _experiment(preset: str, argv: list[str], prog: str, more_help: str = ""):
         args=argv,
         prog=prog,
         description=description,
+        config=tyro_config(),
     )
     cfg.validate()
     if isinstance(cfg, GenerationConfig):  # the token shape the cache holds, unless given
@@ -227,12 +237,25 @@ def cmd_train_vae(argv: list[str]) -> int:
     return 0
 
 
+def image_presets() -> dict[str, str]:
+    """The presets that train on images (an ``ExperimentConfig``): those whose VAE latents
+    ``ov3 cache-latents`` writes. The LLaVA presets are not built (transformers: seconds)."""
+    from openvision3.config import ExperimentConfig
+    from openvision3.configs import get_preset
+
+    return {
+        name: doc
+        for name, doc in preset_summaries().items()
+        if not name.startswith("llava") and isinstance(get_preset(name), ExperimentConfig)
+    }
+
+
 def cmd_cache_latents(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
         return _print_choices(
             "ov3 cache-latents PRESET --out DIR [--model-preset NAME] [--FIELD VALUE ...]",
             "PRESET, the experiment preset whose data, resolution and VAE are cached",
-            preset_summaries(),
+            image_presets(),
             "`ov3 cache-latents PRESET --help` lists the options (split, resolution, shards, "
             "tokens, ...).",
             ok=_wants_help(argv),
@@ -245,8 +268,16 @@ def cmd_cache_latents(argv: list[str]) -> int:
     from openvision3.configs import get_preset
     from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
 
+    from openvision3.config import ExperimentConfig
+    from openvision3.errors import ConfigError
+
     model_preset, rest = _pop_flag(argv[1:], "--model-preset")
     exp = get_preset(argv[0], model_preset)
+    if not isinstance(exp, ExperimentConfig):
+        raise ConfigError(
+            f"{argv[0]!r} does not train on images, so it has no latents to cache; "
+            "`ov3 cache-latents --help` lists the presets that do"
+        )
     default = CacheLatentsConfig.from_experiment(exp)
     cfg = tyro.cli(
         CacheLatentsConfig,
@@ -390,7 +421,7 @@ COMMANDS: dict[str, Command] = {
                       "a training checkpoint or run -> config.json + model.safetensors"),
     "cache-latents": Command(cmd_cache_latents, "PRESET --out DIR",
                              "write the frozen VAE's latents (and tokens) of a split once",
-                             choices=preset_summaries),
+                             choices=image_presets),
     "presets": Command(cmd_presets, "", "list the experiment presets"),
     "encode": Command(_inference("encode"), "MODEL INPUT --output DIR",
                       "images -> unified tokens (safetensors, npz or webdataset shards)"),
@@ -424,7 +455,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _group("bench"), "WHAT [...]", "speed benchmarks",
         subcommands={
-            "encode": Command(_lazy("openvision3.inference.command", "main", "bench", "encode"),
+            "encode": Command(lambda argv: _inference("bench")(["encode", *argv]),
                               "[--model PATH | --preset P]",
                               "encode throughput against the released recipe"),
             "train": Command(_lazy("openvision3.ov3.bench", "main", extra="train",

@@ -35,7 +35,7 @@ class EvalConfig:
 @dataclass
 class ExperimentConfig(RunConfig):
     """An OpenVision 3 training run: the model, its objective, data and evaluation, on the
-    engine's ``train`` settings (``RunConfig``)."""
+    engine's `train` settings (`RunConfig`)."""
 
     TASK = "openvision3"
 

@@ -74,11 +74,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class CacheLatentsConfig:
-    """``ov3 cache-latents``: which split to encode, with which VAE, into which directory.
+    """`ov3 cache-latents`: which split to encode, with which VAE, into which directory.
 
-    ``out`` may hold "{resolution}"; ``part``/``parts`` split the work between processes
-    (one per GPU), process ``part`` taking samples part, part + parts, ...; ``seed`` seeds the
-    construction of a config-built (random) VAE exactly as the trainer does (``train.seed``).
+    `out` may hold "{resolution}"; `part`/`parts` split the work between processes
+    (one per GPU), process `part` taking samples part, part + parts, ...; `seed` seeds the
+    construction of a config-built (random) VAE exactly as the trainer does (`train.seed`).
     """
 
     out: str = ""

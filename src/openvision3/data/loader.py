@@ -41,12 +41,12 @@ class DataConfig:
     """Where image-text pairs come from and how they become batches.
 
     path: webdataset shard pattern ("dir/train-{000000..000009}.tar", "{split}" is replaced by
-    the split) or a directory of ``{split}-*.tar``; or an image folder. captions_file: folder
-    source only, JSONL/CSV with ``file`` and ``alt_text`` and/or ``caption``. alt_text_key:
+    the split) or a directory of `{split}-*.tar`; or an image folder. captions_file: folder
+    source only, JSONL/CSV with `file` and `alt_text` and/or `caption`. alt_text_key:
     webdataset member holding the alt text; caption_key: json field with the long caption.
-    latents: a latent cache written by ``ov3 cache-latents`` (a directory; "{resolution}" is
+    latents: a latent cache written by `ov3 cache-latents` (a directory; "{resolution}" is
     replaced by the stage resolution). When set, train loaders read the cached VAE latents
-    and pixel targets from it instead of decoding ``path``; evaluation still reads ``path``.
+    and pixel targets from it instead of decoding `path`; evaluation still reads `path`.
     """
 
     source: str = "synthetic"

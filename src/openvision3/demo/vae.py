@@ -46,9 +46,9 @@ REPRODUCE_COMMAND = "ov3 train-vae --out-dir src/openvision3/demo/assets/demo_va
 class VAETrainConfig:
     """Architecture, data and optimisation of the small demo VAE (defaults = the shipped one).
 
-    Images are rendered by ``SyntheticWorld(world_seed)`` at a resolution drawn from
-    ``resolutions`` (one per step) and randomly cropped to ``crop_size`` (0 = no crop); the
-    last ``finetune_steps`` of ``steps`` use ``finetune_crop_size`` instead. The network is
+    Images are rendered by `SyntheticWorld(world_seed)` at a resolution drawn from
+    `resolutions` (one per step) and randomly cropped to `crop_size` (0 = no crop); the
+    last `finetune_steps` of `steps` use `finetune_crop_size` instead. The network is
     convolutional, so small crops of 128 px renders teach it 128 px statistics cheaply; the
     larger final crops adapt the normalisation and the attention to larger grids.
     """
@@ -79,7 +79,7 @@ class VAETrainConfig:
     # default init (std 1) the sampling noise swamped the colour of small objects for thousands
     # of steps: Adam moves a bias by ~lr per step. FLUX.1's posterior std is small too.
     init_logvar: float = -10.0
-    latent_std: float = 1.0  # target std of ``mean * scaling_factor``; 0 = no calibration
+    latent_std: float = 1.0  # target std of `mean * scaling_factor`; 0 = no calibration
     val_images: int = 256
     val_resolutions: tuple[int, ...] = (64, 128)
     seed: int = 0

@@ -22,7 +22,7 @@ from openvision3.evaluation.reduce import all_gather_rows, evaluating, model_dev
 
 @dataclass
 class LinearProbeConfig:
-    """l2_grid: L2 strengths tried (penalty ``l2 / 2 * ||W||^2`` added to the mean
+    """l2_grid: L2 strengths tried (penalty `l2 / 2 * ||W||^2` added to the mean
     cross-entropy); holdout: fraction of train held out to pick one; max_iter: L-BFGS
     iterations; seed: the held-out split."""
 

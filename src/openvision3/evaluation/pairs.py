@@ -27,7 +27,7 @@ from openvision3.data.transforms import ImageTransformConfig, build_transform
 class PairsConfig:
     """An image-caption set for reconstruction, retrieval and captioning.
 
-    annotations: Karpathy JSON, COCO captions JSON or JSONL ("" = use the ``data`` loader's
+    annotations: Karpathy JSON, COCO captions JSON or JSONL ("" = use the `data` loader's
     texts). images_root: folder the image paths are relative to. split: Karpathy split to keep
     ("test" for the 5k COCO / 1k Flickr protocol; "" = all rows).
     """

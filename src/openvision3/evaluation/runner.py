@@ -124,12 +124,12 @@ class LinearProbeTaskConfig:
 @dataclass
 class EvalRunConfig:
     """model: our export folder, a released checkpoint folder or a hub id (required by
-    ``run_eval``). vae: "auto" (the export's), a VAE folder / hub id, or "none". data: labelled
+    `run_eval`). vae: "auto" (the export's), a VAE folder / hub id, or "none". data: labelled
     images (zero-shot, linear probe; and the rest when pairs.annotations is empty); pass the
-    training run's ``--data.*`` values to evaluate on its held-out split. Images are resized by
-    ``data.resize`` ("center_crop": short side to ``resolution``, centre crop). resolution: 0 =
+    training run's `--data.*` values to evaluate on its held-out split. Images are resized by
+    `data.resize` ("center_crop": short side to `resolution`, centre crop). resolution: 0 =
     the one the export was last trained at (its config.json; 256 for a released encoder).
-    num_images: the first N images of ``split`` (0 = all). out_dir: "" = write no files."""
+    num_images: the first N images of `split` (0 = all). out_dir: "" = write no files."""
 
     model: str = ""
     vae: str = "auto"

@@ -36,10 +36,10 @@ from openvision3.models.posemb import sincos_2d
 
 @dataclass
 class DiTDHConfig:
-    """Sizes of a DiT-DH. ``in_channels`` x ``input_size``^2 is the token grid (C, H, W);
-    ``head_depth = 0`` gives the plain DiT (no head, ``head_*`` unused). ``class_init_std``:
+    """Sizes of a DiT-DH. `in_channels` x `input_size`^2 is the token grid (C, H, W);
+    `head_depth = 0` gives the plain DiT (no head, `head_*` unused). `class_init_std`:
     the label table's initial std (RAE: 0.02; a short run learns its labels faster from
-    larger, well-separated rows, see ``presets.demo_dit``)."""
+    larger, well-separated rows, see `presets.demo_dit`)."""
 
     in_channels: int = 768
     input_size: int = 16

@@ -43,12 +43,12 @@ STATS_NAME = "latent_stats.safetensors"
 
 @dataclass
 class TokenDataConfig:
-    """Where the tokens come from: a feature cache written with ``tokens=`` (``data/latents.py``).
+    """Where the tokens come from: a feature cache written with `tokens=` (`data/latents.py`).
 
-    ``stats``: a ``latent_stats.safetensors`` (D, h, w); "" = ``<cache>/latent_stats.safetensors``,
-    computed from the cache's ``split`` the first time. ``label_field``: the JSON field holding
-    each sample's class (unlabelled samples get class 0: one class, an unconditional model). ``hflip``: probability of the flipped image's tokens (needs a cache
-    written with flips). ``in_memory``: load the whole cache once (small caches, demos).
+    `stats`: a `latent_stats.safetensors` (D, h, w); "" = `<cache>/latent_stats.safetensors`,
+    computed from the cache's `split` the first time. `label_field`: the JSON field holding
+    each sample's class (unlabelled samples get class 0: one class, an unconditional model). `hflip`: probability of the flipped image's tokens (needs a cache
+    written with flips). `in_memory`: load the whole cache once (small caches, demos).
     """
 
     cache: str = ""
@@ -70,7 +70,7 @@ class TokenDataConfig:
 @dataclass
 class FlowConfig:
     """Flow-matching settings: class dropout (the null class trains CFG's unconditional model),
-    and the time shift's base (s = sqrt(C H W / shift_base)); ``shift`` > 0 overrides s."""
+    and the time shift's base (s = sqrt(C H W / shift_base)); `shift` > 0 overrides s."""
 
     class_dropout: float = 0.1
     shift_base: int = flow.SHIFT_BASE
@@ -87,9 +87,9 @@ class FlowConfig:
 @register_task
 @dataclass
 class GenerationConfig(RunConfig):
-    """A class-conditional DiT-DH on cached tokens. ``decoder``: the OpenVision 3 export whose
-    decoder turns samples into pixels ("" = the one that wrote the cache); ``class_names``:
-    names of the labels (``load_generator(...).class_names``; "" entries = the index)."""
+    """A class-conditional DiT-DH on cached tokens. `decoder`: the OpenVision 3 export whose
+    decoder turns samples into pixels ("" = the one that wrote the cache); `class_names`:
+    names of the labels (`load_generator(...).class_names`; "" entries = the index)."""
 
     TASK: ClassVar[str] = "generation"
 

@@ -78,7 +78,7 @@ class RunConfig:
 class EncodeConfig(RunConfig):
     format: Literal["safetensors", "npz", "webdataset"] = "safetensors"
     pooled: bool = False
-    """also write the pooled, projected embedding (B, E) as ``pooled``"""
+    """also write the pooled, projected embedding (B, E) as `pooled`"""
     layout: Literal["tokens", "grid"] = "tokens"
     """tokens: (B, N, D); grid: (B, D, h, w), ready for a diffusion trainer"""
     normalize: str = ""
@@ -145,7 +145,7 @@ class ClassifyConfig(RunConfig):
 
 @dataclass
 class LatentStatsConfig(RunConfig):
-    """Writes ``latent_stats.safetensors`` (``mean`` / ``var`` (D, h, w)) into --output."""
+    """Writes `latent_stats.safetensors` (`mean` / `var` (D, h, w)) into --output."""
 
 
 # ---------------------------------------------------------------------- shared loop

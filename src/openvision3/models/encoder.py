@@ -25,8 +25,8 @@ from openvision3.models.posemb import resample_table, sincos_2d
 
 @dataclass
 class EncoderConfig:
-    """ViT over latents. ``pos_embed``: "sincos" (recomputed per grid) or "learned" (a stored
-    table for ``pos_grid``, resampled bicubically for other grids; the released checkpoints)."""
+    """ViT over latents. `pos_embed`: "sincos" (recomputed per grid) or "learned" (a stored
+    table for `pos_grid`, resampled bicubically for other grids; the released checkpoints)."""
 
     in_channels: int = 16
     patch_size: int = 2

@@ -23,7 +23,7 @@ from openvision3.models.vae import FrozenVAE, VAEConfig
 
 @dataclass
 class ModelConfig:
-    """The whole model. ``decoder``, ``text`` and ``caption`` may be None (encoder-only models,
+    """The whole model. `decoder`, `text` and `caption` may be None (encoder-only models,
     e.g. the released checkpoints, or ablations without a branch)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

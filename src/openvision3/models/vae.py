@@ -57,10 +57,10 @@ TINY_VAE_ARCH: dict[str, Any] = dict(
 class VAEConfig:
     """Where the frozen VAE comes from and how its latents are scaled.
 
-    ``pretrained``: hub id or local folder (diffusers layout) or a BFL single-file
-    ``ae.safetensors``; empty = build from ``arch`` (random weights; tests, or saved beside a model).
-    ``kind``: "autoencoder", or "pixels": no VAE at all, the "latents" are the images themselves
-    (3 channels, no downsampling); the pixel ViT of the paper's section 5 (``pixel_space()``).
+    `pretrained`: hub id or local folder (diffusers layout) or a BFL single-file
+    `ae.safetensors`; empty = build from `arch` (random weights; tests, or saved beside a model).
+    `kind`: "autoencoder", or "pixels": no VAE at all, the "latents" are the images themselves
+    (3 channels, no downsampling); the pixel ViT of the paper's section 5 (`pixel_space()`).
     """
 
     pretrained: str = FLUX_VAE_ID

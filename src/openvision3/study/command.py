@@ -43,7 +43,7 @@ def study_summaries() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     import tyro
 
-    from openvision3.cli import _pop_flag
+    from openvision3.cli import _pop_flag, tyro_config
     from openvision3.study.runner import run_study
     from openvision3.study.studies import STUDIES, get_study
 
@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
         args=argv,
         prog=f"ov3 study {study.name}",
         description=(STUDIES[study.name].__doc__ or "").strip(),
+        config=tyro_config(),
     )
     args.base.validate()
     study.base, study.seeds, study.eval, study.realism, study.generation = (

@@ -90,8 +90,8 @@ class ClaimConfig:
 
 @dataclass
 class ProbeEvalConfig:
-    """The held-out evaluation every arm gets: the first ``num_images`` of the val split in
-    batches of ``batch_size`` (the contrastive loss's negatives), every ``every`` steps and at
+    """The held-out evaluation every arm gets: the first `num_images` of the val split in
+    batches of `batch_size` (the contrastive loss's negatives), every `every` steps and at
     the end."""
 
     num_images: int = 256
@@ -105,7 +105,7 @@ class ProbeEvalConfig:
 
 @dataclass
 class RealismConfig:
-    """How realism is measured. ``kind``: "auto" (Inception rFID when its weights are present,
+    """How realism is measured. `kind`: "auto" (Inception rFID when its weights are present,
     else the synthetic world's feature network when the data is synthetic, else none),
     "inception", "features" or "none". The feature network is trained once on the synthetic
     world's labels (main object's colour, shape, grid cell), independent of every arm."""
@@ -126,10 +126,10 @@ class RealismConfig:
 
 @dataclass
 class GenerationStageConfig:
-    """A study's generation stage (``study/generation.py``; studies with ``needs="generation"``):
-    a DiT-DH-demo on each arm's tokens of ``train_images`` train scenes, ``steps`` of
-    ``batch_size``; ``per_class`` samples of each of the 72 colour x cell classes with CFG
-    ``cfg_scale`` on ``sample_steps`` grid points, scored against ``real_images`` val images."""
+    """A study's generation stage (`study/generation.py`; studies with `needs="generation"`):
+    a DiT-DH-demo on each arm's tokens of `train_images` train scenes, `steps` of
+    `batch_size`; `per_class` samples of each of the 72 colour x cell classes with CFG
+    `cfg_scale` on `sample_steps` grid points, scored against `real_images` val images."""
 
     train_images: int = 4096
     steps: int = 300

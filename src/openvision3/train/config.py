@@ -12,9 +12,9 @@ from openvision3.train.optim import OptimConfig
 class StageConfig:
     """One stage of progressive training (the paper: 128 px without LPIPS, then 256 px with).
 
-    ``freeze``: module names (``encoder``, ``text``, ...) whose parameters this stage does not
+    `freeze`: module names (`encoder`, `text`, ...) whose parameters this stage does not
     train: no gradient, and no optimiser state or weight decay when frozen in every stage.
-    ``lpips_weight``: this stage's LPIPS weight; None = the objective's ``lpips_weight``.
+    `lpips_weight`: this stage's LPIPS weight; None = the objective's `lpips_weight`.
     """
 
     resolution: int = 128

@@ -74,7 +74,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
 
 @dataclass
 class ExportArgs:
-    """``ov3 export``: a training checkpoint -> ``config.json`` + ``model.safetensors``."""
+    """`ov3 export`: a training checkpoint -> `config.json` + `model.safetensors`."""
 
     checkpoint: str  # a checkpoint directory (step_XXXXXXXX) or a run directory (its newest)
     out: str  # output directory

@@ -44,15 +44,15 @@ DECAYS = ("cosine", "linear")
 @dataclass
 class OptimConfig:
     """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own base
-    LR and warmup: ``StageConfig``). ``min_lr_ratio``: the cosine's floor as a fraction of the
-    peak. ``grad_clip`` is the max global grad-norm, ``None`` disables clipping.
-    ``fused``: ``None`` = fused AdamW when the parameters live on CUDA, ``True``/``False`` force it.
-    ``decay``: the shape after warmup, ``cosine`` or ``linear``; ``hold_ratio``: the fraction of
+    LR and warmup: `StageConfig`). `min_lr_ratio`: the cosine's floor as a fraction of the
+    peak. `grad_clip` is the max global grad-norm, `None` disables clipping.
+    `fused`: `None` = fused AdamW when the parameters live on CUDA, `True`/`False` force it.
+    `decay`: the shape after warmup, `cosine` or `linear`; `hold_ratio`: the fraction of
     each stage held at the peak before it decays (RAE's DiT schedule: constant for 40 of 800
-    epochs, then linear to a tenth of the peak: ``decay=linear, hold_ratio=0.05,
-    min_lr_ratio=0.1``). ``lr_scale``: module name -> LR multiplier for the parameters under
-    it (the longest matching name wins), e.g. LLaVA's ``mm_projector_lr`` as
-    ``{"model.multi_modal_projector": 0.1}``.
+    epochs, then linear to a tenth of the peak: `decay=linear, hold_ratio=0.05,
+    min_lr_ratio=0.1`). `lr_scale`: module name -> LR multiplier for the parameters under
+    it (the longest matching name wins), e.g. LLaVA's `mm_projector_lr` as
+    `{"model.multi_modal_projector": 0.1}`.
     """
 
     weight_decay: float = 0.2

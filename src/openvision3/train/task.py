@@ -47,7 +47,7 @@ class Loader(Protocol):
 @dataclass
 class RunConfig:
     """The part of every experiment config the engine reads. Subclasses add their task's
-    fields and set ``TASK``; ``build_task`` returns the task for this config."""
+    fields and set `TASK`; `build_task` returns the task for this config."""
 
     TASK: ClassVar[str] = ""
 

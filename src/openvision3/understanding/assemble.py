@@ -35,7 +35,7 @@ TEMPLATE_KEY = "ov3_template"
 
 @dataclass
 class BuildArgs:
-    """``ov3 vlm build``: write a LLaVA checkpoint from an OpenVision 3 encoder and an LLM."""
+    """`ov3 vlm build`: write a LLaVA checkpoint from an OpenVision 3 encoder and an LLM."""
 
     vision: str  # an OpenVision 3 export, or a released encoder (folder or hub id)
     llm: str  # a causal language model (folder or hub id) with its tokenizer; "tiny": a random one

@@ -24,7 +24,7 @@ USAGE = "usage: ov3 vlm {build,chat,answer} [--help]"
 
 @dataclass
 class ChatArgs:
-    """``ov3 vlm chat MODEL IMAGE QUESTION``: one answer."""
+    """`ov3 vlm chat MODEL IMAGE QUESTION`: one answer."""
 
     model: str
     image: str
@@ -35,7 +35,7 @@ class ChatArgs:
 
 @dataclass
 class AnswerArgs:
-    """``ov3 vlm answer MODEL QUESTIONS``: batched answers to a JSONL of questions."""
+    """`ov3 vlm answer MODEL QUESTIONS`: batched answers to a JSONL of questions."""
 
     model: str
     questions: str
@@ -48,7 +48,7 @@ class AnswerArgs:
 
 @dataclass
 class VQAArgs:
-    """``ov3 eval vqa MODEL QUESTIONS``: exact match and VQA accuracy over a JSONL with answers."""
+    """`ov3 eval vqa MODEL QUESTIONS`: exact match and VQA accuracy over a JSONL with answers."""
 
     model: str
     questions: str

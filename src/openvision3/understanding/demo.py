@@ -47,7 +47,7 @@ SHUFFLE_MARGIN = 0.05
 
 @dataclass
 class UnderstandingDemoConfig:
-    """The understanding demo on an existing ``ov3 demo`` run (its ``final/`` export)."""
+    """The understanding demo on an existing `ov3 demo` run (its `final/` export)."""
 
     run: str = "runs/demo"  # the demo run
     out: str = ""  # "" = <run>/understanding
@@ -57,9 +57,9 @@ class UnderstandingDemoConfig:
     layers: int = 3
     heads: int = 4
     # Sized for about 10 minutes on two CPU cores (8.5 min with the cache in place where
-    # ``ov3 demo`` takes 12.7 min; 17.4 min on cores where it takes 23.6): a stage-2 step (batch
+    # `ov3 demo` takes 12.7 min; 17.4 min on cores where it takes 23.6): a stage-2 step (batch
     # 64 single-question conversations of about 80 tokens, 64 of them the image's) takes 0.3 to
-    # 0.63 s there, a third of a six-turn one (``vqa``). Measured: 300 six-turn steps left
+    # 0.63 s there, a third of a six-turn one (`vqa`). Measured: 300 six-turn steps left
     # position at chance; 1200 single-question steps reach 0.74 to 0.95.
     stage1_steps: int = 150
     stage2_steps: int = 1200

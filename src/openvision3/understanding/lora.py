@@ -20,8 +20,8 @@ from openvision3.errors import require
 
 @dataclass
 class LoraSettings:
-    """``r`` 0 = no LoRA (the default: LLaVA-1.5's reported numbers train the whole LM);
-    ``alpha``, ``dropout``: peft's ``lora_alpha`` and ``lora_dropout``."""
+    """`r` 0 = no LoRA (the default: LLaVA-1.5's reported numbers train the whole LM);
+    `alpha`, `dropout`: peft's `lora_alpha` and `lora_dropout`."""
 
     r: int = 0
     alpha: float = 256.0

@@ -38,10 +38,10 @@ TINY = "tiny"  # --model tiny: the tiny random VLM of the smoke presets (underst
 
 @dataclass
 class VLMDataConfig:
-    """``source``: llava_json | synthetic | synthetic_cache. ``questions`` (synthetic sources):
+    """`source`: llava_json | synthetic | synthetic_cache. `questions` (synthetic sources):
     describe (stage 1's captions), vqa (stage 2's questions, every type in one shuffled
     multi-turn conversation) or vqa_single (one question per conversation: each scene once per
-    question type, or ``repeats[type]`` times, each repeat its own draw of the question)."""
+    question type, or `repeats[type]` times, each repeat its own draw of the question)."""
 
     source: str = "llava_json"
     json_path: str = ""
@@ -72,9 +72,9 @@ class VLMDataConfig:
 @register_task
 @dataclass
 class LlavaRunConfig(RunConfig):
-    """A LLaVA run: ``model`` is an assembled VLM folder (``ov3 vlm build``, or the previous
-    stage's ``final/``), or ``tiny``. ``lora.r`` > 0 trains LoRA adapters on the language
-    model instead of its weights (``understanding/lora.py``)."""
+    """A LLaVA run: `model` is an assembled VLM folder (`ov3 vlm build`, or the previous
+    stage's `final/`), or `tiny`. `lora.r` > 0 trains LoRA adapters on the language
+    model instead of its weights (`understanding/lora.py`)."""
 
     TASK: ClassVar[str] = "llava"
 
