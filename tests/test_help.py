@@ -22,8 +22,6 @@ def _one_preset_per_config_class(names) -> list[str]:
     """Experiment presets with distinct run-config classes (their fields differ)."""
     seen, out = set(), []
     for name in names:
-        if name.startswith("llava"):  # building it imports transformers; see the VLM test below
-            continue
         kind = type(get_preset(name))
         if kind not in seen:
             seen.add(kind)
@@ -63,10 +61,12 @@ def undescribed(text: str) -> list[str]:
         if raw.startswith(("╭", "╰")):  # a tyro box opens (its title) or closes
             section, entries = raw.strip("╭╰─╮╯ "), entries + [[""]]
             continue
-        if re.fullmatch(r"\s*-{10,}\s*", raw):  # tyro without a terminal: a title, then a rule
-            if entries and entries[-1][0] == previous.strip():
-                entries.pop()
-            section, entries = previous.strip(), entries + [[""]]
+        if re.fullmatch(r"\s*-{10,}\s*", raw):  # tyro without a terminal: " title", a rule
+            if re.match(r" \S", previous):  # (a rule under a group's description is not one)
+                section = previous.strip()
+                if entries and entries[-1][0] == section:
+                    entries.pop()
+            entries.append([""])
             continue
         previous = raw
         line = raw.rstrip()
@@ -79,7 +79,9 @@ def undescribed(text: str) -> list[str]:
         indent = len(line) - len(stripped)
         listed = section.endswith(("options", "arguments"))
         if listed and stripped and indent <= 2:
-            if stripped.startswith("-") or section.startswith("positional"):
+            if entries and entries[-1][0].endswith(",") and len(entries[-1]) == 1:
+                entries[-1][0] += " " + stripped  # flag spellings wrapped onto a second line
+            elif stripped.startswith("-") or section.startswith("positional"):
                 name, *desc = re.split(r"\s{2,}", stripped, maxsplit=1)
                 entries.append([name, *desc])
             else:
@@ -90,6 +92,8 @@ def undescribed(text: str) -> list[str]:
             entries.append([""])
     bad = []
     for name, *desc in entries:
+        if re.search(r"\.arch\.|--repeats\.", name):  # a dict field's keys; its group says what
+            continue  # they are (AutoencoderKL's keyword arguments; question type -> draws)
         if name and not DEFAULTS.sub("", " ".join(desc)).strip():
             bad.append(name.split()[0].rstrip(","))
     return bad

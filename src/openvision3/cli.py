@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -35,6 +36,15 @@ class Command:
     summary: str
     subcommands: dict[str, Command] = field(default_factory=dict)
     choices: Callable[[], dict[str, str]] | None = None
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse help with each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, "", False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _pop_flag(argv: list[str], flag: str) -> tuple[str, list[str]]:
@@ -265,10 +275,9 @@ def cmd_cache_latents(argv: list[str]) -> int:
 
     import tyro
 
+    from openvision3.config import ExperimentConfig
     from openvision3.configs import get_preset
     from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
-
-    from openvision3.config import ExperimentConfig
     from openvision3.errors import ConfigError
 
     model_preset, rest = _pop_flag(argv[1:], "--model-preset")
@@ -308,8 +317,6 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_presets(argv: list[str]) -> int:
-    import argparse
-
     argparse.ArgumentParser(
         prog="ov3 presets",
         description="Print the experiment presets' names, one a line (for ov3 train, demo, "

@@ -51,13 +51,13 @@ class TokenDataConfig:
     written with flips). `in_memory`: load the whole cache once (small caches, demos).
     """
 
-    cache: str = ""
-    split: str = "train"
-    stats: str = ""
-    label_field: str = "label"
-    hflip: float = 0.0
-    in_memory: bool = False
-    num_workers: int = 0
+    cache: str = ""  # a feature cache with tokens (`ov3 cache-latents PRESET --tokens EXPORT`)
+    split: str = "train"  # the cache's split to train on
+    stats: str = ""  # normalisation statistics file; "" = <cache>/latent_stats.safetensors
+    label_field: str = "label"  # JSON field holding each sample's class (none: class 0)
+    hflip: float = 0.0  # probability of the flipped image's tokens (a cache with flips)
+    in_memory: bool = False  # load the whole cache once (small caches)
+    num_workers: int = 0  # data loader worker processes
 
     def __post_init__(self):
         if not 0.0 <= self.hflip <= 1.0:
@@ -72,9 +72,9 @@ class FlowConfig:
     """Flow-matching settings: class dropout (the null class trains CFG's unconditional model),
     and the time shift's base (s = sqrt(C H W / shift_base)); `shift` > 0 overrides s."""
 
-    class_dropout: float = 0.1
-    shift_base: int = flow.SHIFT_BASE
-    shift: float = 0.0
+    class_dropout: float = 0.1  # probability a label becomes the null class (trains CFG)
+    shift_base: int = flow.SHIFT_BASE  # time shift s = sqrt(C H W / shift_base)
+    shift: float = 0.0  # > 0: this time shift instead
 
     def __post_init__(self):
         if not 0.0 <= self.class_dropout < 1.0:
@@ -96,7 +96,8 @@ class GenerationConfig(RunConfig):
     model: DiTDHConfig = field(default_factory=DiTDHConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    decoder: str = ""
+    decoder: str = ""  # OpenVision 3 export that decodes samples to pixels ("" = the cache's)
+    # a name per label, for samples and the web demo ("" = its index)
     class_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:

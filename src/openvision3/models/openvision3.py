@@ -31,8 +31,9 @@ class ModelConfig:
     text: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)
     caption: CaptionDecoderConfig | None = field(default_factory=CaptionDecoderConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    # initial contrastive logit scale (log 1/0.07, CLIP's)
     logit_scale_init: float = math.log(1 / 0.07)
-    name: str = ""
+    name: str = ""  # the model preset's name, recorded in exports
 
     def __post_init__(self):
         e = self.encoder

@@ -10,6 +10,7 @@ study's. ``--base-preset NAME`` first swaps the base experiment for an experimen
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 
@@ -22,8 +23,8 @@ class StudyArgs:
     """The parts of a study the command line may change."""
 
     base: ExperimentConfig = field(default_factory=ExperimentConfig)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    run_dir: str = ""
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds each arm runs with
+    run_dir: str = ""  # the study's folder ("" = runs/study-<name>)
     eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
     realism: RealismConfig = field(default_factory=RealismConfig)
     generation: GenerationStageConfig = field(default_factory=GenerationStageConfig)  # needs it
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
         default=default,
         args=argv,
         prog=f"ov3 study {study.name}",
-        description=(STUDIES[study.name].__doc__ or "").strip(),
+        description=inspect.cleandoc(STUDIES[study.name].__doc__ or "").replace("``", "`"),
         config=tyro_config(),
     )
     args.base.validate()

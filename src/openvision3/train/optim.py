@@ -55,14 +55,15 @@ class OptimConfig:
     `{"model.multi_modal_projector": 0.1}`.
     """
 
-    weight_decay: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    fused: bool | None = None
-    decay: str = "cosine"
-    hold_ratio: float = 0.0
+    weight_decay: float = 0.2  # AdamW weight decay (not on biases, norms and embeddings)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    min_lr_ratio: float = 0.0  # the decay's floor as a fraction of the peak LR
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    fused: bool | None = None  # fused AdamW; None = when the parameters live on CUDA
+    decay: str = "cosine"  # LR shape after warmup: cosine | linear
+    hold_ratio: float = 0.0  # fraction of each stage held at the peak LR before it decays
+    # module name -> LR multiplier of its parameters (longest match wins)
     lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -51,7 +51,7 @@ class RunConfig:
 
     TASK: ClassVar[str] = ""
 
-    name: str = "experiment"
+    name: str = "experiment"  # the run's name: its folder is runs/<name> unless --run-dir is set
     run_dir: str = ""  # "" = runs/<name>
     train: TrainConfig = field(default_factory=TrainConfig)
 

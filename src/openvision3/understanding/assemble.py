@@ -42,6 +42,7 @@ class BuildArgs:
     out: str  # the output folder
     image_size: int = 0  # 0 = the export's training resolution, else 224
     vision_feature_layer: int = -1  # -1 = the unified tokens; LLaVA-1.5's CLIP reads -2
+    # conversation template stored with the model (vicuna_v1: LLaVA-1.5's)
     template: str = "vicuna_v1"
     vae: str = "auto"  # the VAE of a released encoder (hub id or folder); auto = its default
 
