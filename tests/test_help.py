@@ -116,7 +116,9 @@ def test_the_walk_covers_subcommands_modes_and_presets():
     assert {"eval generation", "eval vqa", "bench train", "vlm chat", "demo --understanding"} <= (
         flat
     )
-    assert {"train demo", "train demo_generation", "study paper-small"} <= flat
+    assert "study paper-small" in flat
+    walked = {type(get_preset(c[1])) for c in CALLS if c[0] == "train" and len(c) == 2}
+    assert walked == {type(get_preset(name)) for name in PRESETS}  # every kind of run config
 
 
 def test_train_help_lists_presets_and_fields():
