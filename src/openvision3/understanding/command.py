@@ -199,13 +199,14 @@ def main(argv: list[str]) -> int:
     return 0 if sub in ("-h", "--help") else 2
 
 
-DEMO_HELP = """\
-A tiny LLaVA on the frozen tokens of an `ov3 demo` run: stage 1 trains the projector on
-captions, stage 2 the projector and LM on questions about synthetic scenes; writes
-RUN/understanding/report.md with accuracy per question type against the gates.
---understanding selects this mode. With --run DIR it starts from that finished demo run;
-without it, the demo is trained first (`ov3 demo`; the other flags are then its preset's) and
-these options keep their defaults."""
+DEMO_HELP = (
+    "A tiny LLaVA on the frozen tokens of an `ov3 demo` run: stage 1 trains the projector on "
+    "captions, stage 2 the projector and LM on questions about synthetic scenes; writes "
+    "RUN/understanding/report.md with the accuracy of each question type against its gate."
+    "\n\n--understanding selects this mode. With --run DIR it starts from that finished demo "
+    "run; without it, the demo is trained first (`ov3 demo`; the other flags are then its "
+    "preset's) and these options keep their defaults."
+)
 
 
 def demo_main(argv: list[str]) -> int:
