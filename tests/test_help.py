@@ -30,7 +30,7 @@ def _one_preset_per_config_class(names) -> list[str]:
 
 
 def invocations() -> list[list[str]]:
-    calls = []
+    calls = [[]]  # `ov3 --help`
     for name, command in cli.COMMANDS.items():
         calls.append([name])
         calls += [[name, sub] for sub in command.subcommands]
@@ -54,7 +54,8 @@ def run_help(argv: list[str]) -> tuple[int, str]:
 
 def undescribed(text: str) -> list[str]:
     """Options and positional arguments listed in a help text without a description (a bare
-    ``(default: x)`` is not one). Reads argparse's layout and tyro's boxed one."""
+    ``(default: x)`` is not one). Reads argparse's layout and tyro's, boxed (a terminal) or
+    plain (captured)."""
     entries: list[list[str]] = []  # [name, description words...]
     section, previous = "", ""
     for raw in text.splitlines():
@@ -102,7 +103,7 @@ def undescribed(text: str) -> list[str]:
 CALLS = invocations()
 
 
-@pytest.mark.parametrize("argv", CALLS, ids=[" ".join(c) for c in CALLS])
+@pytest.mark.parametrize("argv", CALLS, ids=[" ".join(c) or "ov3" for c in CALLS])
 def test_help_exits_0_and_describes_every_option(argv):
     code, text = run_help(argv)
     assert code == 0, text
@@ -117,7 +118,7 @@ def test_the_walk_covers_subcommands_modes_and_presets():
         flat
     )
     assert "study paper-small" in flat
-    walked = {type(get_preset(c[1])) for c in CALLS if c[0] == "train" and len(c) == 2}
+    walked = {type(get_preset(c[1])) for c in CALLS if c[:1] == ["train"] and len(c) == 2}
     assert walked == {type(get_preset(name)) for name in PRESETS}  # every kind of run config
 
 
