@@ -148,3 +148,20 @@ def test_undescribed_reads_both_layouts():
         "│ --seed INT    │\n│       the seed (default: 0) │\n╰───────╯\n"
     )
     assert undescribed(tyro_text) == ["--name"]
+    plain_text = (
+        "usage: x\n\n positional arguments\n ---------------\n  MODEL  the model\n\n"
+        " options\n ---------------\n  --seed INT\n        (default: 0)\n  --flag,\n"
+        "  --no-flag\n        what it does (default: False)\n\n"
+        " data options\n ---------------\n  the data group\n  ---------------\n"
+        "  --data.path STR\n        (default: '')\n"
+    )
+    assert undescribed(plain_text) == ["--seed", "--data.path"]
+
+
+def test_without_help_a_missing_argument_is_usage_on_stderr_and_status_2(capsys):
+    for argv in (["train"], ["study"], ["bench"], ["eval", "nonsense"], ["no-such-command"]):
+        assert cli.main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and "usage:" in captured.err, argv
+    cli.main(["no-such-command"])
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err

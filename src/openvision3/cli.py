@@ -17,8 +17,8 @@ tokens for generation and understanding. Train, export, encode, evaluate, sample
 EPILOG = """\
 `ov3 COMMAND --help` describes a command's arguments and options; for train, demo, study and
 cache-latents it lists every config field of the preset as a dotted flag
-(`--train.stages.0.steps 100`). `--model-preset NAME` (ov3-mu, ov3-S/2, ov3-B/2, ov3-L/2)
-swaps the whole model of an experiment preset before the other flags apply.
+(`--train.stages.0.steps 100`). `--model-preset NAME` (ov3-mu, ov3-B/2, ...; `ov3 train --help`
+lists them) swaps the whole model of an experiment preset before the other flags apply.
 A missing or inconsistent setting ends a command with one line naming the flag (status 2);
 other errors a user can fix are one line too (status 1). OV3_DEBUG=1 shows their tracebacks."""
 
@@ -510,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         asked = bool(argv) and argv[0] in ("-h", "--help")
+        if argv and not asked:
+            print(f"ov3: unknown command {argv[0]!r}\n", file=sys.stderr)
         print(usage(), file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     _setup_logging()
