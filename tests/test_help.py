@@ -165,3 +165,18 @@ def test_without_help_a_missing_argument_is_usage_on_stderr_and_status_2(capsys)
         assert captured.out == "" and "usage:" in captured.err, argv
     cli.main(["no-such-command"])
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, flags",
+    [
+        (["demo"], ("--generation", "--understanding", "--run", "--model-preset")),
+        (["train", "demo_smoke"], ("--model-preset",)),
+        (["cache-latents", "demo_smoke"], ("--model-preset",)),
+        (["study", "paper-small_smoke"], ("--base-preset", "--model-preset")),
+    ],
+)
+def test_flags_taken_before_tyro_are_described(argv, flags):
+    """Flags the command handles itself (not tyro's fields) are described in its help too."""
+    code, text = run_help(argv)
+    assert code == 0 and all(flag in text for flag in flags), text

@@ -53,7 +53,7 @@ class DataConfig:
     path: str = ""  # webdataset shards (a {000..009} pattern; {split} replaced) or an image folder
     captions_file: str = ""  # folder source: JSONL / CSV with file and alt_text and / or caption
     alt_text_key: str = "txt"  # webdataset member holding the alt text
-    caption_key: str = "caption"  # JSON field holding the long (synthetic) caption
+    caption_key: str = "caption"  # JSON field holding the long caption
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     seed: int = 0  # seeds shuffling and augmentation
     num_workers: int = 0  # data loader worker processes

@@ -31,6 +31,13 @@ class StudyArgs:
     report_only: bool = False  # write the report from the finished runs; train nothing
 
 
+PRESET_FLAGS = (
+    "--base-preset NAME swaps the base experiment for an experiment preset (`ov3 train --help` "
+    "lists them): the way to run the same study at scale. --model-preset NAME swaps the base's "
+    "model for a model preset (ov3-mu, ov3-B/2, ...). Both apply before the other flags."
+)
+
+
 def study_summaries() -> dict[str, str]:
     """Study name -> the first sentence of its docstring (``ov3 study --help``)."""
     from openvision3.study.studies import STUDIES
@@ -68,7 +75,9 @@ def main(argv: list[str]) -> int:
         default=default,
         args=argv,
         prog=f"ov3 study {study.name}",
-        description=inspect.cleandoc(STUDIES[study.name].__doc__ or "").replace("``", "`"),
+        description=inspect.cleandoc(STUDIES[study.name].__doc__ or "").replace("``", "`")
+        + "\n\n"
+        + PRESET_FLAGS,
         config=tyro_config(),
     )
     args.base.validate()

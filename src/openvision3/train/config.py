@@ -42,7 +42,7 @@ class StageConfig:
 class TrainConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0  # seeds initialisation, data order and every random draw
+    seed: int = 0  # seeds initialisation and the per-step draws (noise, token dropping)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile per transformer block
