@@ -1,40 +1,50 @@
-"""``ov3``: parse and dispatch; no logic here.
-
-    ov3 demo [--preset P] [--overrides]    the offline demo: train, evaluate, write a report
-    ov3 train <preset> [--overrides]       train an experiment preset (see `ov3 presets`)
-    ov3 train-vae [--overrides]            train the small VAE of the demo
-    ov3 export <checkpoint|run> <out>      a training checkpoint (any format) -> model.safetensors
-    ov3 cache-latents <preset> --out DIR   write the frozen VAE's latents of a split once
-    ov3 presets                            list the experiment presets
-    ov3 eval <task> [...]                  evaluations (reconstruction, zero-shot, retrieval, ...)
-    ov3 encode|reconstruct|caption|classify|latent-stats [...]   batched inference on files
-    ov3 bench encode [...]                 encode throughput against the released recipe
-    ov3 bench train [...]                  training-step speed: images/s, FLOPs, MFU, memory
-    ov3 demo --generation [--run DIR]      a DiT-DH on a demo run's frozen tokens, judged in pixels
-    ov3 sample GENERATOR --out DIR         class-conditional samples: PNGs + npz (torchrun-ready)
-    ov3 eval generation SAMPLES --reference REF   gFID, IS, precision / recall (k = 3)
-    ov3 bench generation [...]             DiT-DH-XL training step and sampling speed
-    ov3 serve [MODEL] [--generator DIR] [--vlm DIR]   the web demo (Gradio) on this machine
-    ov3 study <name> [--overrides]         arms x seeds of the paper's findings -> report.md
-    ov3 vlm build|chat|answer [...]        a LLaVA on OpenVision 3 tokens: assemble, ask, batch-answer
-    ov3 demo --understanding [--run DIR]   a tiny LLaVA on a demo run's frozen tokens, synthetic VQA
-    ov3 eval vqa MODEL QUESTIONS           exact match / VQA accuracy on a JSONL of questions
-    ov3 bench vlm [...]                    LLaVA stage-2 step (7B-shaped LM, small depth), tower images/s
-Overrides are dotted config fields parsed by tyro, e.g. ``--train.stages.0.steps 100``;
-``ov3 train <preset> --help`` lists them all. ``--model-preset NAME`` (ov3-mu, ov3-S/2,
-ov3-B/2, ov3-L/2) swaps the whole model of the preset before the other flags apply.
-A missing or inconsistent setting ends the command with one line naming the flag, status 2;
-the other errors a user can fix (``errors.py``) with one line and status 1. ``OV3_DEBUG=1``
-shows their tracebacks.
-"""
+"""The ``ov3`` command line: one table of commands (``COMMANDS``), each parsing its own flags
+(tyro or argparse) and calling the library; ``ov3 --help`` is written from the table."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-USAGE = __doc__
+DESCRIPTION = """\
+OpenVision 3 (arXiv 2601.15369): a frozen VAE, a ViT on its latents and one set of unified
+tokens for generation and understanding. Train, export, encode, evaluate, sample and serve."""
+
+EPILOG = """\
+`ov3 COMMAND --help` describes a command's arguments and options; for train, demo, study and
+cache-latents it lists every config field of the preset as a dotted flag
+(`--train.stages.0.steps 100`). `--model-preset NAME` (ov3-mu, ov3-B/2, ...; `ov3 train --help`
+lists them) swaps the whole model of an experiment preset before the other flags apply.
+A missing or inconsistent setting ends a command with one line naming the flag (status 2);
+other errors a user can fix are one line too (status 1). OV3_DEBUG=1 shows their tracebacks."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``ov3`` command: how to run it and how ``ov3 --help`` lists it.
+
+    ``subcommands``: commands chosen by the first argument (``ov3 bench train``) or, for
+    ``ov3 demo``, by a flag anywhere (``--generation``); ``choices``: the names the first
+    argument takes (presets, studies), for the command's help."""
+
+    run: Callable[[list[str]], int]
+    args: str  # the synopsis after ``ov3 NAME``
+    summary: str
+    subcommands: dict[str, Command] = field(default_factory=dict)
+    choices: Callable[[], dict[str, str]] | None = None
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse help with each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, "", False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _pop_flag(argv: list[str], flag: str) -> tuple[str, list[str]]:
@@ -59,24 +69,50 @@ MODEL_PRESET_HELP = (
 )
 
 
-def _experiment(preset: str, argv: list[str], prog: str):
+def tyro_config() -> tuple:
+    """tyro's settings for experiment configs: optional parts (``model.decoder: DecoderConfig |
+    None``) are plain dotted flags, listed by --help and set without first naming a tyro
+    subcommand (``--model.decoder.depth 4``)."""
+    import tyro
+
+    return (tyro.conf.AvoidSubcommands,)
+
+
+def _model_presets() -> str:
+    from openvision3.models.presets import PRESETS as MODEL_PRESETS
+
+    return ", ".join(sorted(MODEL_PRESETS))
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    """The dotted fields set on the command line, spelt ``--a.b-c`` (tyro takes ``_`` or ``-``)."""
+    return {"--" + a[2:].split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")}
+
+
+def _experiment(preset: str, argv: list[str], prog: str, more_help: str = ""):
     """The preset, ``--model-preset``, then tyro's dotted overrides; validated after them."""
     import tyro
 
-    from openvision3.configs import PRESETS, get_preset
-    from openvision3.models.presets import PRESETS as MODEL_PRESETS
+    from openvision3.configs import get_preset
+    from openvision3.generation.task import GenerationConfig
 
     model_preset, argv = _pop_flag(argv, "--model-preset")
     default = get_preset(preset, model_preset)
-    doc = (PRESETS[preset].__doc__ or "").strip()
+    description = "\n\n".join(
+        t for t in (_preset_doc(preset), MODEL_PRESET_HELP.format(names=_model_presets()),
+                    more_help) if t
+    )  # fmt: skip
     cfg = tyro.cli(
         type(default),  # the preset's run config: it names its task (train/task.py)
         default=default,
         args=argv,
         prog=prog,
-        description=f"{doc}\n\n{MODEL_PRESET_HELP.format(names=', '.join(sorted(MODEL_PRESETS)))}",
+        description=description,
+        config=tyro_config(),
     )
     cfg.validate()
+    if isinstance(cfg, GenerationConfig):  # the token shape the cache holds, unless given
+        cfg.read_token_shape(_given_flags(argv))
     return cfg
 
 
@@ -95,12 +131,72 @@ def _setup_logging() -> None:
     )
 
 
+def _wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def _print_choices(usage: str, what: str, choices: dict[str, str], note: str, ok: bool) -> int:
+    """A command's usage and the names its first argument takes, one per line with its summary:
+    on stdout with status 0 for ``--help``, else on stderr with status 2."""
+    width = max(map(len, choices), default=0) + 2
+    rows = "\n".join(f"  {name:<{width}}{doc}".rstrip() for name, doc in choices.items())
+    print(f"usage: {usage}\n\n{what}:\n{rows}\n\n{note}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 2
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split()).replace("``", "`")
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def preset_summaries() -> dict[str, str]:
+    """Experiment preset -> the first sentence of its docstring."""
+    from openvision3.configs import PRESETS
+
+    return {name: _first_sentence(_preset_doc(name)) for name in PRESETS}
+
+
+def _source_docs(module: str) -> dict[str, str]:
+    """Function name -> docstring of a module of this package, read without importing it (the
+    LLaVA presets' module imports transformers: seconds, for a help text)."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).parent.joinpath(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    return {
+        node.name: ast.get_docstring(node) or ""
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+def _preset_doc(name: str) -> str:
+    """An experiment preset's docstring; a smoke variant's names the preset it shrinks."""
+    from openvision3.configs import PRESETS
+
+    base = name.removesuffix("_smoke")
+    doc = PRESETS[name].__doc__ or ""
+    if not doc and name.startswith("llava"):
+        doc = _source_docs("understanding.presets").get(name, "")
+    if not doc and base != name:
+        return f"`{base}` shrunk for tests: a tiny model, a few steps, synthetic data. " + (
+            _preset_doc(base)
+        )
+    return " ".join(doc.split()).replace("``", "`")
+
+
 def cmd_train(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
-        print(
-            "usage: ov3 train <preset> [--overrides]; presets: see `ov3 presets`", file=sys.stderr
+        return _print_choices(
+            "ov3 train PRESET [--model-preset NAME] [--FIELD VALUE ...]",
+            "PRESET, an experiment preset (a run config: model, data, objective, stages)",
+            preset_summaries(),
+            "`ov3 train PRESET --help` lists the preset's config fields, each a dotted flag\n"
+            "(`--train.stages.0.steps 100`); " + MODEL_PRESET_HELP.format(names=_model_presets()),
+            ok=_wants_help(argv),
         )
-        return 2
     _need("train", "ov3 train")
     cfg = _experiment(argv[0], argv[1:], f"ov3 train {argv[0]}")
     from openvision3.train.trainer import Trainer
@@ -116,21 +212,23 @@ def default_demo_preset() -> str:
     return "demo_gpu" if torch.cuda.is_available() else "demo"
 
 
+DEMO_MODES_HELP = """\
+Other modes (each with its own --help):
+  ov3 demo --generation [--run DIR]     a DiT-DH on a demo run's frozen tokens, judged in pixels
+  ov3 demo --understanding [--run DIR]  a tiny LLaVA on a demo run's frozen tokens, synthetic VQA
+  --run DIR: a finished `ov3 demo` run to start from (without it, the demo is trained first)."""
+
+
 def cmd_demo(argv: list[str]) -> int:
     _need("train", "ov3 demo")
-    if "--generation" in argv:
-        from openvision3.generation.command import demo_main
-
-        return demo_main(argv)
-    if "--understanding" in argv:
-        from openvision3.understanding.command import demo_main as understanding_demo
-
-        return understanding_demo(argv)
+    for flag, mode in COMMANDS["demo"].subcommands.items():
+        if flag in argv:
+            return mode.run(argv)
     preset, argv = _pop_flag(argv, "--preset")
     if not preset and argv and not argv[0].startswith("-"):
         preset, argv = argv[0], argv[1:]
     preset = preset or default_demo_preset()
-    cfg = _experiment(preset, argv, f"ov3 demo --preset {preset}")
+    cfg = _experiment(preset, argv, f"ov3 demo --preset {preset}", DEMO_MODES_HELP)
     from openvision3.demo.run import run_demo
 
     report = run_demo(cfg)
@@ -149,23 +247,57 @@ def cmd_train_vae(argv: list[str]) -> int:
     return 0
 
 
+def image_presets() -> dict[str, str]:
+    """The presets that train on images (an ``ExperimentConfig``): those whose VAE latents
+    ``ov3 cache-latents`` writes. The LLaVA presets are not built (transformers: seconds)."""
+    from openvision3.config import ExperimentConfig
+    from openvision3.configs import get_preset
+
+    return {
+        name: doc
+        for name, doc in preset_summaries().items()
+        if not name.startswith("llava") and isinstance(get_preset(name), ExperimentConfig)
+    }
+
+
 def cmd_cache_latents(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
-        print("usage: ov3 cache-latents <preset> --out DIR [--overrides]", file=sys.stderr)
-        return 2
+        return _print_choices(
+            "ov3 cache-latents PRESET --out DIR [--model-preset NAME] [--FIELD VALUE ...]",
+            "PRESET, the experiment preset whose data, resolution and VAE are cached",
+            image_presets(),
+            "`ov3 cache-latents PRESET --help` lists the options (split, resolution, shards, "
+            "tokens, ...).",
+            ok=_wants_help(argv),
+        )
     _need("train", "ov3 cache-latents")
     import json
 
     import tyro
 
+    from openvision3.config import ExperimentConfig
     from openvision3.configs import get_preset
     from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
+    from openvision3.errors import ConfigError
 
     model_preset, rest = _pop_flag(argv[1:], "--model-preset")
     exp = get_preset(argv[0], model_preset)
+    if not isinstance(exp, ExperimentConfig):
+        raise ConfigError(
+            f"{argv[0]!r} does not train on images, so it has no latents to cache; "
+            "`ov3 cache-latents --help` lists the presets that do"
+        )
     default = CacheLatentsConfig.from_experiment(exp)
     cfg = tyro.cli(
-        CacheLatentsConfig, default=default, args=rest, prog=f"ov3 cache-latents {argv[0]}"
+        CacheLatentsConfig,
+        default=default,
+        args=rest,
+        prog=f"ov3 cache-latents {argv[0]}",
+        description=(
+            f"Write the frozen VAE's latents (and optionally the encoder's tokens) of a split of "
+            f"the `{argv[0]}` preset's data once, for training without the VAE in the loop.\n\n"
+            + MODEL_PRESET_HELP.format(names=_model_presets())
+        ),
     )
     cfg.data.require_images()
     print(json.dumps(write_latent_cache(cfg), indent=2))
@@ -185,34 +317,15 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_presets(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="ov3 presets",
+        description="Print the experiment presets' names, one a line (for ov3 train, demo, "
+        "cache-latents); `ov3 train --help` lists them with their summaries.",
+    ).parse_args(argv)
     from openvision3.configs import preset_names
 
     print("\n".join(preset_names()))
     return 0
-
-
-def cmd_eval(argv: list[str]) -> int:
-    _need("eval", "ov3 eval")
-    if argv and argv[0] == "generation":
-        from openvision3.generation.command import eval_main as generation_eval
-
-        return generation_eval(argv[1:])
-    if argv and argv[0] == "vqa":
-        from openvision3.understanding.command import main_eval_vqa
-
-        return main_eval_vqa(argv[1:])
-    from openvision3.evaluation.command import main as eval_main
-
-    return eval_main(argv)
-
-
-def _inference(name: str):
-    def run(argv: list[str]) -> int:
-        from openvision3.inference.command import main as inference_main
-
-        return inference_main(name, argv)
-
-    return run
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -222,65 +335,190 @@ def cmd_serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
-def cmd_bench(argv: list[str]) -> int:
-    if argv and argv[0] == "train":
-        _need("train", "ov3 bench train")
-        from openvision3.ov3.bench import main as bench_train_main
+def _study_summaries() -> dict[str, str]:
+    from openvision3.study.command import study_summaries
 
-        return bench_train_main(argv[1:])
-    if argv and argv[0] == "encode":
-        return _inference("bench")(argv)
-    if argv and argv[0] == "generation":
-        from openvision3.generation.bench import main as bench_generation_main
-
-        return bench_generation_main(argv[1:])
-    if argv and argv[0] == "vlm":
-        from openvision3.understanding.bench import main as bench_vlm_main
-
-        return bench_vlm_main(argv[1:])
-    print("usage: ov3 bench {encode,train,generation,vlm} [--help]", file=sys.stderr)
-    return 2
+    return study_summaries()
 
 
 def cmd_study(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        return _print_choices(
+            "ov3 study NAME [--base-preset P] [--model-preset NAME] [--FIELD VALUE ...]",
+            "NAME, a study (arms x seeds of the paper's findings)",
+            _study_summaries(),
+            "`ov3 study NAME --help` lists its options (seeds, run folder, the base experiment's "
+            "fields as --base.*).",
+            ok=_wants_help(argv),
+        )
     _need("train", "ov3 study")
     from openvision3.study.command import main as study_main
 
     return study_main(argv)
 
 
-INFERENCE_COMMANDS = ("encode", "reconstruct", "caption", "classify", "latent-stats")
-COMMANDS = {
-    "train": cmd_train,
-    "demo": cmd_demo,
-    "train-vae": cmd_train_vae,
-    "export": cmd_export,
-    "cache-latents": cmd_cache_latents,
-    "presets": cmd_presets,
-    "eval": cmd_eval,
-    "bench": cmd_bench,
-    "sample": lambda argv: __import__(
-        "openvision3.generation.command", fromlist=["sample_main"]
-    ).sample_main(argv),
-    "serve": cmd_serve,
-    "vlm": lambda argv: __import__("openvision3.understanding.command", fromlist=["main"]).main(
-        argv
-    ),
-    "study": cmd_study,
-    **{name: _inference(name) for name in INFERENCE_COMMANDS},
+def _group(name: str) -> Callable[[list[str]], int]:
+    """``ov3 NAME SUB ...``: dispatch on the first argument through ``COMMANDS[name]``."""
+
+    def run(argv: list[str]) -> int:
+        command = COMMANDS[name]
+        if argv and argv[0] in command.subcommands:
+            return command.subcommands[argv[0]].run(argv[1:])
+        return _print_choices(
+            f"ov3 {name} {{{','.join(command.subcommands)}}} ...",
+            f"{name} commands",
+            {f"{sub} {c.args}".strip(): c.summary for sub, c in command.subcommands.items()},
+            f"`ov3 {name} COMMAND --help` describes a command's arguments and options.",
+            ok=_wants_help(argv[:1]),
+        )
+
+    return run
+
+
+def _lazy(module: str, function: str, *prefix: str, extra: str = "", feature: str = ""):
+    """A command that imports ``module`` when it runs and calls ``function(prefix + argv)``."""
+
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        if extra:
+            _need(extra, feature)
+        return getattr(importlib.import_module(module), function)([*prefix, *argv])
+
+    return run
+
+
+def _inference(name: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        from openvision3.inference.command import main as inference_main
+
+        return inference_main(name, argv)
+
+    return run
+
+
+EVAL = "openvision3.evaluation.command"
+EVAL_TASKS = {
+    "reconstruction": "rFID, PSNR, SSIM (and LPIPS) of decoded images",
+    "zero-shot": "zero-shot classification with class-name prompts (top-1, top-5)",
+    "retrieval": "image-text retrieval recall@1/5/10 both ways",
+    "captioning": "captions of the captioning head against references (BLEU, METEOR, CIDEr, ...)",
+    "linear-probe": "a linear classifier on frozen pooled tokens (top-1)",
+    "all": "every task the model and the data allow",
 }
+COMMANDS: dict[str, Command] = {
+    "train": Command(cmd_train, "PRESET [--FIELD VALUE ...]", "train an experiment preset",
+                     choices=preset_summaries),
+    "demo": Command(
+        cmd_demo, "[--preset P] [--FIELD VALUE ...]",
+        "the offline demo: train a small model on synthetic data, evaluate, write a report",
+        subcommands={
+            "--generation": Command(
+                _lazy("openvision3.generation.command", "demo_main"), "[--run DIR]",
+                "a DiT-DH on a demo run's frozen tokens, judged in pixels",
+            ),
+            "--understanding": Command(
+                _lazy("openvision3.understanding.command", "demo_main"), "[--run DIR]",
+                "a tiny LLaVA on a demo run's frozen tokens, synthetic VQA",
+            ),
+        },
+    ),
+    "train-vae": Command(cmd_train_vae, "[--FIELD VALUE ...]", "train the small VAE of the demo"),
+    "export": Command(cmd_export, "CHECKPOINT OUT",
+                      "a training checkpoint or run -> config.json + model.safetensors"),
+    "cache-latents": Command(cmd_cache_latents, "PRESET --out DIR",
+                             "write the frozen VAE's latents (and tokens) of a split once",
+                             choices=image_presets),
+    "presets": Command(cmd_presets, "", "list the experiment presets"),
+    "encode": Command(_inference("encode"), "MODEL INPUT --output DIR",
+                      "images -> unified tokens (safetensors, npz or webdataset shards)"),
+    "reconstruct": Command(_inference("reconstruct"), "MODEL INPUT --output DIR",
+                           "images -> tokens -> decoded images"),
+    "caption": Command(_inference("caption"), "MODEL INPUT --output DIR",
+                       "captions from the captioning head"),
+    "classify": Command(_inference("classify"), "MODEL INPUT --output DIR --labels A B ...",
+                        "zero-shot labels against the text tower"),
+    "latent-stats": Command(_inference("latent-stats"), "MODEL INPUT --output DIR",
+                            "per-channel statistics of the tokens (diffusion normalisation)"),
+    "sample": Command(_lazy("openvision3.generation.command", "sample_main"),
+                      "GENERATOR --out DIR",
+                      "class-conditional samples of a generator: PNGs + npz (torchrun-ready)"),
+    "eval": Command(
+        _group("eval"), "TASK [...]", "evaluations of a model, samples or a VLM",
+        subcommands={
+            **{task: Command(_lazy(EVAL, "main", task, extra="eval", feature="ov3 eval"),
+                             "--model PATH [--FIELD VALUE ...]", doc)
+               for task, doc in EVAL_TASKS.items()},
+            "generation": Command(
+                _lazy("openvision3.generation.command", "eval_main", extra="eval",
+                      feature="ov3 eval"),
+                "SAMPLES --reference REF", "gFID, IS, precision / recall (k = 3) of samples"),
+            "vqa": Command(
+                _lazy("openvision3.understanding.command", "main_eval_vqa", extra="eval",
+                      feature="ov3 eval"),
+                "MODEL QUESTIONS", "exact match / VQA accuracy of a VLM on a JSONL of questions"),
+        },
+    ),
+    "bench": Command(
+        _group("bench"), "WHAT [...]", "speed benchmarks",
+        subcommands={
+            "encode": Command(lambda argv: _inference("bench")(["encode", *argv]),
+                              "[--model PATH | --preset P]",
+                              "encode throughput against the released recipe"),
+            "train": Command(_lazy("openvision3.ov3.bench", "main", extra="train",
+                                   feature="ov3 bench train"),
+                             "[--preset P]", "training-step speed: images/s, FLOPs, MFU, memory"),
+            "generation": Command(_lazy("openvision3.generation.bench", "main"), "[--model M]",
+                                  "DiT-DH training step and sampling speed"),
+            "vlm": Command(_lazy("openvision3.understanding.bench", "main"), "[--layers N]",
+                           "LLaVA stage-2 step (7B-shaped LM, small depth), tower images/s"),
+        },
+    ),
+    "serve": Command(cmd_serve, "[MODEL] [--generator DIR] [--vlm DIR]",
+                     "the web demo (Gradio) on this machine"),
+    "study": Command(cmd_study, "NAME [--FIELD VALUE ...]",
+                     "arms x seeds of the paper's findings -> report.md",
+                     choices=_study_summaries),
+    "vlm": Command(
+        _group("vlm"), "WHAT [...]", "a LLaVA on OpenVision 3 tokens",
+        subcommands={
+            sub: Command(_lazy("openvision3.understanding.command", "main", sub), args, doc)
+            for sub, args, doc in (
+                ("build", "--vision EXPORT --llm LM --out DIR",
+                 "assemble a LLaVA from an encoder and a language model"),
+                ("chat", "MODEL IMAGE QUESTION", "answer one question about one image"),
+                ("answer", "MODEL QUESTIONS", "batch-answer a JSONL of questions"),
+            )
+        },
+    ),
+}  # fmt: skip
+
+
+def usage() -> str:
+    """``ov3 --help``: the commands of ``COMMANDS`` with their synopses and summaries."""
+    rows = []
+    for name, command in COMMANDS.items():
+        rows.append((f"{name} {command.args}".strip(), command.summary))
+        for sub, c in command.subcommands.items() if name == "demo" else ():
+            rows.append((f"{name} {sub} {c.args}".strip(), c.summary))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = "\n".join(f"  {left:<{width}}{right}" for left, right in rows)
+    return f"usage: ov3 COMMAND [ARGS]\n\n{DESCRIPTION}\n\ncommands:\n{lines}\n\n{EPILOG}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] not in COMMANDS:
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        if argv and not asked:
+            print(f"ov3: unknown command {argv[0]!r}\n", file=sys.stderr)
+        print(usage(), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     _setup_logging()
     from openvision3.errors import USER_ERRORS, ConfigError
 
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]].run(argv[1:])
     except USER_ERRORS as err:
         if os.environ.get("OV3_DEBUG") == "1":
             raise

@@ -23,19 +23,19 @@ class EvalConfig:
     """Evaluation on the held-out split during and after training."""
 
     num_images: int = 1000  # from the val split (0 = all)
-    batch_size: int = 100
+    batch_size: int = 100  # images per evaluation forward
     resolution: int = 0  # 0 = the last stage's resolution
     zero_shot: bool = True  # needs labels and class names (synthetic world, ImageNet folders)
-    retrieval: bool = True
-    reconstruction: bool = True
-    captioning: bool = True
-    caption_samples: int = 16
+    retrieval: bool = True  # image-text retrieval recall
+    reconstruction: bool = True  # PSNR / SSIM of decoded images
+    captioning: bool = True  # the captioning evaluation (scores and sample captions)
+    caption_samples: int = 16  # images captioned
 
 
 @dataclass
 class ExperimentConfig(RunConfig):
     """An OpenVision 3 training run: the model, its objective, data and evaluation, on the
-    engine's ``train`` settings (``RunConfig``)."""
+    engine's `train` settings (`RunConfig`)."""
 
     TASK = "openvision3"
 

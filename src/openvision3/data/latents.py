@@ -74,24 +74,24 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class CacheLatentsConfig:
-    """``ov3 cache-latents``: which split to encode, with which VAE, into which directory.
+    """`ov3 cache-latents`: which split to encode, with which VAE, into which directory.
 
-    ``out`` may hold "{resolution}"; ``part``/``parts`` split the work between processes
-    (one per GPU), process ``part`` taking samples part, part + parts, ...; ``seed`` seeds the
-    construction of a config-built (random) VAE exactly as the trainer does (``train.seed``).
+    `out` may hold "{resolution}"; `part`/`parts` split the work between processes
+    (one per GPU), process `part` taking samples part, part + parts, ...; `seed` seeds the
+    construction of a config-built (random) VAE exactly as the trainer does (`train.seed`).
     """
 
-    out: str = ""
-    split: str = "train"
-    resolution: int = 128
+    out: str = ""  # the cache directory (may hold "{resolution}")
+    split: str = "train"  # the data split to encode
+    resolution: int = 128  # image side in pixels (a multiple of 16)
     flip: bool = True  # also store the latent of the horizontally flipped image
-    batch_size: int = 64
-    shard_size: int = 1000
+    batch_size: int = 64  # images per VAE forward
+    shard_size: int = 1000  # samples per tar shard
     dtype: str = "float32"  # of the stored latents: float32 | bfloat16 | float16
-    part: int = 0
-    parts: int = 1
-    device: str = "auto"
-    seed: int = 0
+    part: int = 0  # this process's part (0 .. parts - 1): samples part, part + parts, ...
+    parts: int = 1  # processes sharing the work (one per GPU)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # seeds a config-built (random) VAE as the trainer does
     tokens: str = ""  # an OpenVision 3 export (or released encoder): also store its tokens
     images: bool = True  # store the pixel target PNG (OpenVision 3 training needs it)
     data: DataConfig = field(default_factory=DataConfig)

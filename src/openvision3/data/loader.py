@@ -41,28 +41,31 @@ class DataConfig:
     """Where image-text pairs come from and how they become batches.
 
     path: webdataset shard pattern ("dir/train-{000000..000009}.tar", "{split}" is replaced by
-    the split) or a directory of ``{split}-*.tar``; or an image folder. captions_file: folder
-    source only, JSONL/CSV with ``file`` and ``alt_text`` and/or ``caption``. alt_text_key:
+    the split) or a directory of `{split}-*.tar`; or an image folder. captions_file: folder
+    source only, JSONL/CSV with `file` and `alt_text` and/or `caption`. alt_text_key:
     webdataset member holding the alt text; caption_key: json field with the long caption.
-    latents: a latent cache written by ``ov3 cache-latents`` (a directory; "{resolution}" is
+    latents: a latent cache written by `ov3 cache-latents` (a directory; "{resolution}" is
     replaced by the stage resolution). When set, train loaders read the cached VAE latents
-    and pixel targets from it instead of decoding ``path``; evaluation still reads ``path``.
+    and pixel targets from it instead of decoding `path`; evaluation still reads `path`.
     """
 
-    source: str = "synthetic"
-    path: str = ""
-    captions_file: str = ""
-    alt_text_key: str = "txt"
-    caption_key: str = "caption"
+    source: str = "synthetic"  # synthetic | webdataset | folder
+    path: str = ""  # webdataset shards (a {000..009} pattern; {split} replaced) or an image folder
+    captions_file: str = ""  # folder source: JSONL / CSV with file and alt_text and / or caption
+    alt_text_key: str = "txt"  # webdataset member holding the alt text
+    caption_key: str = "caption"  # JSON field holding the long caption
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    seed: int = 0
-    num_workers: int = 0
-    text_context: int = 80
-    caption_context: int = 128
-    hflip: float = 0.0
+    seed: int = 0  # seeds shuffling and augmentation
+    num_workers: int = 0  # data loader worker processes
+    text_context: int = 80  # tokens of the contrastive text (the text tower's context)
+    caption_context: int = 128  # tokens of the caption target (the caption decoder's context)
+    hflip: float = 0.0  # train-only horizontal flip probability
+    # center_crop (short side, centre crop) | resize (squash) | pad (grey)
     resize: str = "center_crop"
+    # train-only random resized crop area range; (1, 1) = off
     crop_scale: tuple[float, float] = (1.0, 1.0)
     shuffle_buffer: int = 1000  # webdataset train: in-stream shuffle after the shard shuffle
+    # a latent cache of `ov3 cache-latents` to train from ("{resolution}" allowed)
     latents: str = ""
 
     def __post_init__(self):

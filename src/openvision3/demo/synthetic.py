@@ -79,9 +79,9 @@ NOISE_GRID = 12  # value noise on a fixed 12x12 grid, so it looks the same at an
 class SyntheticConfig:
     """Seed and split sizes of the synthetic world."""
 
-    seed: int = 0
-    train_size: int = 100_000
-    val_size: int = 1_000
+    seed: int = 0  # the world: objects, colours, captions
+    train_size: int = 100_000  # train images
+    val_size: int = 1_000  # held-out images
 
     def __post_init__(self):
         if self.train_size < 1 or self.val_size < 1:

@@ -46,46 +46,46 @@ REPRODUCE_COMMAND = "ov3 train-vae --out-dir src/openvision3/demo/assets/demo_va
 class VAETrainConfig:
     """Architecture, data and optimisation of the small demo VAE (defaults = the shipped one).
 
-    Images are rendered by ``SyntheticWorld(world_seed)`` at a resolution drawn from
-    ``resolutions`` (one per step) and randomly cropped to ``crop_size`` (0 = no crop); the
-    last ``finetune_steps`` of ``steps`` use ``finetune_crop_size`` instead. The network is
+    Images are rendered by `SyntheticWorld(world_seed)` at a resolution drawn from
+    `resolutions` (one per step) and randomly cropped to `crop_size` (0 = no crop); the
+    last `finetune_steps` of `steps` use `finetune_crop_size` instead. The network is
     convolutional, so small crops of 128 px renders teach it 128 px statistics cheaply; the
     larger final crops adapt the normalisation and the attention to larger grids.
     """
 
-    out_dir: str = "runs/demo_vae"
+    out_dir: str = "runs/demo_vae"  # output folder (checkpoint, samples, report)
     block_out_channels: tuple[int, ...] = (8, 16, 32, 32)  # 4 blocks = 8x down
-    layers_per_block: int = 1
-    norm_num_groups: int = 4
-    latent_channels: int = 16
-    resolutions: tuple[int, ...] = (64, 128)
-    crop_size: int = 32
-    finetune_crop_size: int = 64
+    layers_per_block: int = 1  # ResNet layers per encoder / decoder block
+    norm_num_groups: int = 4  # GroupNorm groups
+    latent_channels: int = 16  # latent channels C
+    resolutions: tuple[int, ...] = (64, 128)  # render sizes in pixels, one drawn per step
+    crop_size: int = 32  # random crop side in pixels (0 = no crop)
+    finetune_crop_size: int = 64  # crop side of the last --finetune-steps
     train_images: int = 0  # 0 = fresh images every step; N = cycle over the first N (overfit tests)
-    steps: int = 7500
-    finetune_steps: int = 500
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    steps: int = 7500  # optimizer steps in all
+    finetune_steps: int = 500  # last steps trained on the larger crops
+    batch_size: int = 16  # images per step
+    lr: float = 2e-3  # peak AdamW learning rate
+    warmup_steps: int = 100  # linear warmup steps
+    min_lr_ratio: float = 0.05  # cosine floor as a fraction of the peak
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm
     # MSE, not L1: L1 (median-seeking) left the saturated colours of the small objects grey for
     # thousands of steps; MSE weighs those large errors more and is what PSNR measures.
-    l1_weight: float = 0.0
-    mse_weight: float = 1.0
-    kl_weight: float = 1e-6
+    l1_weight: float = 0.0  # weight of the L1 reconstruction loss
+    mse_weight: float = 1.0  # weight of the MSE reconstruction loss
+    kl_weight: float = 1e-6  # weight of the KL term
     # Initial posterior log-variance (bias of the encoder's log-variance outputs). With the
     # default init (std 1) the sampling noise swamped the colour of small objects for thousands
     # of steps: Adam moves a bias by ~lr per step. FLUX.1's posterior std is small too.
-    init_logvar: float = -10.0
-    latent_std: float = 1.0  # target std of ``mean * scaling_factor``; 0 = no calibration
-    val_images: int = 256
-    val_resolutions: tuple[int, ...] = (64, 128)
-    seed: int = 0
-    world_seed: int = 0
+    init_logvar: float = -10.0  # initial posterior log-variance
+    latent_std: float = 1.0  # target std of `mean * scaling_factor`; 0 = no calibration
+    val_images: int = 256  # validation images per resolution
+    val_resolutions: tuple[int, ...] = (64, 128)  # validation render sizes
+    seed: int = 0  # seeds initialisation and crops
+    world_seed: int = 0  # the synthetic world (objects, colours) the images come from
     num_threads: int = 1  # on a shared 2-core machine, 2 threads ran 10x slower than 1
-    log_every: int = 100
+    log_every: int = 100  # log every N steps
 
     def __post_init__(self):
         if len(self.block_out_channels) != 4:

@@ -1,4 +1,4 @@
-"""``ov3 eval <task> --model PATH [--overrides]``: parse and call the runner; no logic here.
+"""``ov3 eval <task> --model PATH [--overrides]``: the command line of ``run_eval``.
 
 Tasks: reconstruction, zero-shot, retrieval, captioning, linear-probe, or all (every task the
 model and the data allow). Overrides are the dotted fields of ``EvalRunConfig`` (tyro), e.g.
@@ -12,6 +12,13 @@ from __future__ import annotations
 
 import sys
 
+DESCRIPTION = (
+    "Evaluate an OpenVision 3 export, a released encoder or a hub id (--model) on held-out "
+    "data: labelled images from --data.* (zero-shot, linear probe) and image-caption pairs from "
+    "--pairs.* (reconstruction, retrieval, captioning; the --data texts when "
+    "--pairs.annotations is empty). Writes results.json and report.md into --out-dir. `all` "
+    "runs every task the model and the data allow and says why it skipped the others."
+)
 CHOICES = ("reconstruction", "zero-shot", "retrieval", "captioning", "linear-probe", "all")
 
 
@@ -24,7 +31,7 @@ def main(argv: list[str]) -> int:
     from openvision3.evaluation.runner import EvalRunConfig, run_eval
 
     task, rest = argv[0], argv[1:]
-    cfg = tyro.cli(EvalRunConfig, args=rest, prog=f"ov3 eval {task}")
+    cfg = tyro.cli(EvalRunConfig, args=rest, prog=f"ov3 eval {task}", description=DESCRIPTION)
     results = run_eval(cfg, [task])
     print(f"results: {cfg.out_dir}/results.json, report: {cfg.out_dir}/report.md")
     if results["skipped"]:

@@ -22,14 +22,15 @@ from openvision3.evaluation.reduce import all_gather_rows, evaluating, model_dev
 
 @dataclass
 class LinearProbeConfig:
-    """l2_grid: L2 strengths tried (penalty ``l2 / 2 * ||W||^2`` added to the mean
+    """l2_grid: L2 strengths tried (penalty `l2 / 2 * ||W||^2` added to the mean
     cross-entropy); holdout: fraction of train held out to pick one; max_iter: L-BFGS
     iterations; seed: the held-out split."""
 
+    # L2 strengths tried (l2 / 2 * ||W||^2 added to the loss)
     l2_grid: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
-    holdout: float = 0.2
-    max_iter: int = 100
-    seed: int = 0
+    holdout: float = 0.2  # fraction of train held out to pick one
+    max_iter: int = 100  # L-BFGS iterations
+    seed: int = 0  # seeds the held-out split
 
     def __post_init__(self):
         self.l2_grid = tuple(float(v) for v in self.l2_grid)

@@ -27,14 +27,14 @@ from openvision3.data.transforms import ImageTransformConfig, build_transform
 class PairsConfig:
     """An image-caption set for reconstruction, retrieval and captioning.
 
-    annotations: Karpathy JSON, COCO captions JSON or JSONL ("" = use the ``data`` loader's
+    annotations: Karpathy JSON, COCO captions JSON or JSONL ("" = use the `data` loader's
     texts). images_root: folder the image paths are relative to. split: Karpathy split to keep
     ("test" for the 5k COCO / 1k Flickr protocol; "" = all rows).
     """
 
-    annotations: str = ""
-    images_root: str = ""
-    split: str = "test"
+    annotations: str = ""  # Karpathy JSON, COCO captions JSON or JSONL ("" = the data's texts)
+    images_root: str = ""  # folder the image paths are relative to
+    split: str = "test"  # Karpathy split to keep (test: the 5k COCO / 1k Flickr protocol; "" = all)
 
     def __post_init__(self):
         if self.annotations and not os.path.isfile(self.annotations):

@@ -63,13 +63,13 @@ class ReconstructionTaskConfig:
     the cached rFID reference statistics ("" = ~/.cache/openvision3/fid). grid: best and
     worst images shown."""
 
-    lpips: str = "auto"
-    lpips_net: str = "vgg"
-    lpips_weights: str = ""
-    rfid: str = "auto"
-    inception_weights: str = ""
-    stats_cache: str = ""
-    grid: int = 8
+    lpips: str = "auto"  # auto (when its weights are on disk) | on | off
+    lpips_net: str = "vgg"  # vgg (as the training loss) | alex
+    lpips_weights: str = ""  # local LPIPS backbone weights ("" = the torch hub cache)
+    rfid: str = "auto"  # auto (when the Inception weights are on disk) | on | off
+    inception_weights: str = ""  # torch-fidelity's Inception weights file
+    stats_cache: str = ""  # folder of cached rFID reference statistics
+    grid: int = 8  # best and worst images shown in the report
 
     def __post_init__(self):
         if self.lpips not in SWITCH or self.rfid not in SWITCH:
@@ -88,23 +88,24 @@ class ZeroShotTaskConfig:
     OpenAI's 80), "openai", "simple" ("a photo of a {}."), a source's name ("synthetic") or a
     text file, one template with {} per line."""
 
+    # "" = the data's own (or ImageNet's, or folder names), or a file, one a line
     classnames: str = ""
-    templates: str = "auto"
-    topk: tuple[int, ...] = (1, 5)
+    templates: str = "auto"  # auto | openai | simple | a source's name | a file, one with {} a line
+    topk: tuple[int, ...] = (1, 5)  # top-k accuracies reported
 
 
 @dataclass
 class RetrievalTaskConfig:
-    ks: tuple[int, ...] = (1, 5, 10)
+    ks: tuple[int, ...] = (1, 5, 10)  # recall@k for each k
 
 
 @dataclass
 class CaptioningTaskConfig:
     """beam_size: 1 = greedy; max_len: 0 = the caption decoder's default."""
 
-    beam_size: int = 1
-    max_len: int = 0
-    samples: int = 16
+    beam_size: int = 1  # beams of the search (1 = greedy)
+    max_len: int = 0  # longest caption in tokens (0 = the decoder's context)
+    samples: int = 16  # captions shown in the report
 
     def __post_init__(self):
         if self.beam_size < 1 or self.max_len < 0 or self.samples < 0:
@@ -116,31 +117,31 @@ class LinearProbeTaskConfig:
     """train_split: the labelled split the probe is fit on; train_images: how many of its
     images (0 = all; the synthetic world's train split has 100k, ImageNet's 1.28M)."""
 
-    train_split: str = "train"
-    train_images: int = 10_000
+    train_split: str = "train"  # the labelled split the probe is fit on
+    train_images: int = 10_000  # images of that split (0 = all)
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
 
 @dataclass
 class EvalRunConfig:
     """model: our export folder, a released checkpoint folder or a hub id (required by
-    ``run_eval``). vae: "auto" (the export's), a VAE folder / hub id, or "none". data: labelled
+    `run_eval`). vae: "auto" (the export's), a VAE folder / hub id, or "none". data: labelled
     images (zero-shot, linear probe; and the rest when pairs.annotations is empty); pass the
-    training run's ``--data.*`` values to evaluate on its held-out split. Images are resized by
-    ``data.resize`` ("center_crop": short side to ``resolution``, centre crop). resolution: 0 =
+    training run's `--data.*` values to evaluate on its held-out split. Images are resized by
+    `data.resize` ("center_crop": short side to `resolution`, centre crop). resolution: 0 =
     the one the export was last trained at (its config.json; 256 for a released encoder).
-    num_images: the first N images of ``split`` (0 = all). out_dir: "" = write no files."""
+    num_images: the first N images of `split` (0 = all). out_dir: "" = write no files."""
 
-    model: str = ""
-    vae: str = "auto"
-    device: str = "auto"
-    out_dir: str = "eval"
+    model: str = ""  # our export folder, a released checkpoint folder or a hub id (required)
+    vae: str = "auto"  # auto (the export's), a VAE folder / hub id, or none
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "eval"  # folder for results.json and report.md ("" = write no files)
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    split: str = "val"
-    resolution: int = 0
-    batch_size: int = 32
-    num_images: int = 0
+    split: str = "val"  # the split of --data to evaluate on
+    resolution: int = 0  # image side in pixels; 0 = the one the export was last trained at
+    batch_size: int = 32  # images per forward
+    num_images: int = 0  # evaluate the first N images of the split (0 = all)
     reconstruction: ReconstructionTaskConfig = field(default_factory=ReconstructionTaskConfig)
     zero_shot: ZeroShotTaskConfig = field(default_factory=ZeroShotTaskConfig)
     retrieval: RetrievalTaskConfig = field(default_factory=RetrievalTaskConfig)

@@ -6,19 +6,26 @@ from __future__ import annotations
 import argparse
 import json
 
+from openvision3.cli import DefaultsFormatter
+
 
 def demo_main(argv: list[str]) -> int:
     """``ov3 demo --generation [--run DIR]``: on an existing demo run, or after a new one."""
-    p = argparse.ArgumentParser(prog="ov3 demo --generation")
-    p.add_argument("--generation", action="store_true")
+    p = argparse.ArgumentParser(
+        prog="ov3 demo --generation",
+        description="Train the demo's DiT-DH on the frozen tokens of a demo run, sample it and "
+        "judge the samples in pixels; writes RUN/generation/report.md. Without --run, the demo "
+        "(`ov3 demo`) is trained first and the remaining flags are its preset's.",
+    )
+    p.add_argument("--generation", action="store_true", help="this mode (required)")
     p.add_argument("--run", default="", help="a finished `ov3 demo` run (default: run one first)")
     p.add_argument("--out", default="", help="output folder (default: RUN/generation)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's)")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="0: tuned over 2, 4, 6")
     p.add_argument("--sample-steps", type=int, default=21, help="Euler grid points")
-    p.add_argument("--train-size", type=int, default=4096)
-    p.add_argument("--val-size", type=int, default=512)
-    p.add_argument("--per-class", type=int, default=2)
+    p.add_argument("--train-size", type=int, default=4096, help="images whose tokens train it")
+    p.add_argument("--val-size", type=int, default=512, help="held-out images for the judge")
+    p.add_argument("--per-class", type=int, default=2, help="samples per class in the grid")
     args, rest = p.parse_known_args(argv)
     run = args.run
     if not run:
@@ -44,21 +51,36 @@ def sample_main(argv: list[str]) -> int:
     uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (existing PNGs are kept), and
     split over ``torchrun`` ranks (rank r draws samples r, r + w, ...). Sample i has class
     ``i // per_class`` (ADM's equal label sampling) and noise seeded by (seed, i)."""
-    p = argparse.ArgumentParser(prog="ov3 sample")
+    p = argparse.ArgumentParser(
+        prog="ov3 sample",
+        description="Class-conditional samples of a generator: OUT/{i:06d}.png and "
+        "OUT/samples.npz (arr_0 uint8 (N, H, W, 3), arr_1 labels), for `ov3 eval generation`. "
+        "Sample i has class i // per-class and noise seeded by (seed, i); under torchrun, rank r "
+        "draws samples r, r + world, ...",
+        formatter_class=DefaultsFormatter,
+    )
     p.add_argument("generator", help="a generator export (a run's final/)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num", type=int, default=50_000)
-    p.add_argument("--per-class", type=int, default=50)
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--guidance", choices=("cfg", "autoguidance"), default="cfg")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, default=50_000, help="samples in all (ADM's 50K)")
+    p.add_argument("--per-class", type=int, default=50, help="consecutive samples per class")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale; 1 = unguided")
+    p.add_argument(
+        "--guidance", choices=("cfg", "autoguidance"), default="cfg",
+        help="cfg: against the null class; autoguidance: against --guide",
+    )  # fmt: skip
     p.add_argument("--guide", default="", help="AutoGuidance: the weaker generator export")
-    p.add_argument("--interval", type=float, nargs=2, default=(0.0, 1.0))
+    p.add_argument(
+        "--interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+        help="guide only at times t in [LO, HI] (guidance interval)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=50, help="grid points (RAE: 50)")
-    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sampler", choices=("euler", "heun"), default="euler", help="ODE solver of the flow"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="samples per forward, per rank")
+    p.add_argument("--seed", type=int, default=0, help="seeds every sample's noise")
     p.add_argument("--decoder", default="", help="OpenVision 3 export (default: the recorded one)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
     from openvision3.generation.sampling import write_samples
 
@@ -68,15 +90,22 @@ def sample_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     """``ov3 eval generation SAMPLES --reference REF``: results.json + report.md (+ grid)."""
-    p = argparse.ArgumentParser(prog="ov3 eval generation")
+    p = argparse.ArgumentParser(
+        prog="ov3 eval generation",
+        description="gFID, Inception Score and precision / recall of samples against reference "
+        "images (torch-fidelity's Inception); writes results.json, report.md and a sample grid.",
+        formatter_class=DefaultsFormatter,
+    )
     p.add_argument("samples", help="a folder of images or an .npz (arr_0)")
     p.add_argument("--reference", required=True, help="folder, .npz, or ADM's VIRTUAL_*.npz")
     p.add_argument("--inception-weights", default="", help="torch-fidelity's Inception file")
     p.add_argument("--out", default="", help="results folder (default: next to the samples)")
-    p.add_argument("--k", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-reference", type=int, default=0)
+    p.add_argument("--k", type=int, default=3, help="neighbours of precision / recall (k-NN)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per Inception forward")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--max-reference", type=int, default=0, help="use the first N reference images (0 = all)"
+    )
     args = p.parse_args(argv)
     import os
 

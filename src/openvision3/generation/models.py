@@ -47,28 +47,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DiTDHConfig:
-    """Sizes of a DiT-DH. ``in_channels`` x ``input_size``^2 is the token grid (C, H, W);
-    ``head_depth = 0`` gives the plain DiT (no head, ``head_*`` unused). ``class_init_std``:
+    """Sizes of a DiT-DH. `in_channels` x `input_size`^2 is the token grid (C, H, W);
+    `head_depth = 0` gives the plain DiT (no head, `head_*` unused). `class_init_std`:
     the label table's initial std (RAE: 0.02; a short run learns its labels faster from
-    larger, well-separated rows, see ``presets.demo_dit``). ``legacy_silu_condition`` (plain
+    larger, well-separated rows, see `presets.demo_dit`). `legacy_silu_condition` (plain
     DiT only): condition on SiLU(t_emb + y_emb) as plain DiTs did before they matched
-    LightningDiT's t_emb + y_emb; set by ``DiTDH.load_state_dict`` when it converts such a
+    LightningDiT's t_emb + y_emb; set by `DiTDH.load_state_dict` when it converts such a
     checkpoint, so its weights keep the function they were trained for."""
 
-    in_channels: int = 768
-    input_size: int = 16
-    patch_size: int = 1
-    width: int = 1152
-    depth: int = 28
-    heads: int = 16
-    head_width: int = 2048
-    head_depth: int = 2
-    head_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000
-    time_frequencies: int = 256
-    class_init_std: float = 0.02
-    legacy_silu_condition: bool = False
+    in_channels: int = 768  # token channels D (read from --data.cache when not given)
+    input_size: int = 16  # token grid side h (read from --data.cache when not given)
+    patch_size: int = 1  # tokens per DiT patch side
+    width: int = 1152  # DiT backbone width
+    depth: int = 28  # DiT backbone blocks
+    heads: int = 16  # DiT backbone attention heads
+    head_width: int = 2048  # DDT head width (RAE: 2048)
+    head_depth: int = 2  # DDT head blocks; 0 = plain DiT (RAE's LightningDiT)
+    head_heads: int = 16  # DDT head attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / width
+    num_classes: int = 1000  # classes (one more row is the null class of CFG)
+    time_frequencies: int = 256  # sinusoidal frequencies of the time embedding
+    class_init_std: float = 0.02  # initial std of the label table (RAE: 0.02)
+    legacy_silu_condition: bool = False  # plain DiT saved before it matched LightningDiT
 
     def __post_init__(self):
         if self.input_size % self.patch_size:

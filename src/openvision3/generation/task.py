@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,7 +33,7 @@ from openvision3.artefacts import (
     relative_paths,
     write_card,
 )
-from openvision3.data.latents import FeatureCache
+from openvision3.data.latents import FeatureCache, read_cache_meta
 from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
 from openvision3.generation import flow
@@ -50,21 +51,21 @@ STATS_NAME = "latent_stats.safetensors"
 
 @dataclass
 class TokenDataConfig:
-    """Where the tokens come from: a feature cache written with ``tokens=`` (``data/latents.py``).
+    """Where the tokens come from: a feature cache written with `tokens=` (`data/latents.py`).
 
-    ``stats``: a ``latent_stats.safetensors`` (D, h, w); "" = ``<cache>/latent_stats.safetensors``,
-    computed from the cache's ``split`` the first time. ``label_field``: the JSON field holding
-    each sample's class (unlabelled samples get class 0: one class, an unconditional model). ``hflip``: probability of the flipped image's tokens (needs a cache
-    written with flips). ``in_memory``: load the whole cache once (small caches, demos).
+    `stats`: a `latent_stats.safetensors` (D, h, w); "" = `<cache>/latent_stats.safetensors`,
+    computed from the cache's `split` the first time. `label_field`: the JSON field holding
+    each sample's class (unlabelled samples get class 0: one class, an unconditional model). `hflip`: probability of the flipped image's tokens (needs a cache
+    written with flips). `in_memory`: load the whole cache once (small caches, demos).
     """
 
-    cache: str = ""
-    split: str = "train"
-    stats: str = ""
-    label_field: str = "label"
-    hflip: float = 0.0
-    in_memory: bool = False
-    num_workers: int = 0
+    cache: str = ""  # a feature cache with tokens (`ov3 cache-latents PRESET --tokens EXPORT`)
+    split: str = "train"  # the cache's split to train on
+    stats: str = ""  # normalisation statistics file; "" = <cache>/latent_stats.safetensors
+    label_field: str = "label"  # JSON field holding each sample's class (none: class 0)
+    hflip: float = 0.0  # probability of the flipped image's tokens (a cache with flips)
+    in_memory: bool = False  # load the whole cache once (small caches)
+    num_workers: int = 0  # data loader worker processes
 
     def __post_init__(self):
         if not 0.0 <= self.hflip <= 1.0:
@@ -77,11 +78,11 @@ class TokenDataConfig:
 @dataclass
 class FlowConfig:
     """Flow-matching settings: class dropout (the null class trains CFG's unconditional model),
-    and the time shift's base (s = sqrt(C H W / shift_base)); ``shift`` > 0 overrides s."""
+    and the time shift's base (s = sqrt(C H W / shift_base)); `shift` > 0 overrides s."""
 
-    class_dropout: float = 0.1
-    shift_base: int = flow.SHIFT_BASE
-    shift: float = 0.0
+    class_dropout: float = 0.1  # probability a label becomes the null class (trains CFG)
+    shift_base: int = flow.SHIFT_BASE  # time shift s = sqrt(C H W / shift_base)
+    shift: float = 0.0  # > 0: this time shift instead
 
     def __post_init__(self):
         if not 0.0 <= self.class_dropout < 1.0:
@@ -94,16 +95,17 @@ class FlowConfig:
 @register_task
 @dataclass
 class GenerationConfig(RunConfig):
-    """A class-conditional DiT-DH on cached tokens. ``decoder``: the OpenVision 3 export whose
-    decoder turns samples into pixels ("" = the one that wrote the cache); ``class_names``:
-    names of the labels (``load_generator(...).class_names``; "" entries = the index)."""
+    """A class-conditional DiT-DH on cached tokens. `decoder`: the OpenVision 3 export whose
+    decoder turns samples into pixels ("" = the one that wrote the cache); `class_names`:
+    names of the labels (`load_generator(...).class_names`; "" entries = the index)."""
 
     TASK: ClassVar[str] = "generation"
 
     model: DiTDHConfig = field(default_factory=DiTDHConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    decoder: str = ""
+    decoder: str = ""  # OpenVision 3 export that decodes samples to pixels ("" = the cache's)
+    # a name per label, for samples and the web demo ("" = its index)
     class_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -115,6 +117,29 @@ class GenerationConfig(RunConfig):
                 f"--class-names has {len(self.class_names)} names for "
                 f"--model.num-classes {self.model.num_classes}"
             )
+
+    def read_token_shape(self, given: Collection[str] = ()) -> None:
+        """Take the model's token shape, ``--model.in-channels`` D and ``--model.input-size``
+        h, from the cache's metadata (``ov3 cache-latents ... --tokens``), except for the flags
+        in ``given`` (those set on the command line), which must agree with it."""
+        try:
+            tokens = read_cache_meta(self.data.cache, self.data.split)["tokens"]
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"--data.cache: {err}") from err
+        if not tokens:
+            raise ConfigError(
+                f"--data.cache {self.data.cache!r} holds VAE latents but no tokens: write it "
+                "with `ov3 cache-latents PRESET --tokens EXPORT`"
+            )
+        shape = {"in_channels": tokens["shape"][1], "input_size": tokens["grid"][0]}
+        for name, value in shape.items():
+            flag, have = "--model." + name.replace("_", "-"), getattr(self.model, name)
+            if flag in given and have != value:
+                raise ConfigError(
+                    f"{flag} {have} does not match --data.cache {self.data.cache!r}, whose "
+                    f"tokens have {flag[8:]} {value}: drop {flag} to take the cache's"
+                )
+        self.model = replace(self.model, **shape)  # re-checked by __post_init__
 
     def build_task(self) -> GenerationTask:
         return GenerationTask(self)
@@ -262,7 +287,9 @@ class GenerationTask(Task):
         got = [loader.cache.meta["tokens"]["shape"][1], *loader.grid]
         if got != want:
             raise ConfigError(
-                f"--data.cache holds tokens (D, h, w) = {got}; the model takes {want}"
+                f"--data.cache holds tokens (D, h, w) = {got}; the model takes {want} "
+                "(--model.in-channels, --model.input-size; `ov3 train` reads them from the "
+                "cache when they are not given)"
             )
         return loader
 

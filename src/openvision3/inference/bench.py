@@ -37,10 +37,10 @@ class BenchConfig:
     """model preset used when --model is empty (random weights, VAE built from its arch)"""
     resolution: int | None = None
     """input side in pixels; default: the one --model was last trained at, else its grid's"""
-    batch_size: int = 32
-    steps: int = 10
-    warmup: int = 3
-    device: str = "auto"
+    batch_size: int = 32  # images per forward
+    steps: int = 10  # timed forwards
+    warmup: int = 3  # untimed forwards first
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     """also torch.compile the VAE encoder and the ViT on our fast path"""
     output: str = ""

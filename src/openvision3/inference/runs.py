@@ -53,8 +53,10 @@ class RunConfig:
     resolution: int | None = None
     """square input side in pixels; default: the one the export was last trained at (exports
     without it, and released encoders: the position grid's, 256 px for B/2)"""
+    # how an image becomes a square: center_crop (short side, then centre), resize (squash), pad
     resize: Literal["center_crop", "resize", "pad"] = "center_crop"
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    # dtype the weights are loaded in
     weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on GPU, fp32 elsewhere"""
@@ -66,7 +68,7 @@ class RunConfig:
     """stop after this many new images (0: all)"""
     num_workers: int = 4
     """image decoding threads (0: decode in the main thread)"""
-    progress: bool = True
+    progress: bool = True  # show a progress bar
 
     def __post_init__(self):
         for name in ("batch_size", "limit", "num_workers"):
@@ -76,16 +78,17 @@ class RunConfig:
 
 @dataclass
 class EncodeConfig(RunConfig):
+    # output files: safetensors or npz shards, or webdataset tars
     format: Literal["safetensors", "npz", "webdataset"] = "safetensors"
     pooled: bool = False
-    """also write the pooled, projected embedding (B, E) as ``pooled``"""
+    """also write the pooled, projected embedding (B, E) as `pooled`"""
     layout: Literal["tokens", "grid"] = "tokens"
     """tokens: (B, N, D); grid: (B, D, h, w), ready for a diffusion trainer"""
     normalize: str = ""
     """a latent-stats file: write (z - mean) / sqrt(var + eps) in the grid layout"""
     shard_size: int = 1024
     """images per output file (the unit of resume)"""
-    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype of the stored tokens
 
     def __post_init__(self):
         super().__post_init__()
@@ -103,14 +106,14 @@ class ReconstructConfig(RunConfig):
 
     side_by_side: bool = False
     """write the (preprocessed) input and its reconstruction next to each other"""
-    ext: Literal["png", "jpg", "webp"] = "png"
+    ext: Literal["png", "jpg", "webp"] = "png"  # image format of the reconstructions
 
 
 @dataclass
 class CaptionConfig(RunConfig):
     max_len: int = 0
     """longest caption in tokens (0: the caption decoder's context length)"""
-    beam_size: int = 1
+    beam_size: int = 1  # beams of the search (1 = greedy)
 
     def __post_init__(self):
         super().__post_init__()
@@ -124,8 +127,9 @@ class ClassifyConfig(RunConfig):
     """class names, e.g. --labels cat dog "traffic light" """
     labels_file: str = ""
     """a text file with one class name per line (instead of --labels)"""
+    # prompts with {} for the class name; a class's text embedding is their mean
     templates: tuple[str, ...] = ("a photo of a {}.",)
-    topk: int = 5
+    topk: int = 5  # labels written per image, best first
 
     def __post_init__(self):
         super().__post_init__()
@@ -145,7 +149,7 @@ class ClassifyConfig(RunConfig):
 
 @dataclass
 class LatentStatsConfig(RunConfig):
-    """Writes ``latent_stats.safetensors`` (``mean`` / ``var`` (D, h, w)) into --output."""
+    """Writes `latent_stats.safetensors` (`mean` / `var` (D, h, w)) into --output."""
 
 
 # ---------------------------------------------------------------------- shared loop

@@ -26,13 +26,13 @@ from openvision3.losses.reconstruction import ReconstructionLoss, Reconstruction
 class ObjectiveConfig:
     """Loss weights; defaults are the paper's pre-training stage (128 px, no LPIPS)."""
 
-    rec_weight: float = 0.5
-    und_weight: float = 1.0
-    caption_weight: float = 1.0
-    contrastive_weight: float = 1.0
+    rec_weight: float = 0.5  # weight of the reconstruction branch (latent + pixel + LPIPS terms)
+    und_weight: float = 1.0  # weight of the understanding branch (contrastive + captioning)
+    caption_weight: float = 1.0  # weight of the captioning loss within understanding
+    contrastive_weight: float = 1.0  # weight of the contrastive loss within understanding
     latent_weight: float = 0.4  # beta
     lpips_weight: float = 0.0  # lambda; 0.5 in the 256 px stage
-    lpips_net: str = "vgg"
+    lpips_net: str = "vgg"  # LPIPS backbone: vgg | alex
     lpips_weights: str = ""  # local torchvision backbone weights; "" = torch hub cache
     # Speed-up that changes the recipe (off at 1.0): the model decodes only this fraction of
     # each batch through the frozen VAE decoder for the pixel terms (docs/training-speed.md).

@@ -22,13 +22,13 @@ from openvision3.models.posemb import sincos_2d
 
 @dataclass
 class DecoderConfig:
-    width: int = 768
-    depth: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    patch_size: int = 1
-    ln_eps: float = 1e-6
-    noise_tau: float = 0.8
+    width: int = 768  # transformer width of the pixel decoder (ViT on the unified tokens)
+    depth: int = 12  # decoder blocks
+    heads: int = 12  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / width
+    patch_size: int = 1  # latent pixels per decoded token side
+    ln_eps: float = 1e-6  # LayerNorm epsilon
+    noise_tau: float = 0.8  # training noise on the tokens: std drawn from [0, tau] (RAE); 0 = none
 
     def __post_init__(self):
         if self.width % self.heads:

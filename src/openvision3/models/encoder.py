@@ -25,20 +25,21 @@ from openvision3.models.posemb import resample_table, sincos_2d
 
 @dataclass
 class EncoderConfig:
-    """ViT over latents. ``pos_embed``: "sincos" (recomputed per grid) or "learned" (a stored
-    table for ``pos_grid``, resampled bicubically for other grids; the released checkpoints)."""
+    """ViT over latents. `pos_embed`: "sincos" (recomputed per grid) or "learned" (a stored
+    table for `pos_grid`, resampled bicubically for other grids; the released checkpoints)."""
 
-    in_channels: int = 16
-    patch_size: int = 2
-    width: int = 768
-    depth: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    embed_dim: int = 512
-    ln_eps: float = 1e-6
+    in_channels: int = 16  # latent channels C it reads (the VAE's; 3 for pixels)
+    patch_size: int = 2  # latent pixels per token side (the /2 of ov3-B/2)
+    width: int = 768  # transformer width D (the unified tokens' size)
+    depth: int = 12  # transformer blocks
+    heads: int = 12  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / width
+    embed_dim: int = 512  # contrastive embedding size of the pooled image
+    ln_eps: float = 1e-6  # LayerNorm epsilon
+    # sincos (recomputed per grid) | learned (a table for pos_grid, resampled)
     pos_embed: str = "sincos"
-    pos_grid: tuple[int, int] = (16, 16)
-    patch_bias: bool = False
+    pos_grid: tuple[int, int] = (16, 16)  # token grid (h, w) of a learned position table
+    patch_bias: bool = False  # bias in the patch embedding
 
     def __post_init__(self):
         if self.pos_embed not in ("sincos", "learned"):

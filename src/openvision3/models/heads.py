@@ -38,18 +38,18 @@ from openvision3.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE
 
 @dataclass
 class CaptionDecoderConfig:
-    vocab_size: int = VOCAB_SIZE
-    context_length: int = 128
-    width: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    image_width: int = 768
-    keep_ratio: float = 1.0
-    sot_id: int = SOT_ID
-    eos_id: int = EOT_ID
-    pad_id: int = PAD_ID
-    ln_eps: float = 1e-6
+    vocab_size: int = VOCAB_SIZE  # tokenizer vocabulary
+    context_length: int = 128  # caption tokens, start token included
+    width: int = 512  # transformer width
+    depth: int = 12  # transformer blocks
+    heads: int = 8  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / width
+    image_width: int = 768  # width of the image tokens it reads (the encoder's)
+    keep_ratio: float = 1.0  # fraction of image tokens kept, a random subset per sample (1 = all)
+    sot_id: int = SOT_ID  # start-of-text token id
+    eos_id: int = EOT_ID  # end-of-text token id
+    pad_id: int = PAD_ID  # padding token id
+    ln_eps: float = 1e-6  # LayerNorm epsilon
     pack_targets: bool = False  # project only non-pad targets to the vocabulary (CPU speed)
     image_pos: str = "sincos"  # 2-D sin-cos of the token grid on the image prefix | "none"
 

@@ -23,7 +23,7 @@ from openvision3.models.vae import FrozenVAE, VAEConfig
 
 @dataclass
 class ModelConfig:
-    """The whole model. ``decoder``, ``text`` and ``caption`` may be None (encoder-only models,
+    """The whole model. `decoder`, `text` and `caption` may be None (encoder-only models,
     e.g. the released checkpoints, or ablations without a branch)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -31,8 +31,9 @@ class ModelConfig:
     text: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)
     caption: CaptionDecoderConfig | None = field(default_factory=CaptionDecoderConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    # initial contrastive logit scale (log 1/0.07, CLIP's)
     logit_scale_init: float = math.log(1 / 0.07)
-    name: str = ""
+    name: str = ""  # the model preset's name, recorded in exports
 
     def __post_init__(self):
         e = self.encoder

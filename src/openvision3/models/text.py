@@ -19,16 +19,16 @@ from openvision3.tokenizer import EOT_ID, PAD_ID, VOCAB_SIZE
 
 @dataclass
 class TextEncoderConfig:
-    vocab_size: int = VOCAB_SIZE
-    context_length: int = 80
-    width: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    embed_dim: int = 512
-    eos_id: int = EOT_ID
-    pad_id: int = PAD_ID
-    ln_eps: float = 1e-6
+    vocab_size: int = VOCAB_SIZE  # tokenizer vocabulary
+    context_length: int = 80  # text tokens per caption (longer ones are cut)
+    width: int = 512  # transformer width
+    depth: int = 12  # transformer blocks
+    heads: int = 8  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / width
+    embed_dim: int = 512  # contrastive embedding size (shared with the image)
+    eos_id: int = EOT_ID  # end-of-text token id (its output is the text embedding)
+    pad_id: int = PAD_ID  # padding token id
+    ln_eps: float = 1e-6  # LayerNorm epsilon
 
     def __post_init__(self):
         sizes = (self.vocab_size, self.context_length, self.width, self.depth, self.heads)

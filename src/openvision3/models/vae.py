@@ -57,18 +57,21 @@ TINY_VAE_ARCH: dict[str, Any] = dict(
 class VAEConfig:
     """Where the frozen VAE comes from and how its latents are scaled.
 
-    ``pretrained``: hub id or local folder (diffusers layout) or a BFL single-file
-    ``ae.safetensors``; empty = build from ``arch`` (random weights; tests, or saved beside a model).
-    ``kind``: "autoencoder", or "pixels": no VAE at all, the "latents" are the images themselves
-    (3 channels, no downsampling); the pixel ViT of the paper's section 5 (``pixel_space()``).
+    `pretrained`: hub id or local folder (diffusers layout) or a BFL single-file
+    `ae.safetensors`; empty = build from `arch` (random weights; tests, or saved beside a model).
+    `kind`: "autoencoder", or "pixels": no VAE at all, the "latents" are the images themselves
+    (3 channels, no downsampling); the pixel ViT of the paper's section 5 (`pixel_space()`).
     """
 
+    # hub id, diffusers folder or BFL ae.safetensors; "" = built from arch
     pretrained: str = FLUX_VAE_ID
-    subfolder: str = "vae"
+    subfolder: str = "vae"  # the VAE's subfolder of a hub repo or folder
+    # ov3: z = mean * scale (released recipe) | flux: z = (mean - shift) * scale
     convention: str = "ov3"
-    scaling_factor: float = 0.3611
-    shift_factor: float = 0.1159
-    sample_posterior: bool = False
+    scaling_factor: float = 0.3611  # latent scale (FLUX.1: 0.3611)
+    shift_factor: float = 0.1159  # latent shift of the flux convention (FLUX.1: 0.1159)
+    sample_posterior: bool = False  # draw latents from the posterior instead of taking its mean
+    # diffusers AutoencoderKL keyword arguments; used when pretrained is empty
     arch: dict = field(default_factory=lambda: dict(FLUX_VAE_ARCH))
     kind: str = "autoencoder"
 

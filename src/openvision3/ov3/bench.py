@@ -70,12 +70,14 @@ class TrainBenchConfig:
     """pixels; 0 = the preset's last stage"""
     batch_size: int = 0
     """per device; 0 = 32 x (256 / resolution)^2 on CUDA (32 at 256 px, 128 at 128 px), 4 on CPU"""
-    steps: int = 10
+    steps: int = 10  # timed training steps per mode
     warmup: int = 3
     """untimed steps first (the first compiles in the fast mode)"""
+    # timed steps of each part (VAE, encoder, decoder, LPIPS, text, caption)
     component_steps: int = 5
+    # eager and / or fast (see --compile)
     modes: tuple[str, ...] = MODES
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"
     """auto (the preset's: bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32"""
     compile: bool | None = None
@@ -84,7 +86,7 @@ class TrainBenchConfig:
     """None = the recipe's stage at this resolution (0.5 at 256 px for ov3_b2, else 0)"""
     oom_retries: int = 2
     """on CUDA out-of-memory, halve the batch and start again, at most this many times"""
-    seed: int = 0
+    seed: int = 0  # seeds the weights and the random batch
     out: str = ""
     """write the JSON here too (rewritten after each mode, so a timeout keeps what finished)"""
 

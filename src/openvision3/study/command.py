@@ -10,6 +10,7 @@ study's. ``--base-preset NAME`` first swaps the base experiment for an experimen
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 
@@ -22,18 +23,35 @@ class StudyArgs:
     """The parts of a study the command line may change."""
 
     base: ExperimentConfig = field(default_factory=ExperimentConfig)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    run_dir: str = ""
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds each arm runs with
+    run_dir: str = ""  # the study's folder ("" = runs/study-<name>)
     eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
     realism: RealismConfig = field(default_factory=RealismConfig)
     generation: GenerationStageConfig = field(default_factory=GenerationStageConfig)  # needs it
     report_only: bool = False  # write the report from the finished runs; train nothing
 
 
+PRESET_FLAGS = (
+    "--base-preset NAME swaps the base experiment for an experiment preset (`ov3 train --help` "
+    "lists them): the way to run the same study at scale. --model-preset NAME swaps the base's "
+    "model for a model preset (ov3-mu, ov3-B/2, ...). Both apply before the other flags."
+)
+
+
+def study_summaries() -> dict[str, str]:
+    """Study name -> the first sentence of its docstring (``ov3 study --help``)."""
+    from openvision3.study.studies import STUDIES
+
+    return {
+        name: " ".join((make.__doc__ or "").split()).replace("``", "`")
+        for name, make in STUDIES.items()
+    }
+
+
 def main(argv: list[str]) -> int:
     import tyro
 
-    from openvision3.cli import _pop_flag
+    from openvision3.cli import _pop_flag, tyro_config
     from openvision3.study.runner import run_study
     from openvision3.study.studies import STUDIES, get_study
 
@@ -57,7 +75,10 @@ def main(argv: list[str]) -> int:
         default=default,
         args=argv,
         prog=f"ov3 study {study.name}",
-        description=(STUDIES[study.name].__doc__ or "").strip(),
+        description=inspect.cleandoc(STUDIES[study.name].__doc__ or "").replace("``", "`")
+        + "\n\n"
+        + PRESET_FLAGS,
+        config=tyro_config(),
     )
     args.base.validate()
     study.base, study.seeds, study.eval, study.realism, study.generation = (

@@ -90,13 +90,13 @@ class ClaimConfig:
 
 @dataclass
 class ProbeEvalConfig:
-    """The held-out evaluation every arm gets: the first ``num_images`` of the val split in
-    batches of ``batch_size`` (the contrastive loss's negatives), every ``every`` steps and at
+    """The held-out evaluation every arm gets: the first `num_images` of the val split in
+    batches of `batch_size` (the contrastive loss's negatives), every `every` steps and at
     the end."""
 
-    num_images: int = 256
-    batch_size: int = 64
-    every: int = 50
+    num_images: int = 256  # first N val images every arm is evaluated on
+    batch_size: int = 64  # images per batch (the contrastive loss's negatives)
+    every: int = 50  # evaluate every N steps (and at the end)
 
     def __post_init__(self):
         if min(self.num_images, self.batch_size, self.every) < 1:
@@ -105,17 +105,17 @@ class ProbeEvalConfig:
 
 @dataclass
 class RealismConfig:
-    """How realism is measured. ``kind``: "auto" (Inception rFID when its weights are present,
+    """How realism is measured. `kind`: "auto" (Inception rFID when its weights are present,
     else the synthetic world's feature network when the data is synthetic, else none),
     "inception", "features" or "none". The feature network is trained once on the synthetic
     world's labels (main object's colour, shape, grid cell), independent of every arm."""
 
-    kind: str = "auto"
-    train_images: int = 3000
-    epochs: int = 4
-    width: int = 32
-    feature_dim: int = 64
-    seed: int = 1234
+    kind: str = "auto"  # auto | inception (rFID) | features (the synthetic world's network) | none
+    train_images: int = 3000  # images the feature network is trained on
+    epochs: int = 4  # its training epochs
+    width: int = 32  # its convolution width
+    feature_dim: int = 64  # its feature size
+    seed: int = 1234  # its seed (independent of every arm)
 
     def __post_init__(self):
         if self.kind not in ("auto", "inception", "features", "none"):
@@ -126,18 +126,18 @@ class RealismConfig:
 
 @dataclass
 class GenerationStageConfig:
-    """A study's generation stage (``study/generation.py``; studies with ``needs="generation"``):
-    a DiT-DH-demo on each arm's tokens of ``train_images`` train scenes, ``steps`` of
-    ``batch_size``; ``per_class`` samples of each of the 72 colour x cell classes with CFG
-    ``cfg_scale`` on ``sample_steps`` grid points, scored against ``real_images`` val images."""
+    """A study's generation stage (`study/generation.py`; studies with `needs="generation"`):
+    a DiT-DH-demo on each arm's tokens of `train_images` train scenes, `steps` of
+    `batch_size`; `per_class` samples of each of the 72 colour x cell classes with CFG
+    `cfg_scale` on `sample_steps` grid points, scored against `real_images` val images."""
 
-    train_images: int = 4096
-    steps: int = 300
-    batch_size: int = 64
-    per_class: int = 2
-    cfg_scale: float = 3.0
-    sample_steps: int = 21
-    real_images: int = 256
+    train_images: int = 4096  # train scenes whose tokens train each arm's generator
+    steps: int = 300  # generator training steps
+    batch_size: int = 64  # generator batch
+    per_class: int = 2  # samples of each of the 72 classes
+    cfg_scale: float = 3.0  # classifier-free guidance scale
+    sample_steps: int = 21  # sampler grid points
+    real_images: int = 256  # val images the samples are scored against
 
     def __post_init__(self):
         if min(self.train_images, self.steps, self.batch_size, self.per_class) < 1:

@@ -12,17 +12,18 @@ from openvision3.train.optim import OptimConfig
 class StageConfig:
     """One stage of progressive training (the paper: 128 px without LPIPS, then 256 px with).
 
-    ``freeze``: module names (``encoder``, ``text``, ...) whose parameters this stage does not
+    `freeze`: module names (`encoder`, `text`, ...) whose parameters this stage does not
     train: no gradient, and no optimiser state or weight decay when frozen in every stage.
-    ``lpips_weight``: this stage's LPIPS weight; None = the objective's ``lpips_weight``.
+    `lpips_weight`: this stage's LPIPS weight; None = the objective's `lpips_weight`.
     """
 
-    resolution: int = 128
-    steps: int = 1000
+    resolution: int = 128  # image side in pixels (a multiple of 16)
+    steps: int = 1000  # optimizer steps of this stage
     batch_size: int = 256  # global, over all ranks
     base_lr: float = 8e-6  # peak LR = base_lr * batch_size / 256
-    warmup_steps: int = 0
-    lpips_weight: float | None = None
+    warmup_steps: int = 0  # linear LR warmup at the stage's start (steps)
+    lpips_weight: float | None = None  # this stage's LPIPS weight; None = the objective's
+    # modules this stage does not train: encoder, decoder, text, caption, ...
     freeze: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -41,7 +42,7 @@ class StageConfig:
 class TrainConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
+    seed: int = 0  # seeds initialisation and the per-step draws (noise, token dropping)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile per transformer block
@@ -56,22 +57,21 @@ class TrainConfig:
     ckpt_format: str = "auto"
     ema_decay: float = 0.0  # 0 = no EMA
     ema_warmup: bool = True  # decay min(d, (1 + n) / (10 + n)); RAE's DiT runs without
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_last: int = 2
+    log_every: int = 10  # log metrics (metrics.jsonl) every N steps
+    ckpt_every: int = 1000  # write a checkpoint every N steps (and at the end)
+    keep_last: int = 2  # keep this many newest checkpoints, delete older ones
     eval_every: int = 0  # 0 = evaluate only at the end
-    tensorboard: bool = False
+    tensorboard: bool = False  # also log to TensorBoard (the tensorboard package)
     # Weights & Biases (the wandb extra): "" = $WANDB_PROJECT / $WANDB_NAME / $WANDB_MODE, else
     # project "openvision3", the run's name, online. "offline" needs no network.
     wandb: bool = False
-    wandb_project: str = ""
-    wandb_name: str = ""
+    wandb_project: str = ""  # W&B project ("" = $WANDB_PROJECT, else openvision3)
+    wandb_name: str = ""  # W&B run name ("" = $WANDB_NAME, else the run's name)
     wandb_mode: str = ""  # online | offline | disabled
     init_from: str = ""  # start from the weights of an export or checkpoint (not its optimizer)
     resume: str = "auto"  # auto (latest checkpoint in run_dir, if any) | none | <checkpoint dir>
-    stop_at: int = (
-        0  # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
-    )
+    # checkpoint and stop after this global step (time-limited jobs); 0 = run to the end
+    stop_at: int = 0
     # Micro-batches per optimizer step; the stage batch stays the global batch and the
     # contrastive loss keeps its negatives over all of it (ov3/accumulate.py).
     accum_steps: int = 1

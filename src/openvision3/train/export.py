@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from tyro.conf import arg
 
 from openvision3.artefacts import folder_kind
 from openvision3.errors import CheckpointError
@@ -82,8 +83,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
 
 @dataclass
 class ExportArgs:
-    """``ov3 export``: a training checkpoint -> ``config.json`` + ``model.safetensors``."""
+    """`ov3 export`: a training checkpoint -> `config.json` + `model.safetensors`."""
 
-    checkpoint: str  # a checkpoint directory (step_XXXXXXXX) or a run directory (its newest)
-    out: str  # output directory
+    # a checkpoint directory (step_XXXXXXXX) or a run directory (its newest)
+    checkpoint: Annotated[str, arg(metavar="CHECKPOINT")]
+    out: Annotated[str, arg(metavar="OUT")]  # output directory
     weights: Literal["auto", "ema", "live"] = "auto"  # auto: EMA when the run kept one

@@ -44,25 +44,26 @@ DECAYS = ("cosine", "linear")
 @dataclass
 class OptimConfig:
     """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own base
-    LR and warmup: ``StageConfig``). ``min_lr_ratio``: the cosine's floor as a fraction of the
-    peak. ``grad_clip`` is the max global grad-norm, ``None`` disables clipping.
-    ``fused``: ``None`` = fused AdamW when the parameters live on CUDA, ``True``/``False`` force it.
-    ``decay``: the shape after warmup, ``cosine`` or ``linear``; ``hold_ratio``: the fraction of
+    LR and warmup: `StageConfig`). `min_lr_ratio`: the cosine's floor as a fraction of the
+    peak. `grad_clip` is the max global grad-norm, `None` disables clipping.
+    `fused`: `None` = fused AdamW when the parameters live on CUDA, `True`/`False` force it.
+    `decay`: the shape after warmup, `cosine` or `linear`; `hold_ratio`: the fraction of
     each stage held at the peak before it decays (RAE's DiT schedule: constant for 40 of 800
-    epochs, then linear to a tenth of the peak: ``decay=linear, hold_ratio=0.05,
-    min_lr_ratio=0.1``). ``lr_scale``: module name -> LR multiplier for the parameters under
-    it (the longest matching name wins), e.g. LLaVA's ``mm_projector_lr`` as
-    ``{"model.multi_modal_projector": 0.1}``.
+    epochs, then linear to a tenth of the peak: `decay=linear, hold_ratio=0.05,
+    min_lr_ratio=0.1`). `lr_scale`: module name -> LR multiplier for the parameters under
+    it (the longest matching name wins), e.g. LLaVA's `mm_projector_lr` as
+    `{"model.multi_modal_projector": 0.1}`.
     """
 
-    weight_decay: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    fused: bool | None = None
-    decay: str = "cosine"
-    hold_ratio: float = 0.0
+    weight_decay: float = 0.2  # AdamW weight decay (not on biases, norms and embeddings)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    min_lr_ratio: float = 0.0  # the decay's floor as a fraction of the peak LR
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    fused: bool | None = None  # fused AdamW; None = when the parameters live on CUDA
+    decay: str = "cosine"  # LR shape after warmup: cosine | linear
+    hold_ratio: float = 0.0  # fraction of each stage held at the peak LR before it decays
+    # module name -> LR multiplier of its parameters (longest match wins)
     lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):

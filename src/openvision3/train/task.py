@@ -47,11 +47,11 @@ class Loader(Protocol):
 @dataclass
 class RunConfig:
     """The part of every experiment config the engine reads. Subclasses add their task's
-    fields and set ``TASK``; ``build_task`` returns the task for this config."""
+    fields and set `TASK`; `build_task` returns the task for this config."""
 
     TASK: ClassVar[str] = ""
 
-    name: str = "experiment"
+    name: str = "experiment"  # the run's name: its folder is runs/<name> unless --run-dir is set
     run_dir: str = ""  # "" = runs/<name>
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -41,13 +41,14 @@ TEMPLATE_KEY = "ov3_template"
 
 @dataclass
 class BuildArgs:
-    """``ov3 vlm build``: write a LLaVA checkpoint from an OpenVision 3 encoder and an LLM."""
+    """`ov3 vlm build`: write a LLaVA checkpoint from an OpenVision 3 encoder and an LLM."""
 
     vision: str  # an OpenVision 3 export, or a released encoder (folder or hub id)
     llm: str  # a causal language model (folder or hub id) with its tokenizer; "tiny": a random one
     out: str  # the output folder
     image_size: int = 0  # 0 = the export's training resolution, else 224
     vision_feature_layer: int = -1  # -1 = the unified tokens; LLaVA-1.5's CLIP reads -2
+    # conversation template stored with the model (vicuna_v1: LLaVA-1.5's)
     template: str = "vicuna_v1"
     vae: str = "auto"  # the VAE of a released encoder (hub id or folder); auto = its default
 

@@ -19,18 +19,18 @@ import torch.nn.functional as F
 @dataclass
 class BenchVLMArgs:
     layers: int = 2  # Vicuna-7B has 32; the per-layer cost is what the bench measures
-    hidden: int = 4096
-    heads: int = 32
-    intermediate: int = 11008
-    vocab: int = 32000
-    text_tokens: int = 128
-    batch_size: int = 8
-    image_size: int = 224
-    tower: str = "ov3-B/2"
-    steps: int = 5
-    warmup: int = 2
-    device: str = "auto"
-    out: str = ""
+    hidden: int = 4096  # LM hidden size (Vicuna-7B: 4096)
+    heads: int = 32  # LM attention heads
+    intermediate: int = 11008  # LM MLP width
+    vocab: int = 32000  # LM vocabulary
+    text_tokens: int = 128  # text tokens per sample after the image tokens
+    batch_size: int = 8  # samples per step
+    image_size: int = 224  # image side in pixels
+    tower: str = "ov3-B/2"  # model preset of the vision tower (random weights)
+    steps: int = 5  # timed steps
+    warmup: int = 2  # untimed steps first
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = ""  # also write the JSON here
 
 
 def build(args: BenchVLMArgs, device: torch.device):

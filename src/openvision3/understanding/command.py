@@ -17,47 +17,56 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import Annotated
+
+from tyro.conf import arg
 
 from openvision3.errors import ConfigError, require
 
 USAGE = "usage: ov3 vlm {build,chat,answer,upgrade} [--help]"
 
 
+Model = Annotated[str, arg(metavar="MODEL")]
+Questions = Annotated[str, arg(metavar="QUESTIONS")]
+
+
 @dataclass
 class ChatArgs:
-    """``ov3 vlm chat MODEL IMAGE QUESTION``: one answer."""
+    """Answer one question about one image with a LLaVA model."""
 
-    model: str
-    image: str
-    question: str
-    max_new_tokens: int = 64
-    device: str = "cpu"
+    model: Model  # a LLaVA folder written by `ov3 vlm build` or trained by `ov3 train`
+    image: Annotated[str, arg(metavar="IMAGE")]  # an image file
+    question: Annotated[str, arg(metavar="QUESTION")]  # the question, in quotes
+    max_new_tokens: int = 64  # longest answer in tokens
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
 
 @dataclass
 class AnswerArgs:
-    """``ov3 vlm answer MODEL QUESTIONS``: batched answers to a JSONL of questions."""
+    """Batched answers of a LLaVA model to a JSONL of questions ({"image", "question"} a line),
+    written as JSONL."""
 
-    model: str
-    questions: str
+    model: Model  # a LLaVA folder written by `ov3 vlm build` or trained by `ov3 train`
+    questions: Questions  # a JSONL file, one {"image": path, "question": text} a line
     out: str = ""  # "" = print the JSONL to stdout
-    image_root: str = ""
-    batch_size: int = 16
-    max_new_tokens: int = 32
-    device: str = "cpu"
+    image_root: str = ""  # folder the image paths are relative to ("" = the file's folder)
+    batch_size: int = 16  # questions per generate call
+    max_new_tokens: int = 32  # longest answer in tokens
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
 
 @dataclass
 class VQAArgs:
-    """``ov3 eval vqa MODEL QUESTIONS``: exact match and VQA accuracy over a JSONL with answers."""
+    """Exact match and VQA accuracy of a LLaVA model over a JSONL of questions with answers
+    ({"image", "question", "answer"} a line; "answer" a string or a list of references)."""
 
-    model: str
-    questions: str
+    model: Model  # a LLaVA folder written by `ov3 vlm build` or trained by `ov3 train`
+    questions: Questions  # a JSONL file, one {"image", "question", "answer"} a line
     out: str = ""  # "" = print the metrics; else also write the answers here (JSONL)
-    image_root: str = ""
-    batch_size: int = 16
-    max_new_tokens: int = 16
-    device: str = "cpu"
+    image_root: str = ""  # folder the image paths are relative to ("" = the file's folder)
+    batch_size: int = 16  # questions per generate call
+    max_new_tokens: int = 16  # longest answer in tokens
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
 
 @dataclass
@@ -221,6 +230,16 @@ def main(argv: list[str]) -> int:
     return 0 if sub in ("-h", "--help") else 2
 
 
+DEMO_HELP = (
+    "A tiny LLaVA on the frozen tokens of an `ov3 demo` run: stage 1 trains the projector on "
+    "captions, stage 2 the projector and LM on questions about synthetic scenes; writes "
+    "RUN/understanding/report.md with the accuracy of each question type against its gate."
+    "\n\n--understanding selects this mode. With --run DIR it starts from that finished demo "
+    "run; without it, the demo is trained first (`ov3 demo`; the other flags are then its "
+    "preset's) and these options keep their defaults."
+)
+
+
 def demo_main(argv: list[str]) -> int:
     """``ov3 demo --understanding [--run DIR]``: on an existing demo run, or after a new one.
     Other flags are ``UnderstandingDemoConfig`` fields (``--stage2-steps 600``)."""
@@ -231,8 +250,14 @@ def demo_main(argv: list[str]) -> int:
 
     argv = [a for a in argv if a != "--understanding"]
     run = ""
-    if "--run" in argv or any(a.startswith("--run=") for a in argv):
-        cfg = tyro.cli(UnderstandingDemoConfig, args=argv, prog="ov3 demo --understanding")
+    given_run = "--run" in argv or any(a.startswith("--run=") for a in argv)
+    if given_run or any(a in ("-h", "--help") for a in argv):
+        cfg = tyro.cli(
+            UnderstandingDemoConfig,
+            args=argv,
+            prog="ov3 demo --understanding",
+            description=DEMO_HELP,
+        )
     else:
         from openvision3.cli import _experiment, default_demo_preset
         from openvision3.demo.run import run_demo

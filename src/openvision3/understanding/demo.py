@@ -47,33 +47,33 @@ SHUFFLE_MARGIN = 0.05
 
 @dataclass
 class UnderstandingDemoConfig:
-    """The understanding demo on an existing ``ov3 demo`` run (its ``final/`` export)."""
+    """The understanding demo on an existing `ov3 demo` run (its `final/` export)."""
 
     run: str = "runs/demo"  # the demo run
     out: str = ""  # "" = <run>/understanding
-    train_size: int = 4096
-    val_size: int = 512
-    hidden: int = 128
-    layers: int = 3
-    heads: int = 4
+    train_size: int = 4096  # synthetic scenes that train the VLM
+    val_size: int = 512  # held-out scenes it is judged on
+    hidden: int = 128  # the tiny language model's hidden size
+    layers: int = 3  # its decoder layers
+    heads: int = 4  # its attention heads
     # Sized for about 10 minutes on two CPU cores (8.5 min with the cache in place where
-    # ``ov3 demo`` takes 12.7 min; 17.4 min on cores where it takes 23.6): a stage-2 step (batch
+    # `ov3 demo` takes 12.7 min; 17.4 min on cores where it takes 23.6): a stage-2 step (batch
     # 64 single-question conversations of about 80 tokens, 64 of them the image's) takes 0.3 to
-    # 0.63 s there, a third of a six-turn one (``vqa``). Measured: 300 six-turn steps left
+    # 0.63 s there, a third of a six-turn one (`vqa`). Measured: 300 six-turn steps left
     # position at chance; 1200 single-question steps reach 0.74 to 0.95.
-    stage1_steps: int = 150
-    stage2_steps: int = 1200
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 30
+    stage1_steps: int = 150  # stage 1 (the projector alone, on captions) steps
+    stage2_steps: int = 1200  # stage 2 (projector + LM on questions) steps
+    batch_size: int = 64  # conversations per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup_steps: int = 30  # linear warmup steps of each stage
     questions: str = "vqa_single"  # stage 2: vqa_single, or vqa (six shuffled turns per scene)
     # vqa_single: questions per scene of a type (default 1). Presence ("is there a red
     # object?") has no answer signal in the image or the question alone, only in the two
     # together, and stays at its prior while it gets a sixth of the questions.
     repeats: dict[str, int] = field(default_factory=lambda: {"presence": 3})
-    eval_batch: int = 128
-    examples: int = 8
-    seed: int = 0
+    eval_batch: int = 128  # questions per generate call in the evaluation
+    examples: int = 8  # example answers shown in the report
+    seed: int = 0  # seeds the LM's initialisation and the data order
 
 
 def _answer(text: str) -> str:

@@ -20,12 +20,12 @@ from openvision3.errors import require
 
 @dataclass
 class LoraSettings:
-    """``r`` 0 = no LoRA (the default: LLaVA-1.5's reported numbers train the whole LM);
-    ``alpha``, ``dropout``: peft's ``lora_alpha`` and ``lora_dropout``."""
+    """`r` 0 = no LoRA (the default: LLaVA-1.5's reported numbers train the whole LM);
+    `alpha`, `dropout`: peft's `lora_alpha` and `lora_dropout`."""
 
-    r: int = 0
-    alpha: float = 256.0
-    dropout: float = 0.05
+    r: int = 0  # LoRA rank on the LM; 0 = train the whole LM
+    alpha: float = 256.0  # peft's lora_alpha
+    dropout: float = 0.05  # peft's lora_dropout
 
     def __post_init__(self):
         if self.r < 0 or not self.alpha > 0 or not 0.0 <= self.dropout < 1.0:

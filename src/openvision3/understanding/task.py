@@ -41,19 +41,19 @@ TINY = "tiny"  # --model tiny: the tiny random VLM of the smoke presets (underst
 
 @dataclass
 class VLMDataConfig:
-    """``source``: llava_json | synthetic | synthetic_cache. ``questions`` (synthetic sources):
+    """`source`: llava_json | synthetic | synthetic_cache. `questions` (synthetic sources):
     describe (stage 1's captions), vqa (stage 2's questions, every type in one shuffled
     multi-turn conversation) or vqa_single (one question per conversation: each scene once per
-    question type, or ``repeats[type]`` times, each repeat its own draw of the question)."""
+    question type, or `repeats[type]` times, each repeat its own draw of the question)."""
 
-    source: str = "llava_json"
-    json_path: str = ""
-    image_folder: str = ""
+    source: str = "llava_json"  # llava_json | synthetic | synthetic_cache
+    json_path: str = ""  # llava_json: LLaVA's conversation JSON
+    image_folder: str = ""  # llava_json: folder its image paths are relative to
     cache: str = ""  # synthetic_cache: a feature cache with "tokens" (data/latents.py)
-    questions: str = "vqa"
-    synthetic_seed: int = 0
-    synthetic_size: int = 4096
-    max_length: int = 2048
+    questions: str = "vqa"  # synthetic: describe | vqa (all types, one conversation) | vqa_single
+    synthetic_seed: int = 0  # synthetic: the world's seed
+    synthetic_size: int = 4096  # synthetic: scenes
+    max_length: int = 2048  # longest conversation in tokens (longer ones are cut)
     repeats: dict[str, int] = field(default_factory=dict)  # vqa_single: type -> draws per scene
 
     def __post_init__(self):
@@ -75,14 +75,14 @@ class VLMDataConfig:
 @register_task
 @dataclass
 class LlavaRunConfig(RunConfig):
-    """A LLaVA run: ``model`` is an assembled VLM folder (``ov3 vlm build``, or the previous
-    stage's ``final/``), or ``tiny``. ``lora.r`` > 0 trains LoRA adapters on the language
-    model instead of its weights (``understanding/lora.py``)."""
+    """A LLaVA run: `model` is an assembled VLM folder (`ov3 vlm build`, or the previous
+    stage's `final/`), or `tiny`. `lora.r` > 0 trains LoRA adapters on the language
+    model instead of its weights (`understanding/lora.py`)."""
 
     TASK: ClassVar[str] = "llava"
 
-    model: str = ""
-    template: str = "vicuna_v1"
+    model: str = ""  # the VLM folder to train (`ov3 vlm build`, a stage's final/) or "tiny"
+    template: str = "vicuna_v1"  # conversation template (vicuna_v1: LLaVA-1.5's)
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
