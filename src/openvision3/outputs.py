@@ -31,11 +31,15 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from openvision3.errors import ConfigError
+from openvision3.errors import ConfigError, DataNotFoundError
 from openvision3.files import write_json
 
 RECORD = "progress.jsonl"
 SUMMARY = "summary.json"
+
+
+class NothingWrittenError(DataNotFoundError):
+    """Every input left to write failed; the message names the first and its reason."""
 
 
 class OutputConflictError(ConfigError):
@@ -105,6 +109,7 @@ class OutputDir:
         self.owned: set[str] = set()  # files the record names: ours to replace
         self.files: list[str] = []  # files of done records, in order
         self.input_stamps: dict[str, list[int] | None] = {}  # of the inputs being written
+        self.history: list[dict] = []  # every done record, in order (with a writer's fields)
         header = None
         for rec in self._records():
             if header is None and "options" in rec:
@@ -155,6 +160,7 @@ class OutputDir:
             for key in rec["done"]:
                 self.done[key] = stamps.get(key)
                 self.skipped.pop(key, None)
+            self.history.append(rec)
             files = rec.get("files") or ([rec["file"]] if rec.get("file") else [])
             self.owned.update(files)
             self.files += [f for f in files if f not in self.files]
@@ -192,7 +198,7 @@ class OutputDir:
                 p.unlink()
         if self.record.exists():
             self.record.unlink()
-        self.done, self.skipped, self.owned, self.files = {}, {}, set(), []
+        self.done, self.skipped, self.owned, self.files, self.history = {}, {}, set(), [], []
 
     # ------------------------------------------------------------------ what to do
     def needs(self, key: str, stamp: list[int] | None = None) -> bool:
@@ -228,14 +234,15 @@ class OutputDir:
         return self.claim([name])[0]
 
     def record_done(
-        self, keys: list[str], files: Iterable[str] = (), stamps: dict | None = None
+        self, keys: list[str], files: Iterable[str] = (), stamps: dict | None = None, **fields
     ) -> None:
         """Record ``keys`` as written (call after their ``files`` are in place); ``stamps``:
-        their inputs' ``file_stamp`` (default: from ``input_stamps``)."""
+        their inputs' ``file_stamp`` (default: from ``input_stamps``); ``fields``: more JSON
+        the writer reads back from ``history``."""
         retried = sum(1 for k in keys if k in self.skipped or k in self.done)
         stamps = self.input_stamps if stamps is None else stamps
         stamps = {k: stamps[k] for k in keys if stamps.get(k) is not None}
-        self._append({"done": list(keys), "files": list(files), "stamps": stamps})
+        self._append({"done": list(keys), "files": list(files), "stamps": stamps, **fields})
         self.written += len(keys)
         self.retried += retried
 

@@ -41,7 +41,8 @@ def demo_main(argv: list[str]) -> int:
 
 def sample_main(argv: list[str]) -> int:
     """``ov3 sample GENERATOR --out DIR``: PNGs ``{i:06d}.png`` and ``samples.npz`` (``arr_0``
-    uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (existing PNGs are kept), and
+    uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (its PNGs are kept; other sampler
+    settings into the same --out are refused), and
     split over ``torchrun`` ranks (rank r draws samples r, r + w, ...). Sample i has class
     ``i // per_class`` (ADM's equal label sampling) and noise seeded by (seed, i)."""
     p = argparse.ArgumentParser(prog="ov3 sample")
@@ -59,6 +60,13 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decoder", default="", help="OpenVision 3 export (default: the recorded one)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again: delete this command's earlier samples in --out and replace any "
+        "file in the way (without it, a rerun with the same settings continues, with others "
+        "is refused)",
+    )
     args = p.parse_args(argv)
     from openvision3.generation.sampling import write_samples
 
