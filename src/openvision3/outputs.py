@@ -26,6 +26,7 @@ recorded, so a run killed at any point is continued by running the same command 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -56,20 +57,25 @@ def file_stamp(path: str | os.PathLike) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def model_identity(path: str) -> str:
-    """A model as an output option: a folder's weight and config files by name, size and
-    modification time (never hashed: exports are gigabytes); a hub id or a file as given."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+
+
+def model_identity(
+    path: str, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES, exclude: tuple[str, ...] = ()
+) -> str:
+    """A model (or a folder of data) as an output option: a folder's files with ``suffixes``
+    (but not ``exclude``) by name, size and modification time, digested (never the bytes
+    themselves: exports are gigabytes); a file by name, size and time; a hub id as given."""
     p = Path(path)
     if p.is_file():
         return f"{p.name}:{file_stamp(p)}"
     if not p.is_dir():
         return path
     files = sorted(
-        f
-        for f in p.rglob("*")
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".json")
+        f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes and f.name not in exclude
     )
-    return ";".join(f"{f.relative_to(p).as_posix()}:{file_stamp(f)}" for f in files) or path
+    listing = ";".join(f"{f.relative_to(p).as_posix()}:{file_stamp(f)}" for f in files)
+    return f"{len(files)} files, {hashlib.sha256(listing.encode()).hexdigest()[:16]}"
 
 
 def _show(value) -> str:
@@ -85,7 +91,8 @@ class OutputDir:
     without a record are another run's, refused unless ``overwrite``. ``overwrite``: delete
     what the record names (and matches of ``outputs``) and start a new record. ``record``: the
     record's file name (one per writer when several processes share a folder). ``write``:
-    False on ranks that only check (the record is written by rank 0).
+    False on ranks that only check (the record is written by rank 0). ``summary``: whether
+    the command writes ``summary.json`` (then it is one of its outputs).
     """
 
     def __init__(
@@ -98,8 +105,10 @@ class OutputDir:
         record: str = RECORD,
         write: bool = True,
         flag: str = "--output",
+        summary: bool = True,
     ):
         self.path, self.command, self.overwrite, self.flag = Path(path), command, overwrite, flag
+        outputs = (*outputs, SUMMARY) if summary else tuple(outputs)
         self.options = json.loads(json.dumps(options, default=str))  # as it reads back
         self.record = self.path / record
         if self.path.exists() and not self.path.is_dir():
@@ -118,7 +127,7 @@ class OutputDir:
         if overwrite and write:
             self._clear(outputs)
         elif header is None:
-            taken = sorted(p.name for pat in (*outputs, SUMMARY) for p in self.path.glob(pat))
+            taken = sorted(p.name for pat in outputs for p in self.path.glob(pat))
             if self.record.exists() and not overwrite:
                 raise OutputConflictError(
                     f"{self.path} holds a record of an older version of `ov3 {command}` (no "
@@ -126,8 +135,8 @@ class OutputDir:
                 )
             if taken and not overwrite:
                 raise OutputConflictError(
-                    f"{self.path} already holds {taken[:5]} from another run; pass --overwrite "
-                    f"to replace them, or another {flag}"
+                    f"{self.path} already holds {taken[:5]}, not written by `ov3 {command}`; "
+                    f"pass --overwrite to replace them, or another {flag}"
                 )
         elif not overwrite:
             self._check(header)
@@ -191,7 +200,7 @@ class OutputDir:
             )
 
     def _clear(self, outputs: tuple[str, ...]) -> None:
-        names = {p.name for pat in outputs for p in self.path.glob(pat)} | {SUMMARY}
+        names = {p.name for pat in outputs for p in self.path.glob(pat)}
         for name in names | self.owned:
             p = self.path / name
             if p.is_file():
@@ -261,5 +270,5 @@ class OutputDir:
             "files": [f for f in self.files if (self.path / f).exists()],
             **(extra or {}),
         }
-        write_json(self.path / SUMMARY, out)
+        write_json(self.target(SUMMARY), out)
         return out

@@ -324,7 +324,7 @@ def write_latent_cache(
     prefix = f"{cfg.split}-{cfg.part:03d}"
     run = OutputDir(
         out, "cache-latents", cache_options(cfg), (f"{prefix}-*.tar", f"{prefix}.json"),
-        cfg.overwrite, record=f"{prefix}.progress.jsonl", flag="--out",
+        cfg.overwrite, record=f"{prefix}.progress.jsonl", flag="--out", summary=False,
     )  # fmt: skip
     sink = _ShardSink(run, prefix, cfg.shard_size)
     done = sink.consumed
