@@ -6,8 +6,9 @@ written (undecodable, a dangling symlink, a broken shard) is listed with its rea
 ``summary.json``. The output folder is owned through ``openvision3.outputs.OutputDir``: the
 options that shape the outputs are recorded, a rerun with other ones is refused, files the
 command did not write are never replaced without ``--overwrite``, and running the same command
-again continues an interrupted run and retries the inputs it skipped or that changed since. Outputs name each input by its key (``inputs.list_items``):
-its path relative to the folder, extension included, or the sample's ``__key__``.
+again continues an interrupted run and retries the inputs it skipped or that changed since.
+Outputs name each input by its key (``inputs.list_items``): its path relative to the folder,
+extension included, or the sample's ``__key__``.
 """
 
 from __future__ import annotations
