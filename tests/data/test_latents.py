@@ -196,6 +196,10 @@ def test_cache_rerun_continues_exactly_and_refuses_other_options(tmp_path, image
     assert read_samples_of(meta, out).keys() == full.keys()  # each sample once
     again = cache(cfg, out)  # complete: nothing more
     assert again["written_this_run"] == 0 and again["shards"] == meta["shards"]
+    (out / meta["shards"][-1]).unlink()  # a recorded shard gone: written again, once
+    assert cache(cfg, out)["written_this_run"] == 8
+    again = cache(cfg, out)
+    assert again["written"] == 16 and again["written_this_run"] == 0
     with pytest.raises(OutputConflictError, match=r"dtype 'float32' -> 'bfloat16'.*--overwrite"):
         cache(cfg, out, dtype="bfloat16")
     assert cache(cfg, out, dtype="bfloat16", overwrite=True)["written_this_run"] == 16

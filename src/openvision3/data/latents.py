@@ -217,9 +217,21 @@ class _ShardSink:
 
     def __init__(self, run: OutputDir, prefix: str, shard_size: int):
         self.run, self.prefix, self.shard_size = run, prefix, shard_size
-        self.shards = [f for r in run.history for f in r["files"] if f.endswith(".tar")]
-        self.consumed = sum(r.get("used", 0) for r in run.history)
-        self.written = sum(len(r["done"]) for r in run.history)
+        parts: list[tuple[str, int, int]] = []  # (shard or "", samples used, written)
+        for rec in run.history:
+            tars = [f for f in rec["files"] if f.endswith(".tar")]
+            names = [p[0] for p in parts]
+            if tars and tars[0] in names:  # written again after a gone shard: from there on
+                parts = parts[: names.index(tars[0])]
+            if "used" in rec:
+                parts.append((tars[0] if tars else "", rec["used"], len(rec["done"])))
+        for i, (name, _, _) in enumerate(parts):  # up to the first shard that is gone
+            if name and not (run.path / name).is_file():
+                parts = parts[:i]
+                break
+        self.shards = [p[0] for p in parts if p[0]]
+        self.consumed = sum(p[1] for p in parts)
+        self.written = sum(p[2] for p in parts)
         self.writer, self.count, self.keys, self.bad = None, 0, [], []
 
     def skip(self, key: str, reason: str) -> None:
