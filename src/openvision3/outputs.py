@@ -90,9 +90,8 @@ class OutputDir:
     ``outputs``: glob patterns of this command's files (``tokens-*``); matches in a folder
     without a record are another run's, refused unless ``overwrite``. ``overwrite``: delete
     what the record names (and matches of ``outputs``) and start a new record. ``record``: the
-    record's file name (one per writer when several processes share a folder). ``write``:
-    False on ranks that only check (the record is written by rank 0). ``summary``: whether
-    the command writes ``summary.json`` (then it is one of its outputs).
+    record's file name (one per writer when several processes share a folder). ``summary``:
+    whether the command writes ``summary.json`` (then it is one of its outputs).
     """
 
     def __init__(
@@ -103,7 +102,6 @@ class OutputDir:
         outputs: tuple[str, ...] = (),
         overwrite: bool = False,
         record: str = RECORD,
-        write: bool = True,
         flag: str = "--output",
         summary: bool = True,
     ):
@@ -124,29 +122,28 @@ class OutputDir:
             if header is None and "options" in rec:
                 header = rec
             self._apply(rec)
-        if overwrite and write:
+        if overwrite:
             self._clear(outputs)
         elif header is None:
             taken = sorted(p.name for pat in outputs for p in self.path.glob(pat))
-            if self.record.exists() and not overwrite:
+            if self.record.exists():
                 raise OutputConflictError(
                     f"{self.path} holds a record of an older version of `ov3 {command}` (no "
                     f"options recorded); pass --overwrite to start again, or another {flag}"
                 )
-            if taken and not overwrite:
+            if taken:
                 raise OutputConflictError(
                     f"{self.path} already holds {taken[:5]}, not written by `ov3 {command}`; "
                     f"pass --overwrite to replace them, or another {flag}"
                 )
-        elif not overwrite:
+        else:
             self._check(header)
         self.resumed = bool(self.done or self.skipped)
         self.written = 0  # keys recorded done by this run
         self.retried = 0  # of which were skipped, or changed since their output was written
-        if write:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if overwrite or header is None:
-                self._append({"command": command, "options": self.options})
+        self.path.mkdir(parents=True, exist_ok=True)
+        if overwrite or header is None:
+            self._append({"command": command, "options": self.options})
 
     # ------------------------------------------------------------------ the record
     def _records(self) -> list[dict]:

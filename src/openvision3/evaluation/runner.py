@@ -502,19 +502,19 @@ EVAL_FILES = (
 )  # fmt: skip
 
 
-def eval_output(cfg: EvalRunConfig, tasks: Sequence[str], rank: int):
-    """The out_dir's record (``openvision3.outputs.OutputDir``), checked on every rank before
+def eval_output(cfg: EvalRunConfig, tasks: Sequence[str]):
+    """The out_dir's record (``openvision3.outputs.OutputDir``, rank 0's), checked before
     anything runs: the tasks, the model (its files' sizes and times) and every setting but
-    the device and the batch size; rank 0 records them and claims ``EVAL_FILES``."""
+    the device and the batch size; ``EVAL_FILES`` are claimed. A refusal ends the job
+    (torchrun stops the other ranks)."""
     from openvision3.outputs import OutputDir, model_identity
 
     options = {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "overwrite")}
     options.pop("device"), options.pop("batch_size")
     options.update(model=model_identity(cfg.model), tasks=list(tasks))
-    out = OutputDir(cfg.out_dir, "eval", options, EVAL_FILES, cfg.overwrite, write=rank == 0,
+    out = OutputDir(cfg.out_dir, "eval", options, EVAL_FILES, cfg.overwrite,
                     flag="--out-dir", summary=False)  # fmt: skip
-    if rank == 0:
-        out.claim(EVAL_FILES)
+    out.claim(EVAL_FILES)
     return out
 
 
@@ -536,7 +536,7 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     started = is_distributed()
     proc = init_process(cfg.device)
     try:
-        out = eval_output(cfg, tasks, proc.rank) if cfg.out_dir else None
+        out = eval_output(cfg, tasks) if cfg.out_dir and proc.rank == 0 else None
         vae = None if cfg.vae == "none" else cfg.vae
         model = load_pretrained(cfg.model, vae=vae, device=proc.device)
         if not cfg.resolution:

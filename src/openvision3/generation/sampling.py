@@ -62,19 +62,17 @@ def write_samples(args) -> dict:
     proc = init_process(args.device)
     options = sample_options(args)
     name = lambda i: f"{i:06d}.png"  # noqa: E731
-    # Rank 0 checks and records the folder first; the others read its record.
+    # Rank 0 checks and records the folder; the others only draw their samples.
     run, missing = None, []
     if proc.is_main:
-        run = OutputDir(args.out, "sample", options, ("*.png", "samples.npz"), args.overwrite,
-                        flag="--out")  # fmt: skip
+        outputs = ("[0-9]" * 6 + ".png", "samples.npz")  # 000000.png, ...: not any PNG
+        run = OutputDir(args.out, "sample", options, outputs, args.overwrite, flag="--out")
         # A PNG under its name is complete (written then renamed); recorded ones are kept.
         run.claim([name(i) for i in range(args.num)] + ["samples.npz"])
         missing = [
             i for i in range(args.num) if not os.path.exists(os.path.join(args.out, name(i)))
         ]
-    barrier()
-    if run is None:
-        run = OutputDir(args.out, "sample", options, flag="--out", write=False)
+    barrier()  # (a refusal on rank 0 ends the job: torchrun stops the other ranks)
     gen = load_generator(
         args.generator, device=str(proc.device), decoder=args.decoder, guide=args.guide
     )
