@@ -114,7 +114,7 @@ class OutputDir:
         self.done: dict[str, list[int] | None] = {}  # key -> its input's stamp when written
         self.skipped: dict[str, str] = {}
         self.owned: set[str] = set()  # files the record names: ours to replace
-        self.files: list[str] = []  # files of done records, in order
+        self.files: dict[str, None] = {}  # files of done records, in order (an ordered set)
         self.input_stamps: dict[str, list[int] | None] = {}  # of the inputs being written
         self.history: list[dict] = []  # every done record, in order (with a writer's fields)
         header = None
@@ -169,7 +169,7 @@ class OutputDir:
             self.history.append(rec)
             files = rec.get("files") or ([rec["file"]] if rec.get("file") else [])
             self.owned.update(files)
-            self.files += [f for f in files if f not in self.files]
+            self.files.update(dict.fromkeys(files))
         elif "skipped" in rec:
             self.skipped[rec["skipped"]] = rec["error"]
             self.done.pop(rec["skipped"], None)
@@ -204,7 +204,7 @@ class OutputDir:
                 p.unlink()
         if self.record.exists():
             self.record.unlink()
-        self.done, self.skipped, self.owned, self.files, self.history = {}, {}, set(), [], []
+        self.done, self.skipped, self.owned, self.files, self.history = {}, {}, set(), {}, []
 
     # ------------------------------------------------------------------ what to do
     def needs(self, key: str, stamp: list[int] | None = None) -> bool:
