@@ -169,3 +169,53 @@ def test_cli_cache_latents_then_train(tmp_path):
     assert (find_latest(run) / "model.safetensors").is_file()
     with pytest.raises(SystemExit):
         main(["cache-latents", "demo_smoke", "--no-such-flag"])
+
+
+def test_cache_rerun_continues_exactly_and_refuses_other_options(tmp_path, images, monkeypatch):
+    from openvision3.data import latents
+    from openvision3.outputs import NothingWrittenError, OutputConflictError
+
+    cfg = smoke(tmp_path / "run", images)
+    full = read_samples_of(cache(cfg, tmp_path / "full"), tmp_path / "full")
+    out = tmp_path / "cache"
+    write = latents._encode_and_write
+    calls = {"n": 0}
+
+    def interrupted(*args):  # batches of 5: the first shard of 8 is complete at the 2nd
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        write(*args)
+
+    monkeypatch.setattr(latents, "_encode_and_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache(cfg, out)
+    monkeypatch.setattr(latents, "_encode_and_write", write)
+    meta = cache(cfg, out)
+    assert meta["written"] == 16 and meta["written_this_run"] == 8
+    assert read_samples_of(meta, out).keys() == full.keys()  # each sample once
+    again = cache(cfg, out)  # complete: nothing more
+    assert again["written_this_run"] == 0 and again["shards"] == meta["shards"]
+    (out / meta["shards"][-1]).unlink()  # a recorded shard gone: written again, once
+    assert cache(cfg, out)["written_this_run"] == 8
+    again = cache(cfg, out)
+    assert again["written"] == 16 and again["written_this_run"] == 0
+    with pytest.raises(OutputConflictError, match=r"dtype 'float32' -> 'bfloat16'.*--overwrite"):
+        cache(cfg, out, dtype="bfloat16")
+    assert cache(cfg, out, dtype="bfloat16", overwrite=True)["written_this_run"] == 16
+    (out / "train-001-000000.tar").write_bytes(b"the user's own file")
+    with pytest.raises(OutputConflictError, match="not written by"):
+        cache(cfg, out, part=1, parts=2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with wds.TarWriter(str(bad / "train-000000.tar")) as sink:
+        sink.write({"__key__": "garbage", "png": b"\x89PNG garbage", "txt": "a red circle"})
+    with pytest.raises(NothingWrittenError, match="garbage"):
+        cache(smoke(tmp_path / "run", bad), tmp_path / "none")
+
+
+def read_samples_of(meta, out) -> dict:
+    keys = [json.loads(s["json"])["key"] for shard in meta["shards"]
+            for s in wds.WebDataset(str(out / shard), shardshuffle=False)]  # fmt: skip
+    assert len(keys) == len(set(keys))
+    return dict.fromkeys(keys)

@@ -142,3 +142,26 @@ def test_named_task_the_model_cannot_do_is_an_error(tmp_path):
             "--resolution", "32", "--num-images", "2", "--out-dir", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(ValueError, match="no decoder"):
         cli.main(argv)
+
+
+def test_eval_reruns_into_one_out_dir(tmp_path, capsys):
+    """Same options: replaced; other options or the user's file: refused in one line."""
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    OpenVision3(model_config("ov3-mu")).save_pretrained(str(model_dir))
+    argv = ["eval", "zero-shot", "--model", str(model_dir), "--device", "cpu",
+            "--data.source", "synthetic", "--batch-size", "3", "--num-images", "3",
+            "--out-dir", str(out)]  # fmt: skip
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    assert cli.main([*argv[:-1], str(mine), "--resolution", "32"]) == 2
+    assert (mine / "report.md").read_text() == "my notes"
+    assert cli.main([*argv, "--resolution", "32"]) == 0
+    assert cli.main([*argv, "--resolution", "32"]) == 0  # same options: computed again
+    capsys.readouterr()
+    assert cli.main([*argv, "--resolution", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resolution 32 -> 64" in err[0] and "--overwrite" in err[0], err
+    assert json.loads((out / "results.json").read_text())["config"]["resolution"] == 32
+    assert cli.main([*argv, "--resolution", "64", "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["resolution"] == 64

@@ -69,3 +69,28 @@ def test_eval_generation_writes_results(generator, tmp_path):
     r = json.loads((out / "results.json").read_text())
     assert r["precision"] == r["recall"] == 1.0 and abs(r["fid"]) < 1e-3
     assert (out / "samples_grid.png").exists() and "| fid |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sample_rerun_with_other_settings_is_refused(generator, tmp_path, capsys):
+    final = str(generator / "run" / "final")
+    out = tmp_path / "s"
+    base = ["sample", final, "--out", str(out), "--num", "4", "--per-class", "2", "--steps", "2"]
+    assert main([*base, "--cfg-scale", "1"]) == 0
+    npz = (out / "samples.npz").read_bytes()
+    capsys.readouterr()
+    assert main([*base, "--cfg-scale", "3"]) == 2  # guided samples never join unguided ones
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cfg_scale 1.0 -> 3.0" in err[0] and "--overwrite" in err[0]
+    assert (out / "samples.npz").read_bytes() == npz
+    assert main([*base, "--cfg-scale", "1", "--num", "6"]) == 0  # more of the same set
+    assert np.load(out / "samples.npz")["arr_0"].shape[0] == 6
+    assert json.loads((out / "summary.json").read_text())["written_this_run"] == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "000001.png").write_bytes(b"the user's own file")
+    assert main(["sample", final, "--out", str(mine), "--num", "2", "--steps", "2"]) == 2
+    assert (mine / "000001.png").read_bytes() == b"the user's own file"
+    assert main(["sample", final, "--out", str(mine), "--num", "2", "--steps", "2",
+                 "--overwrite"]) == 0  # fmt: skip
+    assert (mine / "000001.png").read_bytes()[:4] == b"\x89PNG"

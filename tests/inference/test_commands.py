@@ -43,7 +43,7 @@ def test_no_overwrite_without_the_flag(model_dir, awkward_folder, tmp_path):
     out = tmp_path / "captions"
     out.mkdir()
     (out / "captions.jsonl").write_text('{"key": "mine", "caption": "keep me"}\n')
-    assert ov3("caption", model_dir, awkward_folder, "--output", out, "--max-len", 4) == 1
+    assert ov3("caption", model_dir, awkward_folder, "--output", out, "--max-len", 4) == 2
     assert (out / "captions.jsonl").read_text() == '{"key": "mine", "caption": "keep me"}\n'
     assert (
         ov3("caption", model_dir, awkward_folder, "--output", out, "--max-len", 4, "--overwrite")
@@ -55,7 +55,7 @@ def test_no_overwrite_without_the_flag(model_dir, awkward_folder, tmp_path):
     rec = tmp_path / "rec"
     rec.mkdir()
     (rec / "good.png.png").write_bytes(b"precious")
-    assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec) == 1
+    assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec) == 2
     assert (rec / "good.png.png").read_bytes() == b"precious"
     assert (
         ov3(
@@ -73,10 +73,12 @@ def test_no_overwrite_without_the_flag(model_dir, awkward_folder, tmp_path):
 
     assert Image.open(rec / "good.png.png").size == (2 * RES, RES)
     assert Image.open(rec / "sub" / "good2.jpg.png").size == (2 * RES, RES)
-    # Running a finished command again writes nothing.
+    # Running a finished command again writes nothing: only the two broken files are tried
+    # again, and fail again (exit 1: inputs were left and none was written).
     before = {p.name: p.stat().st_mtime_ns for p in rec.rglob("*.png")}
-    assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec) == 0
+    assert ov3("reconstruct", model_dir, awkward_folder, "--output", rec, "--side-by-side") == 1
     assert summary(rec)["written_this_run"] == 0
+    assert sorted(x["key"] for x in summary(rec)["skipped"]) == BAD
     assert {p.name: p.stat().st_mtime_ns for p in rec.rglob("*.png")} == before
 
 
@@ -189,8 +191,9 @@ def test_every_file_not_written_is_listed_with_its_reason(model_dir, tmp_path):
         os.chmod(root / "locked.png", 0)
         reasons["locked.png"] = "PermissionError"
     out = tmp_path / "tokens"
-    for _ in range(2):  # the rerun writes nothing and lists the same files
-        assert ov3("encode", model_dir, root, "--output", out, "--batch-size", 2) == 0
+    # The rerun tries the bad files again, writes nothing (exit 1) and lists the same files.
+    for code in (0, 1):
+        assert ov3("encode", model_dir, root, "--output", out, "--batch-size", 2) == code
         skipped = {x["key"]: x["error"] for x in summary(out)["skipped"]}
         assert sorted(skipped) == sorted(reasons)
         assert all(reasons[k] in e for k, e in skipped.items()), skipped
@@ -215,8 +218,8 @@ def test_webdataset_repeated_keys_and_a_broken_shard(model_dir, tmp_path):
     broken.write_bytes(broken.read_bytes()[:cut])
     out = tmp_path / "cap"
     shards = tmp_path / "d-{0..2}.tar"
-    for _ in range(2):  # the rerun writes nothing and lists the same shard
-        assert ov3("caption", model_dir, shards, "--output", out, "--max-len", 4) == 0
+    for code in (0, 1):  # the rerun tries the shard again, writes nothing, lists it again
+        assert ov3("caption", model_dir, shards, "--output", out, "--max-len", 4) == code
         rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
         assert [r["key"] for r in rows] == ["s0", "s1", "s0#2", "s1#2", "t0"]
         [skipped] = summary(out)["skipped"]
@@ -272,7 +275,9 @@ def test_latent_stats_and_normalised_grid(model_dir, awkward_folder, tmp_path):
     assert stats["mean"].shape == (32, 2, 2)
     assert torch.allclose(stats["mean"], grid.mean(0), atol=1e-5)
     assert torch.allclose(stats["var"], grid.var(0, unbiased=False), atol=1e-5)
-    assert ov3("latent-stats", model_dir, awkward_folder, "--output", st) == 1  # exists
+    # Again: the broken files are tried again, so the statistics are computed again (over all).
+    assert ov3("latent-stats", model_dir, awkward_folder, "--output", st) == 0
+    assert summary(st)["retried_this_run"] == len(GOOD) and summary(st)["images"] == len(GOOD)
     out = tmp_path / "grid"
     assert (
         ov3(

@@ -21,9 +21,13 @@ A cache directory holds, for one resolution, per split and writer part ``p`` of 
                              frozen encoder's unified tokens (row-major grid) [, "tokens_flip"]
     {split}-{p:03d}.json              the part's meta, written last (its presence marks a
                                       complete part): resolution, VAE identity, counts
+    {split}-{p:03d}.progress.jsonl    the part's record (``openvision3.outputs.OutputDir``):
+                                      the options, then each shard with the samples it used
 
-Resume: a part without its meta continues after its last complete shard (samples come in a
-fixed order, so the first ``shards x shard_size`` are skipped without being encoded).
+Resume: the options that shape the cache are recorded by the first run and a rerun with others
+is refused (``--overwrite`` starts again); a rerun continues after the last recorded shard
+(samples come in a fixed order, so the samples the record counts, written or skipped, are
+passed over without being encoded), and writes nothing more when the split has no more.
 Reading: ``build_latent_loader`` streams shards for OpenVision 3 training; ``FeatureCache`` is
 the map-style (random access) view for generators and language models, and
 ``read_features`` loads a small cache into memory.
@@ -61,8 +65,10 @@ from openvision3.data.loader import (
 from openvision3.data.sources import data_source
 from openvision3.data.transforms import pil_to_tensor, to_uint8
 from openvision3.data.webdataset import WebDatasetStream, _tar_samples, list_shards, raw_to_sample
+from openvision3.dataclass_io import to_dict
 from openvision3.files import write_json
 from openvision3.models.vae import FrozenVAE, VAEConfig
+from openvision3.outputs import NothingWrittenError, OutputDir, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class CacheLatentsConfig:
     seed: int = 0  # seeds a config-built (random) VAE as the trainer does
     tokens: str = ""  # an OpenVision 3 export (or released encoder): also store its tokens
     images: bool = True  # store the pixel target PNG (OpenVision 3 training needs it)
+    overwrite: bool = False  # delete this part's earlier shards and record, and start again
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
 
@@ -118,6 +125,17 @@ class CacheLatentsConfig:
             vae=exp.model.vae,
         )
         return cls(**{**fields, **overrides})
+
+
+def cache_options(cfg: CacheLatentsConfig) -> dict:
+    """What shapes a cache part (its record's options): everything but the device, the batch
+    size and the output folder. The VAE by its config (and seed), the token encoder by its
+    files' sizes and times: nothing is hashed."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("num_workers", "latents")}
+    options = to_dict(cfg)
+    for name in ("out", "device", "batch_size", "overwrite", "part", "split", "data"):
+        options.pop(name)
+    return {**options, "data": data, "tokens": model_identity(cfg.tokens) if cfg.tokens else ""}
 
 
 def resolve(path: str, resolution: int) -> str:
@@ -193,34 +211,59 @@ def _png(image: torch.Tensor) -> bytes:
 
 class _ShardSink:
     """Webdataset tars of at most ``shard_size`` samples, each written to a temporary name and
-    renamed when complete, so a crash never leaves a truncated shard under a shard name."""
+    renamed when complete, then recorded in ``run`` with the loader outputs it used (written
+    and skipped), so a rerun passes exactly these over and a crash never leaves a truncated
+    shard under a shard name."""
 
-    def __init__(self, out: str, split: str, part: int, shard_size: int):
-        self.out, self.prefix, self.shard_size = out, f"{split}-{part:03d}", shard_size
-        # Complete shards of an interrupted run are kept; the writer continues after them.
-        self.shards: list[str] = []
-        while os.path.exists(os.path.join(out, f"{self.prefix}-{len(self.shards):06d}.tar")):
-            self.shards.append(f"{self.prefix}-{len(self.shards):06d}.tar")
-        self.writer, self.count = None, 0
+    def __init__(self, run: OutputDir, prefix: str, shard_size: int):
+        self.run, self.prefix, self.shard_size = run, prefix, shard_size
+        parts: list[tuple[str, int, int]] = []  # (shard or "", samples used, written)
+        for rec in run.history:
+            tars = [f for f in rec["files"] if f.endswith(".tar")]
+            names = [p[0] for p in parts]
+            if tars and tars[0] in names:  # written again after a gone shard: from there on
+                parts = parts[: names.index(tars[0])]
+            if "used" in rec:
+                parts.append((tars[0] if tars else "", rec["used"], len(rec["done"])))
+        for i, (name, _, _) in enumerate(parts):  # up to the first shard that is gone
+            if name and not (run.path / name).is_file():
+                parts = parts[:i]
+                break
+        self.shards = [p[0] for p in parts if p[0]]
+        self.consumed = sum(p[1] for p in parts)
+        self.written = sum(p[2] for p in parts)
+        self.writer, self.count, self.keys, self.bad = None, 0, [], []
 
-    def write(self, sample: dict) -> None:
+    def skip(self, key: str, reason: str) -> None:
+        self.bad.append((key, reason))  # recorded with the shard that follows it
+
+    def write(self, sample: dict, key: str) -> None:
         import webdataset as wds
 
         if self.writer is None:
-            name = f"{self.prefix}-{len(self.shards):06d}.tar"
-            self.tmp = os.path.join(self.out, name + ".tmp")
-            self.writer, self.name, self.count = wds.TarWriter(self.tmp), name, 0
+            self.name = f"{self.prefix}-{len(self.shards):06d}.tar"
+            self.tmp = str(self.run.target(self.name)) + ".tmp"
+            self.writer, self.count = wds.TarWriter(self.tmp), 0
         self.writer.write(sample)
         self.count += 1
+        self.keys.append(key)
         if self.count == self.shard_size:
             self.close()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            os.replace(self.tmp, os.path.join(self.out, self.name))
+            os.replace(self.tmp, self.run.path / self.name)
             self.shards.append(self.name)
             self.writer = None
+        if self.keys or self.bad:
+            for key, reason in self.bad:
+                self.run.record_skipped(key, reason)
+            files = [self.name] if self.keys else []
+            self.run.record_done(self.keys, files, used=len(self.keys) + len(self.bad))
+            self.consumed += len(self.keys) + len(self.bad)
+            self.written += len(self.keys)
+            self.keys, self.bad = [], []
 
 
 @torch.no_grad()
@@ -255,7 +298,7 @@ def _encode_and_write(vae, samples: list[dict], cfg, sink, device, encoder, extr
         }
         if cfg.images:
             sample["png"] = _png(s["image"])
-        sink.write(sample)
+        sink.write(sample, s["key"])
 
 
 def write_latent_cache(
@@ -290,31 +333,40 @@ def write_latent_cache(
     if encoder is not None:
         encoder = encoder.to(device).eval()
     out = resolve(cfg.out, cfg.resolution)
-    os.makedirs(out, exist_ok=True)
-    sink = _ShardSink(out, cfg.split, cfg.part, cfg.shard_size)
-    done = len(sink.shards) * cfg.shard_size
+    prefix = f"{cfg.split}-{cfg.part:03d}"
+    run = OutputDir(
+        out, "cache-latents", cache_options(cfg), (f"{prefix}-*.tar", f"{prefix}.json"),
+        cfg.overwrite, record=f"{prefix}.progress.jsonl", flag="--out", summary=False,
+    )  # fmt: skip
+    sink = _ShardSink(run, prefix, cfg.shard_size)
+    done = sink.consumed
     if done:
-        log.info("resuming %s part %d after %d cached samples", cfg.split, cfg.part, done)
+        log.info("continuing %s part %d after %d samples", cfg.split, cfg.part, done)
     loader = torch.utils.data.DataLoader(
         _ProcessedSamples(cfg, skip=done),
         batch_size=None,
         num_workers=cfg.data.num_workers,
         collate_fn=_identity,
     )
-    pending, written, bad = [], done, []
+    pending, bad = [], []
     for sample in loader:
         if "bad" in sample:
             bad.append(sample["bad"])
+            sink.skip(*sample["bad"])
             log.warning("skipped %r (%s); %d skipped so far", *sample["bad"], len(bad))
             continue
         pending.append(sample)
         if len(pending) == cfg.batch_size:
             _encode_and_write(vae, pending, cfg, sink, device, encoder, extra)
-            written, pending = written + len(pending), []
+            pending = []
     if pending:
         _encode_and_write(vae, pending, cfg, sink, device, encoder, extra)
-        written += len(pending)
     sink.close()
+    if bad and not run.written:
+        raise NothingWrittenError(
+            f"none of the {len(bad)} samples of split {cfg.split!r} left to cache could be "
+            f"read; the first, {bad[0][0]!r}: {bad[0][1]}"
+        )
     c = cfg.resolution // vae.cfg.downsample
     tokens = None
     if encoder is not None:
@@ -344,14 +396,16 @@ def write_latent_cache(
         "source": {"source": cfg.data.source, "path": cfg.data.path},
         "part": cfg.part,
         "parts": cfg.parts,
-        "written": written,
-        "skipped": len(bad),
-        "skipped_keys": [k for k, _ in bad[:100]],
+        "written": sink.written,
+        "written_this_run": run.written,
+        "skipped": len(run.skipped),
+        "skipped_keys": sorted(run.skipped)[:100],
         "shards": sink.shards,
     }
-    meta_path = os.path.join(out, f"{cfg.split}-{cfg.part:03d}.json")
-    write_json(meta_path, meta)
-    log.info("cached %d latents of %r in %s (%d skipped)", written, cfg.split, out, len(bad))
+    meta_name = f"{prefix}.json"
+    write_json(run.target(meta_name), meta)
+    run.record_done([], [meta_name])
+    log.info("cached %d latents of %r in %s (%d skipped)", run.written, cfg.split, out, len(bad))
     return meta
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import os
 
-from openvision3.files import write_json
+from openvision3.files import atomic_write, write_json
 
 MAX_BAR_CLASSES = 100  # a per-class bar plot past this is unreadable
 
@@ -164,5 +164,5 @@ def write_report(results: dict, out_dir: str) -> None:
         lines += ["Skipped: " + "; ".join(f"{t} ({r})" for t, r in results["skipped"].items()), ""]
     for task, out in results["tasks"].items():
         lines += _section(task, out, out_dir)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+    report = "\n".join(lines)
+    atomic_write(os.path.join(out_dir, "report.md"), lambda p: p.write_text(report))

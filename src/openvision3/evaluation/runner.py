@@ -130,12 +130,15 @@ class EvalRunConfig:
     training run's `--data.*` values to evaluate on its held-out split. Images are resized by
     `data.resize` ("center_crop": short side to `resolution`, centre crop). resolution: 0 =
     the one the export was last trained at (its config.json; 256 for a released encoder).
-    num_images: the first N images of `split` (0 = all). out_dir: "" = write no files."""
+    num_images: the first N images of `split` (0 = all). out_dir: "" = write no files.
+    overwrite: replace files in `out_dir` that another evaluation (other options, another
+    model) or the user wrote; without it such a folder is refused before anything runs."""
 
     model: str = ""  # our export folder, a released checkpoint folder or a hub id (required)
     vae: str = "auto"  # auto (the export's), a VAE folder / hub id, or none
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "eval"  # folder for results.json and report.md ("" = write no files)
+    overwrite: bool = False  # replace files in out_dir written by another evaluation or the user
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: str = "val"  # the split of --data to evaluate on
@@ -492,6 +495,29 @@ def results_header(run: EvalRun, model_path: str | None) -> dict:
     }
 
 
+# Every file ``ov3 eval`` may write into its out_dir (report.py's plots included).
+EVAL_FILES = (
+    "results.json", "report.md", "reconstruction.csv", "reconstructions.png", "psnr_hist.png",
+    "zero_shot_per_class.png", "retrieval.png", "linear_probe_l2.png",
+)  # fmt: skip
+
+
+def eval_output(cfg: EvalRunConfig, tasks: Sequence[str]):
+    """The out_dir's record (``openvision3.outputs.OutputDir``, rank 0's), checked before
+    anything runs: the tasks, the model (its files' sizes and times) and every setting but
+    the device and the batch size; ``EVAL_FILES`` are claimed. A refusal ends the job
+    (torchrun stops the other ranks)."""
+    from openvision3.outputs import OutputDir, model_identity
+
+    options = {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "overwrite")}
+    options.pop("device"), options.pop("batch_size")
+    options.update(model=model_identity(cfg.model), tasks=list(tasks))
+    out = OutputDir(cfg.out_dir, "eval", options, EVAL_FILES, cfg.overwrite,
+                    flag="--out-dir", summary=False)  # fmt: skip
+    out.claim(EVAL_FILES)
+    return out
+
+
 def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     """Run ``tasks`` (names from ``TASKS``; "all" = every one the model and data allow) and
     write ``results.json`` and ``report.md`` into ``cfg.out_dir`` (rank 0; none when "").
@@ -510,6 +536,7 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
     started = is_distributed()
     proc = init_process(cfg.device)
     try:
+        out = eval_output(cfg, tasks) if cfg.out_dir and proc.rank == 0 else None
         vae = None if cfg.vae == "none" else cfg.vae
         model = load_pretrained(cfg.model, vae=vae, device=proc.device)
         if not cfg.resolution:
@@ -517,8 +544,10 @@ def run_eval(cfg: EvalRunConfig, tasks: Sequence[str]) -> dict:
             cfg = replace(cfg, resolution=trained or RELEASED_RESOLUTION)
         run = EvalRun(cfg, model, proc.rank, proc.world_size)
         results = {**results_header(run, cfg.model), **run_tasks(run, tasks, explicit)}
-        if proc.rank == 0 and cfg.out_dir:
+        if proc.rank == 0 and out is not None:
             write_report(results, cfg.out_dir)
+            written = [f for f in EVAL_FILES if (out.path / f).exists()]
+            out.record_done(list(results["tasks"]), written)
         return results
     finally:
         if not started:

@@ -48,7 +48,8 @@ def demo_main(argv: list[str]) -> int:
 
 def sample_main(argv: list[str]) -> int:
     """``ov3 sample GENERATOR --out DIR``: PNGs ``{i:06d}.png`` and ``samples.npz`` (``arr_0``
-    uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (existing PNGs are kept), and
+    uint8 (N, H, W, 3), ``arr_1`` labels); batched, resumable (its PNGs are kept; other sampler
+    settings into the same --out are refused), and
     split over ``torchrun`` ranks (rank r draws samples r, r + w, ...). Sample i has class
     ``i // per_class`` (ADM's equal label sampling) and noise seeded by (seed, i)."""
     p = argparse.ArgumentParser(
@@ -81,6 +82,13 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds every sample's noise")
     p.add_argument("--decoder", default="", help="OpenVision 3 export (default: the recorded one)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again: delete this command's earlier samples in --out and replace any "
+        "file in the way (without it, a rerun with the same settings continues, with others "
+        "is refused)",
+    )
     args = p.parse_args(argv)
     from openvision3.generation.sampling import write_samples
 
@@ -106,28 +114,46 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument(
         "--max-reference", type=int, default=0, help="use the first N reference images (0 = all)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results in --out that another evaluation or the user wrote",
+    )
     args = p.parse_args(argv)
     import os
 
     from openvision3.distributed.process import pick_device
+    from openvision3.files import atomic_write, write_json
     from openvision3.generation.metrics import evaluate_generation, load_images
     from openvision3.generation.sampling import write_grid
+    from openvision3.outputs import OutputDir, model_identity
+
+    out = args.out or (os.path.dirname(args.samples.rstrip("/")) or ".")
+    files = ("results.json", "report.md", "samples_grid.png")
+    data = lambda path: model_identity(path, (".npz", ".png", ".jpg", ".jpeg"), files)  # noqa: E731
+    options = {
+        "samples": data(args.samples), "reference": data(args.reference),
+        "inception_weights": args.inception_weights, "k": args.k,
+        "max_reference": args.max_reference,
+    }  # fmt: skip
+    # Its own record: the default --out is the samples' folder, which holds ``ov3 sample``'s.
+    record = OutputDir(out, "eval generation", options, files, args.overwrite,
+                       record="eval-generation.progress.jsonl", flag="--out", summary=False)  # fmt: skip
+    record.claim(files)
 
     results = evaluate_generation(
         args.samples, args.reference, args.inception_weights, args.k, args.batch_size,
         str(pick_device(args.device)), args.max_reference,
     )  # fmt: skip
-    out = args.out or (os.path.dirname(args.samples.rstrip("/")) or ".")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    write_grid(load_images(args.samples)[:64], os.path.join(out, "samples_grid.png"))
+    write_json(os.path.join(out, "results.json"), results)
+    grid = load_images(args.samples)[:64]
+    atomic_write(os.path.join(out, "samples_grid.png"), lambda p: write_grid(grid, str(p)))
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in results.items() if isinstance(v, float))
     report = (
         f"# Generation: {args.samples} against {args.reference}\n\n| metric | value |\n"
         f"|---|---|\n{rows}\n\n![samples](samples_grid.png)\n"
     )
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report)
+    atomic_write(os.path.join(out, "report.md"), lambda p: p.write_text(report))
+    record.record_done([args.samples], list(files))
     print(json.dumps(results, indent=1))
     return 0

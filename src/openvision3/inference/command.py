@@ -56,8 +56,12 @@ def main(name: str, argv: list[str]) -> int:
         cfg = tyro.cli(config_cls, args=argv, prog=f"ov3 {name}")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 2
+    from openvision3.errors import ConfigError
+
     try:
         return run(cfg)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"ov3 {name}: {err}", file=sys.stderr)
-        return 1
+        # ConfigError (an output folder written with other options, a file in the way): 2,
+        # as ``ov3`` exits for every usage error; unreadable inputs: 1.
+        print(f"ov3 {name}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1

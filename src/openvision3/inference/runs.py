@@ -3,9 +3,12 @@
 Each reads an image file, a folder (recursive) or webdataset shards, decodes in threads, runs
 the ``Pipeline`` batch by batch and writes through ``writers.py``: every input that is not
 written (undecodable, a dangling symlink, a broken shard) is listed with its reason in
-``summary.json``, nothing is overwritten without ``--overwrite``, and running the same command
-again continues an interrupted run. Outputs name each input by its key (``inputs.list_items``):
-its path relative to the folder, extension included, or the sample's ``__key__``.
+``summary.json``. The output folder is owned through ``openvision3.outputs.OutputDir``: the
+options that shape the outputs are recorded, a rerun with other ones is refused, files the
+command did not write are never replaced without ``--overwrite``, and running the same command
+again continues an interrupted run and retries the inputs it skipped or that changed since.
+Outputs name each input by its key (``inputs.list_items``): its path relative to the folder,
+extension included, or the sample's ``__key__``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,8 @@ from openvision3.files import atomic_write
 from openvision3.generation.latent_stats import LatentStats, load_latent_stats, normalize
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.inputs import Batch, batches, list_items
-from openvision3.inference.writers import (
-    JsonlWriter,
-    RunDir,
-    TokenShardWriter,
-    image_name,
-    save_image,
-)
+from openvision3.inference.writers import JsonlWriter, TokenShardWriter, image_name, save_image
+from openvision3.outputs import OutputDir, file_stamp, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,8 @@ class RunConfig:
     """an image file, a folder (searched recursively), or webdataset shards (a.tar, d-{0..9}.tar).
     Outputs key inputs by relative path (sub/photo.jpg) or __key__ (repeats get #2, #3, ...)"""
     output: str
-    """output directory (created); running again continues an interrupted run"""
+    """output directory (created); running the same command again continues an interrupted
+    run and retries inputs that were skipped or changed since"""
     batch_size: int = 32
     """images per forward; 0 = the largest that fits (GPU) or 32 (CPU)"""
     resolution: int | None = None
@@ -63,7 +62,8 @@ class RunConfig:
     compile: bool = False
     """torch.compile the VAE encoder and the ViT"""
     overwrite: bool = False
-    """replace the outputs of an earlier run instead of refusing / continuing"""
+    """start again: delete this command's earlier outputs in --output and replace any file
+    in the way (without it, a rerun with the same options continues, with others is refused)"""
     limit: int = 0
     """stop after this many new images (0: all)"""
     num_workers: int = 4
@@ -166,34 +166,71 @@ def _pipeline(cfg: RunConfig) -> Pipeline:
     )
 
 
+def _options(cfg: RunConfig, pipe: Pipeline, **more) -> dict:
+    """What shapes every command's outputs: the model (its files' sizes and times), the input
+    resolution and resize, the weights' dtype and autocast; plus the command's own ``more``."""
+    return {
+        "model": model_identity(cfg.model),
+        "resolution": pipe.resolution,
+        "resize": cfg.resize,
+        "weights_dtype": cfg.weights_dtype,
+        "autocast": pipe.use_autocast,
+        **more,
+    }
+
+
+def _output(cfg: RunConfig, command: str, options: dict, outputs=()) -> OutputDir:
+    return OutputDir(cfg.output, command, options, outputs, overwrite=cfg.overwrite)
+
+
 def _progress(enabled: bool, total: int | None):
     from rich.progress import Progress
 
     return Progress(disable=not enabled, transient=False), total
 
 
+def _stamp(item) -> list[int] | None:
+    """An input file's size and mtime (None for tar members and unreadable entries)."""
+    return file_stamp(item.data) if isinstance(item.data, str) and not item.error else None
+
+
+def _todo(run: OutputDir, items, every: bool = False):
+    """The items without an output (new, skipped before, or changed since), or ``every``
+    item; their stamps go to ``run.input_stamps`` for the record."""
+    for item in items:
+        stamp = _stamp(item)
+        if every or run.needs(item.key, stamp):
+            run.input_stamps[item.key] = stamp
+            yield item
+
+
 def _run(
     command: str,
     cfg: RunConfig,
     pipe: Pipeline,
-    run: RunDir,
+    run: OutputDir,
     handle: Callable[[Batch], None],
     finish: Callable[[], None] = lambda: None,
     extra: Callable[[], dict] = dict,
     finish_on_interrupt: bool = True,
+    todo=None,
 ) -> int:
-    """Feed batches of unseen inputs to ``handle``; skipped inputs are recorded; ``finish``
-    writes what is buffered. Returns the exit code (130 when interrupted: run the same command
-    again to continue)."""
+    """Feed batches of the inputs without an output to ``handle``; skipped inputs are
+    recorded; ``finish`` writes what is buffered. Returns the exit code: 0, 1 when inputs were
+    left to write and none was written, 130 when interrupted (run the same command again)."""
     items, total = list_items(cfg.input)
-    todo = (item for item in items if not run.seen(item.key))
+    todo = _todo(run, items) if todo is None else todo
     if cfg.limit:
         todo = itertools.islice(todo, cfg.limit)
     if run.resumed:
-        log.info("continuing in %s: %d done, %d skipped", run.path, len(run.done), len(run.skipped))
+        log.info(
+            "continuing in %s: %d done, %d skipped before (tried again)",
+            run.path, len(run.done), len(run.skipped),
+        )  # fmt: skip
     batch_size = cfg.batch_size or pipe.autotune_batch_size(start=32)
-    left = None if total is None else max(0, total - len(run.done) - len(run.skipped))
+    left = None if total is None else max(0, total - len(run.done))
     progress, left = _progress(cfg.progress, left if not cfg.limit else cfg.limit)
+    tried = 0
     try:
         with progress:
             task = progress.add_task(command, total=left)
@@ -203,6 +240,7 @@ def _run(
                     run.record_skipped(key, error)
                 if batch.keys:
                     handle(batch)
+                tried += len(batch.keys) + len(batch.bad)
                 progress.advance(task, len(batch.keys) + len(batch.bad))
         finish()
     except KeyboardInterrupt:
@@ -210,8 +248,14 @@ def _run(
             finish()
         log.warning("interrupted; run the same command again to continue")
         return 130
-    summary = run.summary(command, extra())
+    summary = run.summary(extra())
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
+    if tried and not run.written:
+        log.error(
+            "none of the %d inputs left was written (each one's reason: %s)",
+            tried, run.path / "summary.json",
+        )  # fmt: skip
+        return 1
     return 0
 
 
@@ -219,7 +263,12 @@ def _run(
 def run_encode(cfg: EncodeConfig) -> int:
     """Tokens (and optionally pooled embeddings) of every image, in shards."""
     pipe = _pipeline(cfg)
-    run = RunDir(cfg.output, outputs=("tokens-*",), overwrite=cfg.overwrite)
+    options = _options(
+        cfg, pipe, format=cfg.format, pooled=cfg.pooled, layout=cfg.layout,
+        normalize=model_identity(cfg.normalize) if cfg.normalize else "",
+        save_dtype=cfg.save_dtype,
+    )  # fmt: skip
+    run = _output(cfg, "encode", options, outputs=("tokens-*",))
     stats = load_latent_stats(cfg.normalize) if cfg.normalize else None
     meta = {
         "model": cfg.model,
@@ -248,7 +297,8 @@ def run_encode(cfg: EncodeConfig) -> int:
 def run_reconstruct(cfg: ReconstructConfig) -> int:
     """One image file per input, ``<key>.<ext>``: the reconstruction, or input | reconstruction."""
     pipe = _pipeline(cfg)
-    run = RunDir(cfg.output, overwrite=cfg.overwrite)
+    options = _options(cfg, pipe, side_by_side=cfg.side_by_side, ext=cfg.ext)
+    run = _output(cfg, "reconstruct", options)
 
     def handle(batch: Batch) -> None:
         recon = pipe.to_pil(pipe.reconstruct(batch.pixels))
@@ -264,10 +314,10 @@ def run_reconstruct(cfg: ReconstructConfig) -> int:
                 pairs.append(canvas)
             recon = pairs
         names = [image_name(k, cfg.ext) for k in batch.keys]
-        run.record_pending(names)
+        run.claim(names)  # refuses a file in the way before writing any
         for name, image in zip(names, recon):
             save_image(run, name, image)
-        run.record_done(batch.keys)
+        run.record_done(batch.keys, names)
 
     return _run("reconstruct", cfg, pipe, run, handle)
 
@@ -275,7 +325,8 @@ def run_reconstruct(cfg: ReconstructConfig) -> int:
 def run_caption(cfg: CaptionConfig) -> int:
     """``captions.jsonl``: one ``{"key", "caption"}`` row per image."""
     pipe = _pipeline(cfg)
-    run = RunDir(cfg.output, outputs=("captions.jsonl",), overwrite=cfg.overwrite)
+    options = _options(cfg, pipe, max_len=cfg.max_len, beam_size=cfg.beam_size)
+    run = _output(cfg, "caption", options, outputs=("captions.jsonl",))
     writer = JsonlWriter(run, "captions.jsonl")
 
     def handle(batch: Batch) -> None:
@@ -289,7 +340,8 @@ def run_classify(cfg: ClassifyConfig) -> int:
     """``predictions.jsonl``: ``{"key", "top": [{"label", "prob"}, ...]}`` per image."""
     pipe = _pipeline(cfg)
     labels = cfg.label_names()
-    run = RunDir(cfg.output, outputs=("predictions.jsonl",), overwrite=cfg.overwrite)
+    options = _options(cfg, pipe, labels=labels, templates=list(cfg.templates), topk=cfg.topk)
+    run = _output(cfg, "classify", options, outputs=("predictions.jsonl",))
     writer = JsonlWriter(run, "predictions.jsonl")
     weights = pipe.class_weights(labels, cfg.templates)  # (K, E)
     k = min(cfg.topk, len(labels))
@@ -306,24 +358,29 @@ def run_classify(cfg: ClassifyConfig) -> int:
 
 
 def run_latent_stats(cfg: LatentStatsConfig) -> int:
-    """Per-position mean / variance of the tokens over the input images (RAE normalisation)."""
+    """Per-position mean / variance of the tokens over the input images (RAE normalisation).
+
+    The statistics cover every input, so a rerun computes them again over all of them when any
+    input is new, changed or was skipped, and does nothing otherwise."""
     name = "latent_stats.safetensors"
     pipe = _pipeline(cfg)
-    run = RunDir(cfg.output, outputs=(name,), overwrite=cfg.overwrite)
-    if run.resumed:
-        raise FileExistsError(f"{run.path} holds a previous run; pass --overwrite to redo it")
-    stats = LatentStats()
+    run = _output(cfg, "latent-stats", _options(cfg, pipe), outputs=(name,))
+    items, _ = list_items(cfg.input)
+    complete = (run.path / name).exists() and not any(run.needs(i.key, _stamp(i)) for i in items)
+    todo = iter(()) if complete else _todo(run, list_items(cfg.input)[0], every=True)
+    stats, keys = LatentStats(), []
 
     def handle(batch: Batch) -> None:
         stats.update(pipe.encode(batch.pixels))
+        keys.extend(batch.keys)
 
     def finish() -> None:
         if stats.count:
             meta = {"model": cfg.model, "resolution": pipe.resolution}
             atomic_write(run.target(name), lambda p: stats.save(str(p), pipe.token_grid(), meta))
-            run.written = stats.count
+            run.record_done(keys, [name])
 
-    extra = lambda: {"images": stats.count}  # noqa: E731
+    extra = lambda: {"images": len(run.done)}  # noqa: E731
     return _run(
-        "latent-stats", cfg, pipe, run, handle, finish, extra=extra, finish_on_interrupt=False
+        "latent-stats", cfg, pipe, run, handle, finish, extra, finish_on_interrupt=False, todo=todo
     )
