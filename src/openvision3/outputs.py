@@ -122,6 +122,11 @@ class OutputDir:
             if header is None and "options" in rec:
                 header = rec
             self._apply(rec)
+        if header is not None and not overwrite and self._wrote_nothing():
+            # An earlier run that wrote nothing (it failed first, say for missing weights) holds
+            # no outputs to protect or mix with: its record gives way to this run's options.
+            self._clear(())
+            header = None
         if overwrite:
             self._clear(outputs)
         elif header is None:
@@ -180,6 +185,12 @@ class OutputDir:
             f.flush()
             os.fsync(f.fileno())
         self._apply(rec)
+
+    def _wrote_nothing(self) -> bool:
+        """No input recorded as done and no file of the record's on disk."""
+        return not self.done and not any(
+            (self.path / n).exists() for n in self.owned if n != SUMMARY
+        )
 
     def _check(self, header: dict) -> None:
         old, new = header["options"], self.options

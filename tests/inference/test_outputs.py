@@ -104,6 +104,18 @@ def test_summary_lists_files_and_all_bad_inputs_fail(model_dir, awkward_folder, 
         assert ov3("encode", model_dir, clean, "--output", tmp_path / "c") == 0
 
 
+def test_a_run_that_wrote_nothing_does_not_hold_its_options(model_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not a png")
+    out = tmp_path / "tokens"
+    assert ov3("encode", model_dir, images, "--output", out, "--format", "npz") == 1
+    random_image(0).save(images / "a.png")  # fixed; and the user picks another format
+    assert ov3("encode", model_dir, images, "--output", out, "--format", "safetensors") == 0
+    assert summary(out)["files"] == ["tokens-00000.safetensors"]
+    assert ov3("encode", model_dir, images, "--output", out, "--format", "npz") == 2  # now held
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_written_files_follow_the_umask(model_dir, awkward_folder, tmp_path, mask):
     old = os.umask(mask)
