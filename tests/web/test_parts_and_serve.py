@@ -108,3 +108,91 @@ def test_loading_handlers_wait_for_the_model_or_give_the_reason(gallery):
     failed = LoadingHandlers(gallery, Part.absent("generator"), Part.absent("vlm"), broken)
     with pytest.raises(ModelNotReady, match="FileNotFoundError: model.safetensors is missing"):
         failed.start().reconstruct("x")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_busy_port_is_one_line_naming_the_flag(tiny_model):
+    import socket
+
+    pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _ov3(tiny_model, "--port", str(port), "--check", timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"ov3 serve: error: --port {port} is in use on 127.0.0.1 (another server runs there); "
+        "pass another --port, or --port None for the first free one from 7860"
+    ]
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
+def test_unknown_host_is_one_line_naming_the_flag(tiny_model, host):
+    pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+    proc = _ov3(tiny_model, "--host", host, "--check", timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ov3 serve: error: --host {host!r} is not")
+
+
+def test_no_model_off_a_terminal_asks_for_one(tmp_path):
+    pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "openvision3.cli", "serve", "--check"],
+        cwd=tmp_path,  # no runs/demo/final here
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no MODEL given" in lines[0] and "`ov3 demo`" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_demo_training_is_announced_first_with_its_estimate(tmp_path, monkeypatch, capsys):
+    from openvision3.web import serve, startup
+
+    calls = []
+
+    def estimate(cfg):
+        calls.append("estimate")
+        return 754.0, sum(s.steps for s in cfg.train.stages)
+
+    def run_demo(cfg):
+        calls.append(("train", cfg.run_dir))
+        assert "training the demo model first" in capsys.readouterr().out  # said before
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(startup, "demo_training_estimate", estimate)
+    monkeypatch.setattr("openvision3.demo.run.run_demo", run_demo)
+    assert serve.ensure_model(serve.DEFAULT_MODEL, interactive=True) == serve.DEFAULT_MODEL
+    assert calls == ["estimate", ("train", "runs/demo")]
+
+
+def test_demo_training_estimate_times_the_step_of_the_preset():
+    import dataclasses
+
+    from openvision3.config import StageConfig
+    from openvision3.configs import get_preset
+    from openvision3.models.presets import model_config
+    from openvision3.web.startup import demo_training_estimate
+
+    cfg = get_preset("demo")
+    stages = [StageConfig(resolution=32, steps=10, batch_size=4), StageConfig(64, 30, 4)]
+    cfg = dataclasses.replace(
+        cfg,
+        model=model_config("ov3-mu"),
+        train=dataclasses.replace(cfg.train, stages=stages),
+    )
+    seconds, steps = demo_training_estimate(cfg)
+    assert steps == 40 and 0 < seconds < 3600
