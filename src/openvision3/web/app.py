@@ -31,8 +31,14 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 16
 IMAGE_HEIGHT = 256
-# Small model inputs (64-256 px) shown at the size of their box, pixels kept sharp.
-CSS = ".ov3-pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+# Small model inputs (64-256 px) are shown at the size of their box, pixels kept sharp.
+# Messages (Gradio's toasts) sit in the page's flow above the title instead of floating over
+# the page, where they covered the buttons under them.
+CSS = """
+.ov3-pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.toast-wrap { position: static !important; order: -1; width: auto !important; }
+.toast-wrap { align-items: stretch !important; max-width: none !important; }
+"""
 EXAMPLES = 8
 TOAST_SECONDS = 8  # errors and conversion notes close by themselves
 # System fonts only: the default theme would fetch its web fonts from a font CDN.
@@ -156,11 +162,11 @@ def _request(start, fn, inputs, outputs, api_name: str | None = None) -> None:
     )
 
 
-def _examples(examples: list, inputs, fn, fn_inputs, outputs) -> None:
+def _examples(elem_id: str, examples: list, inputs, fn, fn_inputs, outputs) -> None:
     """Example thumbnails that fill ``inputs`` and run ``fn`` at once."""
     if not examples:
         return
-    shown = gr.Examples(examples, inputs, examples_per_page=EXAMPLES)
+    shown = gr.Examples(examples, inputs, examples_per_page=EXAMPLES, elem_id=elem_id)
     _request(shown.load_input_event, fn, fn_inputs, outputs)
 
 
@@ -223,7 +229,7 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                 label = f"Decoder noise: LN(tokens) + sigma * eps, sigma = {levels}"
                 noisy = _gallery(label, "rec-noisy", len(NOISE_LEVELS))
                 outputs = [seen, recon, metrics, noisy]
-                _examples(examples, image, reconstruct, image, outputs)
+                _examples("rec-examples", examples, image, reconstruct, image, outputs)
                 _request([run.click, image.upload], reconstruct, image, outputs, "reconstruct")
 
             with gr.Tab("Caption and classify", id="understand"):
@@ -244,7 +250,7 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                     probs = gr.Label(label="Zero-shot probabilities", elem_id="cap-probs")
                     near = _gallery("Nearest gallery images (cosine: caption)", "cap-near", 4)
                 inputs, outputs = [image, labels, beam], [caption, probs, near]
-                _examples(examples, image, understand, inputs, outputs)
+                _examples("cap-examples", examples, image, understand, inputs, outputs)
                 _request([run.click, image.upload], understand, inputs, outputs, "understand")
 
             with gr.Tab("Interpolate", id="interpolate"):
@@ -256,7 +262,7 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                 label = "Decoded along the straight line between the two images' tokens"
                 path = _gallery(label, "int-path", 7)
                 pairs = [examples[i : i + 2] for i in range(0, len(examples) - 1, 2)]
-                _examples(pairs, [a, b], interpolate, [a, b, steps], path)
+                _examples("int-examples", pairs, [a, b], interpolate, [a, b, steps], path)
                 _request([run.click], interpolate, [a, b, steps], path, "interpolate")
 
             with gr.Tab("Generate", id="generate"):
@@ -296,7 +302,7 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                                 label="Answer", interactive=False, elem_id="ask-answer"
                             )
                     inputs = [image, question, tokens]
-                    _examples(examples, image, ask, inputs, answer)
+                    _examples("ask-examples", examples, image, ask, inputs, answer)
                     _request([run.click], ask, inputs, answer, "ask")
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
