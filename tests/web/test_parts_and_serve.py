@@ -65,11 +65,55 @@ def test_bad_model_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_starts_and_stops_the_server(tiny_model):
+def test_check_starts_and_stops_the_server_at_its_port(tiny_model, tmp_path):
     pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
-    proc = _ov3(tiny_model, "--resolution", "64", "--check")
+    port, missing = _free_port(), tmp_path / "no-generator"
+    proc = _ov3(
+        tiny_model,
+        "--resolution",
+        "64",
+        "--port",
+        str(port),
+        "--generator",
+        str(missing),
+        "--check",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "answered 200" in proc.stdout
+    assert f"127.0.0.1:{port}/ answered 200" in proc.stdout
+    # the part that could not load is said in the terminal, not only in its tab
+    assert f"ov3 serve: warning: --generator '{missing}' does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_uploads_are_removed_when_the_server_exits(tiny_model, tmp_path, uploads):
+    import os
+    import signal
+
+    pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+    from gradio_client import Client, handle_file
+
+    port, scratch = _free_port(), tmp_path / "tmp"
+    scratch.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "openvision3.cli", "serve", tiny_model, "--resolution", "64"]
+        + ["--port", str(port)],
+        env={**os.environ, "TMPDIR": str(scratch)},  # where the run's folder goes
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert "up in" in server.stdout.readline()
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(handle_file(str(uploads["good.png"])), api_name="/reconstruct")
+        (run,) = scratch.glob("ov3-serve-*")
+        kept = [p.name for p in (run / "uploads").rglob("*") if p.is_file()]
+        assert "good.png" in kept
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert server.returncode == 0
+    assert list(scratch.glob("ov3-serve-*")) == []
 
 
 def test_loading_handlers_wait_for_the_model_or_give_the_reason(gallery):
