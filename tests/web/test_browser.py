@@ -130,6 +130,12 @@ def _toast(page, text: str) -> str:
     toast.wait_for()
     message = toast.inner_text()
     assert _covered_buttons(page) == []
+    page.wait_for_function(  # in view, wherever the page was scrolled to
+        """t => { const r = t.getBoundingClientRect();
+                  return r.top >= 0 && r.bottom <= window.innerHeight; }""",
+        arg=toast.element_handle(),
+        timeout=5_000,
+    )
     page.locator(".toast-body").first.wait_for(
         state="detached", timeout=(TOAST_SECONDS + 10) * 1000
     )
@@ -168,6 +174,7 @@ def test_every_tab_in_chromium(page, urls, gallery, uploads, tmp_path):
 
     # Bad uploads on the same tab: one message each, the old results are gone, and the
     # server keeps serving.
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # at the examples
     _upload(page, "rec-image", uploads["notes.png"])
     assert "is not an image this app can read" in _toast(page, "notes.png")
     assert page.locator("#rec-output img, #rec-input img, #rec-noisy img").count() == 0

@@ -240,3 +240,14 @@ def test_demo_training_estimate_times_the_step_of_the_preset():
     )
     seconds, steps = demo_training_estimate(cfg)
     assert steps == 40 and 0 < seconds < 3600
+
+
+def test_the_page_says_when_the_model_is_the_demos_and_what_it_knows():
+    from openvision3.web.serve import _model_info
+    from openvision3.web.uploads import UploadLimits
+
+    demo = _model_info("runs/demo/final", {"data": "synthetic"}, {}, 128, UploadLimits())
+    assert "**This is the demo model**" in demo and "hexagon" in demo
+    assert "A photograph comes back as coloured blobs" in demo
+    other = _model_info("my/model", {"data": "webdataset"}, {}, 256, UploadLimits())
+    assert "demo" not in other

@@ -39,6 +39,13 @@ CSS = """
 .toast-wrap { position: static !important; order: -1; width: auto !important; }
 .toast-wrap { align-items: stretch !important; max-width: none !important; }
 """
+# ... and a new message is scrolled into view (an example is clicked far below it).
+JS = """
+() => new MutationObserver(records => records.forEach(r => r.addedNodes.forEach(n => {
+    const toast = n.nodeType === 1 && (n.closest('.toast-body') || n.querySelector('.toast-body'));
+    if (toast) toast.scrollIntoView({ block: 'nearest' });
+}))).observe(document.body, { childList: true, subtree: true })
+"""
 EXAMPLES = 8
 TOAST_SECONDS = 8  # errors and conversion notes close by themselves
 # System fonts only: the default theme would fetch its web fonts from a font CDN.
@@ -333,4 +340,5 @@ def launch(
         pwa=False,
         theme=THEME,
         css=CSS,
+        js=JS,
     )

@@ -140,12 +140,14 @@ def _model_info(path: str, card: dict, config: dict, resolution, limits) -> str:
         + f". Uploads up to {limits.max_file_mb:g} MB and {limits.max_megapixels:g} megapixels."
     )
     if card.get("data") == "synthetic":
+        from openvision3.demo.synthetic import COLORS, SHAPES, TEXTURES
+
         info += (
-            "\n\n**This is the demo model** (`ov3 demo`): it was trained only on the synthetic "
-            "world of coloured circles, squares, triangles, stars and hearts on plain or "
-            "striped backgrounds. On those it reconstructs, captions and classifies; a "
-            "photograph comes back as coloured blobs with a caption about shapes. Serve a model "
-            "trained on photographs with `ov3 serve MODEL`."
+            "\n\n**This is the demo model** (`ov3 demo`): it knows only the synthetic world it "
+            f"was trained on, {len(COLORS)} colours x {len(SHAPES)} shapes "
+            f"({', '.join(SHAPES)}) on {', '.join(TEXTURES)} backgrounds. A photograph comes "
+            "back as coloured blobs, with a caption about shapes. Serve a model trained on "
+            "photographs with `ov3 serve MODEL`."
         )
     return info
 
