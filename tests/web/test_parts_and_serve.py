@@ -58,7 +58,7 @@ def _ov3(*args, timeout=600):
 
 def test_bad_model_is_one_line(tmp_path):
     pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
-    proc = _ov3(str(tmp_path / "missing"), "--check")
+    proc = _ov3(str(tmp_path / "missing"), "--check", "--port", "None")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("ov3 serve: error: MODEL ")
     assert "Traceback" not in proc.stderr
@@ -190,7 +190,7 @@ def test_unknown_host_is_one_line_naming_the_flag(tiny_model, host):
 def test_no_model_off_a_terminal_asks_for_one(tmp_path):
     pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
     proc = subprocess.run(
-        [sys.executable, "-m", "openvision3.cli", "serve", "--check"],
+        [sys.executable, "-m", "openvision3.cli", "serve", "--check", "--port", "None"],
         cwd=tmp_path,  # no runs/demo/final here
         stdin=subprocess.DEVNULL,
         capture_output=True,
