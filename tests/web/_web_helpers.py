@@ -30,3 +30,18 @@ class FakeVLM:
         return [
             f"a {im.size[0]}x{im.size[1]} image; you asked: {q}" for im, q in zip(images, questions)
         ]
+
+
+def header_only_png(path, width: int, height: int):
+    """A PNG that declares ``width`` x ``height`` pixels and holds no pixel data: enough for
+    anything that reads the header (a 400-megapixel image in 60 bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path

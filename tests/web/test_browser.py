@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.web._web_helpers import RESOLUTION
+from tests.web._web_helpers import RESOLUTION, header_only_png
 
 pytestmark = pytest.mark.browser
 
@@ -25,7 +25,7 @@ if CHROMIUM is None:
 pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from openvision3.web.app import AppConfig, build_app, launch  # noqa: E402
+from openvision3.web.app import TOAST_SECONDS, AppConfig, build_app, launch  # noqa: E402
 from openvision3.web.handlers import Handlers  # noqa: E402
 from openvision3.web.uploads import UploadLimits  # noqa: E402
 
@@ -107,12 +107,38 @@ def _wait_images(page, selector: str, count: int) -> list[tuple[int, int]]:
     )
 
 
+def _covered_buttons(page) -> list[str]:
+    """The visible buttons that a message (toast) covers, by their text."""
+    return page.evaluate(
+        """() => {
+            const visible = e => { const r = e.getBoundingClientRect();
+                                   return r.width > 0 && r.height > 0 ? r : null; };
+            const toasts = [...document.querySelectorAll('.toast-body')].map(visible)
+                .filter(Boolean);
+            return [...document.querySelectorAll('button')].filter(b => {
+                const r = visible(b);
+                return r && !b.closest('.toast-body') && toasts.some(t =>
+                    r.left < t.right && t.left < r.right && r.top < t.bottom && t.top < r.bottom);
+            }).map(b => b.innerText.trim() || b.getAttribute('aria-label') || b.className);
+        }"""
+    )
+
+
 def _toast(page, text: str) -> str:
-    toast = page.locator(".toast-body", has_text=text)
-    toast.first.wait_for()
-    message = toast.first.inner_text()
-    for close in page.locator(".toast-close").all():
-        close.click()
+    """Wait for the message holding ``text``; it covers no button and closes by itself."""
+    toast = page.locator(".toast-body", has_text=text).first
+    toast.wait_for()
+    message = toast.inner_text()
+    assert _covered_buttons(page) == []
+    page.wait_for_function(  # in view, wherever the page was scrolled to
+        """t => { const r = t.getBoundingClientRect();
+                  return r.top >= 0 && r.bottom <= window.innerHeight; }""",
+        arg=toast.element_handle(),
+        timeout=5_000,
+    )
+    page.locator(".toast-body").first.wait_for(
+        state="detached", timeout=(TOAST_SECONDS + 10) * 1000
+    )
     return message
 
 
@@ -146,9 +172,16 @@ def test_every_tab_in_chromium(page, urls, gallery, uploads, tmp_path):
     timings["reconstruct"] = time.perf_counter() - t
     _shot(page, tmp_path, "1-reconstruct")
 
-    # Bad uploads on the same tab: one message each, and the server keeps serving.
+    # Bad uploads on the same tab: one message each, the old results are gone, and the
+    # server keeps serving.
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # at the examples
     _upload(page, "rec-image", uploads["notes.png"])
     assert "is not an image this app can read" in _toast(page, "notes.png")
+    assert page.locator("#rec-output img, #rec-input img, #rec-noisy img").count() == 0
+    assert "PSNR" not in page.locator("#rec-metrics").inner_text()
+    bomb = header_only_png(tmp_path / "bomb.png", 20_000, 20_000)  # over PIL's own limit
+    _upload(page, "rec-image", bomb)
+    assert "'bomb.png' is 400.0 megapixels; the limit is 1 megapixels" in _toast(page, "bomb")
     _upload(page, "rec-image", uploads["huge.png"])
     message = _toast(page, "megapixels")
     assert "'huge.png' is 1200x1000 = 1.2 megapixels; the limit is 1 megapixels" in message
@@ -176,6 +209,8 @@ def test_every_tab_in_chromium(page, urls, gallery, uploads, tmp_path):
     assert len(_wait_images(page, "#cap-near", 4)) >= 4
     timings["understand"] = time.perf_counter() - t
     assert "CMYK converted to RGB" in _toast(page, "CMYK")
+    caption = page.locator("#cap-caption textarea").input_value()
+    assert caption.endswith("tokens]") or "[cut" not in caption  # ended, or says it was cut
     _shot(page, tmp_path, "2-caption")
 
     # 3. Interpolate: 7 decoded images at the model's resolution.
@@ -221,4 +256,87 @@ def test_missing_parts_say_how_to_get_them_in_chromium(page, urls, tmp_path):
     text = page.locator("#ask-missing").inner_text()
     assert "No VLM was given" in text and "ov3 demo --understanding" in text
     _shot(page, tmp_path, "missing-parts")
+    _local_only(page, url)
+
+
+# ---------------------------------------------------------------------- examples
+def _mark_outputs(page, selector: str) -> None:
+    """Tag what ``selector`` shows now, so that ``_wait_new`` can tell a new result."""
+    page.evaluate(
+        """sel => document.querySelectorAll(sel).forEach(e => {
+            e.dataset.old = '1';
+            if (e.tagName === 'TEXTAREA') e.value = '(old)';
+        })""",
+        f"{selector} img, {selector} textarea",
+    )
+
+
+def _wait_new(page, selector: str, count: int = 1) -> None:
+    """Wait for ``count`` new, loaded images (or a new non-empty text) under ``selector``;
+    an error message instead fails with that message."""
+    page.wait_for_function(
+        """([sel, n]) => {
+            if (document.querySelector('.toast-body.error')) return true;
+            const imgs = [...document.querySelectorAll(sel + ' img')]
+                .filter(i => !i.dataset.old && i.complete && i.naturalWidth > 0);
+            const text = document.querySelector(sel + ' textarea');
+            return imgs.length >= n || (text && text.value && text.value !== '(old)');
+        }""",
+        arg=[selector, count],
+    )
+
+
+def _click_every_example(page, tab: str, output: str, count: int, run: str | None) -> int:
+    """Click each example of ``tab`` in turn (and ``run``'s button when the example only fills
+    the inputs); each must give a new result in ``output`` and no error -> examples clicked."""
+    items = page.locator(f"#{tab}-examples .gallery-item, #{tab}-examples tbody tr")
+    n = items.count()
+    assert n > 0, tab
+    for i in range(n):
+        _mark_outputs(page, output)
+        items.nth(i).click()
+        if run:
+            page.locator(run).click()
+        _wait_new(page, output, count)
+        _no_error(page, f"example {i + 1} of {tab}")
+    return n
+
+
+def _no_error(page, what: str) -> None:
+    errors = page.locator(".toast-body.error")
+    assert errors.count() == 0, f"{what}: {errors.first.inner_text()}"
+
+
+EXAMPLE_TABS = [  # tab, prefix, upload input, output that shows a result, images in it
+    ("Reconstruct", "rec", "rec-image", "#rec-output", 1),
+    ("Caption and classify", "cap", "cap-image", "#cap-caption", 1),
+    ("Interpolate", "int", "int-a", "#int-path", 7),
+    ("Ask", "ask", "ask-image", "#ask-answer", 1),
+]
+
+
+def test_every_example_in_every_tab_before_and_after_an_upload(page, urls, uploads, tmp_path):
+    url, _ = urls
+    page.goto(url)
+    page.locator("#rec-image").wait_for()
+    clicked = {}
+    for tab, prefix, upload, output, count in EXAMPLE_TABS:
+        page.get_by_role("tab", name=tab).click()
+        run = f"#{prefix}-run" if prefix in ("int", "ask") else None  # not run on upload
+        clicked[tab] = _click_every_example(page, prefix, output, count, None)
+        # An upload after the examples works (it failed once an example had been clicked),
+        # and the examples still work after it.
+        _mark_outputs(page, output)
+        _upload(page, upload, uploads["good.png"])
+        if run:
+            if prefix == "int":
+                _upload(page, "int-b", uploads["rgba.png"])
+                page.locator("#int-b img").wait_for()
+            page.locator(f"#{upload} img").wait_for()
+            page.locator(run).click()
+        _wait_new(page, output, count)
+        _no_error(page, f"an upload after the examples of {tab}")
+        _click_every_example(page, prefix, output, count, None)
+        _shot(page, tmp_path, f"examples-{prefix}")
+    assert clicked == {"Reconstruct": 6, "Caption and classify": 6, "Interpolate": 3, "Ask": 6}
     _local_only(page, url)

@@ -124,3 +124,17 @@ def test_missing_parts_say_how_to_get_them(pipeline, gallery):
         bare.generate("red circle")
     with pytest.raises(MissingPartError, match=r"ov3 demo --understanding"):
         bare.ask(_image(0), "what?")
+
+
+@pytest.mark.parametrize("ends", [True, False])
+def test_a_caption_says_whether_it_ended_or_was_cut(handlers, pipeline, monkeypatch, ends):
+    from openvision3.tokenizer import EOT_ID, PAD_ID, SOT_ID, Tokenizer
+
+    words = Tokenizer()("a large red star")[0]
+    words = words[1 : int((words == EOT_ID).nonzero()[0])]  # the word ids, no SOT/EOT
+    tail = [EOT_ID, PAD_ID] if ends else []
+    ids = torch.tensor([[SOT_ID, *words.tolist(), *tail]])  # (1, T)
+    monkeypatch.setattr(pipeline.model, "caption_ids", lambda x, beam_size=1: ids)
+    out = handlers.understand(_image(4), ["a", "b"])
+    assert out.caption == "a large red star"
+    assert out.cut_at == (None if ends else ids.shape[1])

@@ -3,6 +3,7 @@
 import pytest
 
 from openvision3.web.uploads import BadUpload, UploadLimits, read_upload
+from tests.web._web_helpers import header_only_png
 
 LIMITS = UploadLimits(max_file_mb=1.0, max_megapixels=1.0)
 
@@ -63,3 +64,18 @@ def test_missing_file(tmp_path):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         UploadLimits(max_file_mb=0)
+
+
+@pytest.mark.parametrize(
+    "width, height, message",
+    [
+        (13_000, 12_000, "'big.png' is 13000x12000 = 156.0 megapixels; the limit is 1 megapixels"),
+        # over PIL's own limit (2 x MAX_IMAGE_PIXELS, 179 MP): PIL refuses it before we see it
+        (20_000, 20_000, "'big.png' is 400.0 megapixels; the limit is 1 megapixels"),
+    ],
+)
+def test_huge_images_get_the_megapixel_message(tmp_path, width, height, message):
+    path = header_only_png(tmp_path / "big.png", width, height)
+    with pytest.raises(BadUpload) as err:
+        read_upload(path, "big.png", LIMITS)
+    assert str(err.value) == message

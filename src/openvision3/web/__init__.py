@@ -10,6 +10,7 @@ and Ask (a VLM from ``openvision3.understanding``). Every asset is served from t
     parts.py     the optional generator and VLM, or why a tab has none
     gallery.py   the small image gallery (the synthetic world, or a folder)
     app.py       the Gradio page
+    startup.py   what ``ov3 serve`` checks first: the address, the demo's training time
     serve.py     the ``ov3 serve`` command
 
 Gradio is imported only by ``app.py`` and only when the app is built.

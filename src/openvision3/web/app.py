@@ -31,9 +31,23 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 16
 IMAGE_HEIGHT = 256
-# Small model inputs (64-256 px) shown at the size of their box, pixels kept sharp.
-CSS = ".ov3-pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+# Small model inputs (64-256 px) are shown at the size of their box, pixels kept sharp.
+# Messages (Gradio's toasts) sit in the page's flow above the title instead of floating over
+# the page, where they covered the buttons under them.
+CSS = """
+.ov3-pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.toast-wrap { position: static !important; order: -1; width: auto !important; }
+.toast-wrap { align-items: stretch !important; max-width: none !important; }
+"""
+# ... and a new message is scrolled into view (an example is clicked far below it).
+JS = """
+() => new MutationObserver(records => records.forEach(r => r.addedNodes.forEach(n => {
+    const toast = n.nodeType === 1 && (n.closest('.toast-body') || n.querySelector('.toast-body'));
+    if (toast) toast.scrollIntoView({ block: 'nearest' });
+}))).observe(document.body, { childList: true, subtree: true })
+"""
 EXAMPLES = 8
+TOAST_SECONDS = 8  # errors and conversion notes close by themselves
 # System fonts only: the default theme would fetch its web fonts from a font CDN.
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -41,13 +55,22 @@ THEME = gr.themes.Default(
 )
 
 
-def _keep_file(payload) -> tuple[str, str] | None:
-    """An upload as (path, original name), undecoded: ``uploads.read_upload`` checks it."""
+def _file(payload) -> tuple[str, str] | None:
+    """An image input's value, as the events receive it (``preprocess=False``: the upload is
+    never decoded by Gradio), -> (path in the upload cache, original name).
+
+    The value is Gradio's ``FileData`` as a dict; a plain path is taken too (an example's file,
+    or a client that sends one), named by its base name.
+    """
     if payload is None:
         return None
-    if payload.path is None:
-        raise gr.Error("this upload carries no file; upload the image again")
-    return payload.path, payload.orig_name or os.path.basename(payload.path)
+    if isinstance(payload, (str, os.PathLike)):
+        return str(payload), os.path.basename(payload)
+    get = payload.get if isinstance(payload, dict) else lambda k: getattr(payload, k, None)
+    path = get("path")
+    if not path:
+        raise BadUpload("this upload carries no file; upload the image again")
+    return path, get("orig_name") or os.path.basename(path)
 
 
 @dataclass
@@ -61,18 +84,20 @@ class AppConfig:
 
 
 def _upload(label: str, elem_id: str) -> gr.Image:
-    """An image input whose value reaches the function as (path, original name). A subclass
-    would do the same, but Gradio writes a ``.pyi`` stub beside any module that subclasses a
-    component, so the instance's ``preprocess`` is replaced instead."""
-    image = gr.Image(
+    """An image input. Its events run with ``preprocess=False`` (``_request``), so the function
+    gets the uploaded file undecoded and ``uploads.read_upload`` applies the limits first.
+
+    Not an override of the instance's ``preprocess``: when an event updates the component's
+    properties (as ``gr.Examples`` does on every click), Gradio rebuilds it for that session
+    from its constructor arguments, and an instance attribute is lost with the old object.
+    """
+    return gr.Image(
         label=label,
         type="filepath",
         height=IMAGE_HEIGHT,
         elem_id=elem_id,
         elem_classes="ov3-pixels",
     )
-    image.preprocess = _keep_file
-    return image
 
 
 def _image(label: str, elem_id: str) -> gr.Image:
@@ -91,7 +116,7 @@ def _gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
 
 
 def _user_error(err: Exception) -> gr.Error:
-    return gr.Error(str(err), duration=None, print_exception=False)
+    return gr.Error(str(err), duration=TOAST_SECONDS, print_exception=False)
 
 
 def _calls(fn):
@@ -109,20 +134,59 @@ def _calls(fn):
             if type(err).__name__ == "MissingComponentError":  # a model without that part
                 raise _user_error(err) from err
             log.exception("request failed")
-            raise gr.Error(f"internal error: {type(err).__name__}: {err}", duration=None) from err
+            message = f"internal error: {type(err).__name__}: {err}"
+            raise gr.Error(message, duration=TOAST_SECONDS) from err
 
     return run
+
+
+def _request(start, fn, inputs, outputs, api_name: str | None = None) -> None:
+    """One model request: the outputs are cleared, then ``fn`` fills them, so that a failed
+    request leaves no result of an earlier input beside its error.
+
+    ``start``: the triggers (``[button.click, image.upload]``) or an event to follow (an
+    example's load). ``fn`` gets the raw input values (``preprocess=False``, see ``_upload``).
+    """
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    blank = [None] * len(outputs)
+
+    def clear():
+        return blank if len(blank) > 1 else None
+
+    hidden = dict(queue=False, show_progress="hidden", api_visibility="private")
+    if isinstance(start, list):
+        event = gr.on(start, clear, None, outputs, **hidden)
+    else:
+        event = start.then(clear, None, outputs, **hidden)
+    event.then(
+        _calls(fn),
+        inputs,
+        outputs,
+        api_name=api_name,
+        api_visibility="public" if api_name else "private",
+        concurrency_id="model",
+        preprocess=False,
+    )
+
+
+def _examples(elem_id: str, examples: list, inputs, fn, fn_inputs, outputs) -> None:
+    """Example thumbnails that fill ``inputs`` and run ``fn`` at once."""
+    if not examples:
+        return
+    shown = gr.Examples(examples, inputs, examples_per_page=EXAMPLES, elem_id=elem_id)
+    _request(shown.load_input_event, fn, fn_inputs, outputs)
 
 
 def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
     """The five-tab page; launch it with ``launch(app, ...)``."""
 
     def load(upload, what: str = "an image"):
+        upload = _file(upload)
         if upload is None:
             raise BadUpload(f"upload {what} or pick one from the examples")
         loaded = read_upload(upload[0], upload[1], cfg.limits)
         if loaded.note:
-            gr.Warning(f"{upload[1]}: {loaded.note}", duration=None)  # stays until closed
+            gr.Warning(f"{upload[1]}: {loaded.note}", duration=TOAST_SECONDS)
         return loaded.image
 
     def reconstruct(upload):
@@ -132,10 +196,13 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
         return rec.input, rec.reconstruction, metrics, noisy
 
     def understand(upload, labels_text, beam_size):
-        labels = parse_labels(labels_text)
+        labels = parse_labels(labels_text or "")
         out = handlers.understand(load(upload), labels, beam_size=int(beam_size))
         near = [(im, f"{sim:.3f}: {cap}") for im, cap, sim in out.neighbours]
-        return out.caption, out.probs, near
+        caption = out.caption
+        if out.cut_at is not None:
+            caption += f" ... [cut at the length limit: no end token in {out.cut_at} tokens]"
+        return caption, out.probs, near
 
     def interpolate(a, b, steps):
         images = handlers.interpolate(load(a, "image A"), load(b, "image B"), int(steps))
@@ -149,12 +216,12 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
         return [(im, label) for im in images]
 
     def ask(upload, question, max_new_tokens):
-        answer = handlers.ask(load(upload), question, int(max_new_tokens))
+        answer = handlers.ask(load(upload), question or "", int(max_new_tokens))
         return answer if answer.strip() else "(the model's answer is empty)"
 
     examples = [str(p) for p in handlers.gallery.paths[:EXAMPLES]]
     with gr.Blocks(title=cfg.title, analytics_enabled=False) as app:
-        gr.Markdown(f"# {cfg.title}\n{cfg.model_info}")
+        gr.Markdown(f"# {cfg.title}\n{cfg.model_info}", elem_id="model-info")
         with gr.Tabs():
             with gr.Tab("Reconstruct", id="reconstruct"):
                 with gr.Row():
@@ -169,15 +236,8 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                 label = f"Decoder noise: LN(tokens) + sigma * eps, sigma = {levels}"
                 noisy = _gallery(label, "rec-noisy", len(NOISE_LEVELS))
                 outputs = [seen, recon, metrics, noisy]
-                gr.Examples(examples, image, outputs, _calls(reconstruct), run_on_click=True)
-                gr.on(
-                    [run.click, image.upload],
-                    _calls(reconstruct),
-                    image,
-                    outputs,
-                    api_name="reconstruct",
-                    concurrency_id="model",
-                )
+                _examples("rec-examples", examples, image, reconstruct, image, outputs)
+                _request([run.click, image.upload], reconstruct, image, outputs, "reconstruct")
 
             with gr.Tab("Caption and classify", id="understand"):
                 with gr.Row():
@@ -196,15 +256,9 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                 with gr.Row():
                     probs = gr.Label(label="Zero-shot probabilities", elem_id="cap-probs")
                     near = _gallery("Nearest gallery images (cosine: caption)", "cap-near", 4)
-                gr.Examples(examples, image)
-                gr.on(
-                    [run.click, image.upload],
-                    _calls(understand),
-                    [image, labels, beam],
-                    [caption, probs, near],
-                    api_name="understand",
-                    concurrency_id="model",
-                )
+                inputs, outputs = [image, labels, beam], [caption, probs, near]
+                _examples("cap-examples", examples, image, understand, inputs, outputs)
+                _request([run.click, image.upload], understand, inputs, outputs, "understand")
 
             with gr.Tab("Interpolate", id="interpolate"):
                 with gr.Row():
@@ -215,15 +269,8 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                 label = "Decoded along the straight line between the two images' tokens"
                 path = _gallery(label, "int-path", 7)
                 pairs = [examples[i : i + 2] for i in range(0, len(examples) - 1, 2)]
-                if pairs:
-                    gr.Examples(pairs, [a, b])
-                run.click(
-                    _calls(interpolate),
-                    [a, b, steps],
-                    path,
-                    api_name="interpolate",
-                    concurrency_id="model",
-                )
+                _examples("int-examples", pairs, [a, b], interpolate, [a, b, steps], path)
+                _request([run.click], interpolate, [a, b, steps], path, "interpolate")
 
             with gr.Tab("Generate", id="generate"):
                 gen = handlers.generator
@@ -242,13 +289,8 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                         seed = gr.Number(0, precision=0, label="Seed")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                     samples = _gallery("Samples", "gen-samples", 4)
-                    run.click(
-                        _calls(generate),
-                        [label, num, scale, nsteps, sampler, seed],
-                        samples,
-                        api_name="generate",
-                        concurrency_id="model",
-                    )
+                    inputs = [label, num, scale, nsteps, sampler, seed]
+                    _request([run.click], generate, inputs, samples, "generate")
 
             with gr.Tab("Ask", id="ask"):
                 vlm = handlers.vlm
@@ -266,14 +308,9 @@ def build_app(handlers: Handlers, cfg: AppConfig) -> gr.Blocks:
                             answer = gr.Textbox(
                                 label="Answer", interactive=False, elem_id="ask-answer"
                             )
-                    gr.Examples(examples, image)
-                    run.click(
-                        _calls(ask),
-                        [image, question, tokens],
-                        answer,
-                        api_name="ask",
-                        concurrency_id="model",
-                    )
+                    inputs = [image, question, tokens]
+                    _examples("ask-examples", examples, image, ask, inputs, answer)
+                    _request([run.click], ask, inputs, answer, "ask")
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
 
@@ -303,4 +340,5 @@ def launch(
         pwa=False,
         theme=THEME,
         css=CSS,
+        js=JS,
     )

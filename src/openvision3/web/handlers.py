@@ -62,11 +62,13 @@ class Reconstruction:
 @dataclass
 class Understanding:
     """Tab 2's outputs: the caption, label -> probability (sums to 1), and the nearest
-    gallery images as (image, caption, cosine similarity), nearest first."""
+    gallery images as (image, caption, cosine similarity), nearest first. ``cut_at``: the
+    caption's length in tokens when it stopped at the length limit without the end token, else None."""
 
     caption: str
     probs: dict[str, float]
     neighbours: list[tuple[Image.Image, str, float]]
+    cut_at: int | None = None
 
 
 class Handlers:
@@ -137,10 +139,13 @@ class Handlers:
             raise ValueError("type at least one label, e.g. 'red circle, blue square'")
         if len(labels) > MAX_LABELS:
             raise ValueError(f"at most {MAX_LABELS} labels, got {len(labels)}")
+        from openvision3.tokenizer import EOT_ID, Tokenizer
+
         pipe = self.pipe
         with self.lock:
             x = pipe.preprocess(image)
-            caption = pipe.caption(x, beam_size=beam_size)[0]
+            with pipe.autocast():
+                ids = pipe.model.caption_ids(x, beam_size=beam_size)[0]  # (T,): SOT ... EOT PAD
             probs = pipe.zero_shot(x, pipe.class_weights(labels, self.templates))[0]  # (K,)
             query = pipe.embed_image(x)[0].cpu()  # (E,)
             sims = self.gallery_embeddings() @ query  # (G,)
@@ -149,7 +154,10 @@ class Handlers:
             (self.gallery.images[i], self.gallery.captions[i], float(v))
             for v, i in zip(top.values.tolist(), top.indices.tolist())
         ]
-        return Understanding(caption, dict(zip(labels, probs.tolist())), neighbours)
+        # A caption ends at its end token; one without it stopped at the decoder's length limit.
+        cut_at = None if bool((ids == EOT_ID).any()) else len(ids)
+        caption = Tokenizer().decode(ids)
+        return Understanding(caption, dict(zip(labels, probs.tolist())), neighbours, cut_at)
 
     def gallery_embeddings(self) -> torch.Tensor:
         """(G, E) unit-norm embeddings of the gallery, computed once."""

@@ -79,7 +79,7 @@ def load_part(kind: str, path: str | None, device: str = "cpu") -> Part:
         load = getattr(importlib.import_module(package), loader)
     except (ImportError, AttributeError) as err:
         # MissingExtraError (an ImportError) already names the pip extra to install.
-        why = f"The {name} needs `{package}.{loader}`, which this install lacks: {err}"
+        why = f"{flag} {path!r}: the {name} needs `{package}.{loader}`, which this install lacks: {err}"
         log.warning(why)
         return Part(kind, why=why)
     try:

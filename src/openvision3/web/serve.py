@@ -1,18 +1,24 @@
 """``ov3 serve [MODEL] [--generator DIR] [--vlm DIR]``: the web demo on this machine.
 
-Without MODEL it serves the demo model (``runs/demo/final``), training it first with
-``ov3 demo``'s code (a progress bar shows the steps) when it is absent. ``--check`` starts the
-server, fetches the page once and stops: the same start-up path, for tests and scripts.
+Without MODEL it serves the demo model (``runs/demo/final``). When that is absent it says so
+in one line with an estimate of the training time (``startup.demo_training_estimate``) and
+trains it with ``ov3 demo``'s code (a progress bar shows the steps); when stdin is not a
+terminal it stops instead and says how to get a model. The address (``--host``, ``--port``)
+is checked before anything slow. ``--check`` starts the server at ``--port``, fetches the page
+once and stops: the same start-up path, for tests and scripts. Uploads go to a temporary
+folder of this run, removed when the server exits.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import errno
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -70,24 +76,50 @@ def _hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def ensure_model(path: str) -> str:
-    """``path``, after training the demo model into it when it is the absent default.
+def ensure_model(path: str, interactive: bool | None = None) -> str:
+    """``path``, after training the demo model into it when it is the absent default (only
+    when ``interactive``, by default when stdin is a terminal).
 
-    Raises ``ConfigError`` for any other path that does not exist and is not a hub id."""
+    Raises ``ConfigError`` for any other path that does not exist and is not a hub id, and for
+    the absent default when not interactive."""
     if os.path.exists(path):
         return path
     if os.path.normpath(path) != os.path.normpath(DEFAULT_MODEL):
         if _hub_id(path):
             return path  # resolved through the hub cache by ``openvision3.load``
         raise ConfigError(f"MODEL {path!r} does not exist (an export folder or a hub id)")
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if not interactive:
+        raise ConfigError(
+            f"no MODEL given and the demo model ({DEFAULT_MODEL}) is not there: pass MODEL "
+            "(an export folder or a hub id), or train the demo first with `ov3 demo` "
+            "(run `ov3 serve` in a terminal to train it and serve it in one go)"
+        )
     from openvision3.configs import get_preset
-    from openvision3.demo.run import run_demo
+    from openvision3.web.startup import demo_training_estimate
 
     cfg = dataclasses.replace(get_preset(DEMO_PRESET), run_dir=os.path.dirname(DEFAULT_MODEL))
     cfg.validate()
-    log.info("no model at %s: training the demo model first (ov3 demo)", path)
+    seconds, steps = demo_training_estimate(cfg)
+    print(
+        f"ov3 serve: no MODEL given and {DEFAULT_MODEL} is absent: training the demo model "
+        f"first (ov3 demo, {steps} steps), about {_duration(seconds)} on this machine as busy "
+        "as it is now, then serving it; Ctrl+C stops, `ov3 serve MODEL` serves another model",
+        flush=True,
+    )
+    from openvision3.demo.run import run_demo
+
     run_demo(cfg)
     return path
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _json(folder: str | None, name: str) -> dict:
@@ -98,12 +130,36 @@ def _json(folder: str | None, name: str) -> dict:
         return json.load(f)
 
 
-def build(cfg: ServeConfig):
+def _model_info(path: str, card: dict, config: dict, resolution, limits) -> str:
+    """The lines under the page's title: the model, and what the demo model knows."""
+    width = config.get("model", {}).get("encoder", {}).get("width")
+    info = (
+        f"`{path}` ({card.get('model') or 'OpenVision 3'})"
+        + (f": {resolution} px input" if resolution else "")
+        + (f", tokens of width {width}" if width else "")
+        + f". Uploads up to {limits.max_file_mb:g} MB and {limits.max_megapixels:g} megapixels."
+    )
+    if card.get("data") == "synthetic":
+        from openvision3.demo.synthetic import COLORS, SHAPES, TEXTURES
+
+        info += (
+            "\n\n**This is the demo model** (`ov3 demo`): it knows only the synthetic world it "
+            f"was trained on, {len(COLORS)} colours x {len(SHAPES)} shapes "
+            f"({', '.join(SHAPES)}) on {', '.join(TEXTURES)} backgrounds. A photograph comes "
+            "back as coloured blobs, with a caption about shapes. Serve a model trained on "
+            "photographs with `ov3 serve MODEL`."
+        )
+    return info
+
+
+def build(cfg: ServeConfig, workdir: str | None = None):
     """``ServeConfig`` -> (Gradio app, handlers, upload limits, folders never served).
 
     Without ``--generator`` / ``--vlm`` the handlers are ``LoadingHandlers``: the page is built
     from the export's JSON files and the model loads once ``serve`` has started the server.
-    With them, everything loads first (the Generate tab lists the generator's classes).
+    With them, everything loads first (the Generate tab lists the generator's classes), and a
+    part that cannot load is said in the terminal as well as in its tab. The synthetic
+    gallery is written under ``workdir`` (a new temporary folder when None).
     """
     from openvision3.web.app import AppConfig, build_app
     from openvision3.web.gallery import folder_gallery, synthetic_gallery
@@ -118,8 +174,10 @@ def build(cfg: ServeConfig):
     if cfg.gallery:
         gallery = folder_gallery(cfg.gallery)
     else:
-        root = tempfile.mkdtemp(prefix="ov3-serve-gallery-")
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="ov3-serve-")
+            atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        root = os.path.join(workdir, "gallery")
         gallery = synthetic_gallery(root, resolution or GALLERY_RESOLUTION)
     templates, labels = ["a photo of a {}."], "cat, dog, car, tree"
     if card.get("data") == "synthetic":
@@ -136,6 +194,9 @@ def build(cfg: ServeConfig):
         dev = str(pipe.device)
         gen = load_part("generator", cfg.generator, dev) if with_parts else None
         vlm = load_part("vlm", cfg.vlm, dev) if with_parts else None
+        for part, given in ((gen, cfg.generator), (vlm, cfg.vlm)):
+            if given and part.model is None:  # the tab says it too
+                print(f"ov3 serve: warning: {part.why}", file=sys.stderr, flush=True)
         return Handlers(pipe, gallery, templates, generator=gen, vlm=vlm)
 
     if cfg.generator or cfg.vlm:
@@ -143,13 +204,7 @@ def build(cfg: ServeConfig):
     else:
         handlers = LoadingHandlers(gallery, Part.absent("generator"), Part.absent("vlm"), load)
     limits = UploadLimits(cfg.max_file_mb, cfg.max_megapixels)
-    width = config.get("model", {}).get("encoder", {}).get("width")
-    info = (
-        f"`{path}` ({card.get('model') or 'OpenVision 3'})"
-        + (f": {resolution} px input" if resolution else "")
-        + (f", tokens of width {width}" if width else "")
-        + f". Uploads up to {limits.max_file_mb:g} MB and {limits.max_megapixels:g} megapixels."
-    )
+    info = _model_info(path, card, config, resolution, limits)
     app = build_app(handlers, AppConfig(model_info=info, limits=limits, default_labels=labels))
     blocked = [os.path.abspath(p) for p in (local, cfg.generator, cfg.vlm) if p]
     return app, handlers, limits, blocked
@@ -163,16 +218,42 @@ def _fetch(url: str) -> int:
         return resp.status
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the server as Ctrl+C does, so that the run's folder is removed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def serve(cfg: ServeConfig) -> int:
     t0 = time.perf_counter()
     require_extra("web", "ov3 serve")
-    cfg = dataclasses.replace(cfg, model=ensure_model(cfg.model))
-    from openvision3.web.app import launch
-    from openvision3.web.loading import LoadingHandlers, ModelNotReady
+    from openvision3.web.startup import address_error, check_address
 
-    app, handlers, limits, blocked = build(cfg)
-    port = None if cfg.check else cfg.port
-    _, url, _ = launch(app, handlers, limits, cfg.host, port, blocking=False, blocked=blocked)
+    check_address(cfg.host, cfg.port)  # before anything slow: one line naming the flag
+    cfg = dataclasses.replace(cfg, model=ensure_model(cfg.model))
+    _stop_on_sigterm()
+    # Uploads (Gradio's cache) and the synthetic gallery live in this run's folder.
+    with tempfile.TemporaryDirectory(prefix="ov3-serve-") as workdir:
+        os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "uploads")
+        from openvision3.web.app import launch
+        from openvision3.web.loading import LoadingHandlers, ModelNotReady
+
+        app, handlers, limits, blocked = build(cfg, workdir)
+        try:
+            _, url, _ = launch(
+                app, handlers, limits, cfg.host, cfg.port, blocking=False, blocked=blocked
+            )
+        except OSError as err:  # the port was taken after ``check_address``
+            if err.errno is None:  # Gradio's "Cannot find empty port in range"
+                err = OSError(errno.EADDRINUSE, str(err))
+            raise ConfigError(address_error(cfg.host, cfg.port, err)) from err
+        try:
+            return _run(cfg, app, handlers, url, t0, LoadingHandlers, ModelNotReady)
+        finally:
+            app.close()
+
+
+def _run(cfg, app, handlers, url, t0, LoadingHandlers, ModelNotReady) -> int:
     loading = isinstance(handlers, LoadingHandlers)
     if loading:
         handlers.start()
@@ -181,10 +262,7 @@ def serve(cfg: ServeConfig) -> int:
         print(f"ov3 serve: {url} up in {t1 - t0:.1f} s (Ctrl+C stops it)", flush=True)
         if not loading:
             threading.Thread(target=handlers.warm_up, name="warm-up", daemon=True).start()
-        try:
-            app.block_thread()
-        finally:
-            app.close()
+        app.block_thread()
         return 0
     try:
         status = _fetch(url)
@@ -195,8 +273,6 @@ def serve(cfg: ServeConfig) -> int:
     except ModelNotReady as err:
         print(f"ov3 serve: error: {err}", file=sys.stderr)
         return 1
-    finally:
-        app.close()
     print(
         f"ov3 serve --check: {url} answered {status} {t2 - t0:.1f} s after the command's "
         f"start; the model was ready after {t3 - t0:.1f} s"

@@ -10,6 +10,7 @@ conversion is reported back as a note; animated images use their first frame.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -65,6 +66,25 @@ def _conversion_note(mode: str, frames: int, fmt: str | None) -> str:
     return "; ".join(notes)
 
 
+def _bomb_pixels(err: Exception) -> int | None:
+    match = re.search(r"\((\d+) pixels\)", str(err))
+    return int(match.group(1)) if match else None
+
+
+def _too_large(name: str, size: tuple[int, int] | int | None, limits: UploadLimits) -> str:
+    """The megapixel message for an image of ``size`` (width, height), a pixel count, or
+    unknown (over PIL's own limit)."""
+    if isinstance(size, tuple):
+        width, height = size
+        what = f"{width}x{height} = {width * height / 1e6:.1f} megapixels"
+    elif size is not None:
+        what = f"{size / 1e6:.1f} megapixels"
+    else:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        what = f"over {limit / 1e6:.0f} megapixels"
+    return f"{name!r} is {what}; the limit is {limits.max_megapixels:g} megapixels"
+
+
 def read_upload(path: str | os.PathLike, name: str, limits: UploadLimits) -> LoadedImage:
     """The file at ``path`` (shown to the user as ``name``) -> ``LoadedImage``.
 
@@ -87,15 +107,16 @@ def read_upload(path: str | os.PathLike, name: str, limits: UploadLimits) -> Loa
             with Image.open(path) as img:  # reads the header only
                 (width, height), mode, fmt = img.size, img.mode, img.format
                 frames = getattr(img, "n_frames", 1)
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        raise BadUpload(f"{name!r} is not an image this app can read ({FORMATS})") from e
+    except Image.DecompressionBombError as err:
+        # PIL refuses images over 2 x MAX_IMAGE_PIXELS (179 MP) before we see their size; its
+        # message carries the pixel count: "Image size (400000000 pixels) exceeds limit ...".
+        raise BadUpload(_too_large(name, _bomb_pixels(err), limits)) from err
+    except (UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise BadUpload(f"{name!r} is not an image this app can read ({FORMATS})") from err
     except OSError as err:
         raise BadUpload(f"{name!r} could not be read: {err}") from err
     if width * height > limits.max_pixels:
-        raise BadUpload(
-            f"{name!r} is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
-            f"the limit is {limits.max_megapixels:g} megapixels"
-        )
+        raise BadUpload(_too_large(name, (width, height), limits))
     try:
         image = decode_image(path, name=name, max_pixels=limits.max_pixels)
     except UnreadableImageError as err:
