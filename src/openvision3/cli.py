@@ -488,6 +488,7 @@ COMMANDS: dict[str, Command] = {
                  "assemble a LLaVA from an encoder and a language model"),
                 ("chat", "MODEL IMAGE QUESTION", "answer one question about one image"),
                 ("answer", "MODEL QUESTIONS", "batch-answer a JSONL of questions"),
+                ("upgrade", "MODEL", "rewrite an older VLM folder's processor files"),
             )
         },
     ),

@@ -4,6 +4,7 @@ exactly; with none left, ``ov3 train`` ends with one line naming the file and th
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_known_user_errors_end_with_one_line_and_unexpected_ones_keep_the_traceb
     def diverge(argv):
         raise TrainingDivergedError("non-finite loss at step 3: loss=nan")
 
-    monkeypatch.setitem(cli.COMMANDS, "train", diverge)
+    monkeypatch.setitem(cli.COMMANDS, "train", replace(cli.COMMANDS["train"], run=diverge))
     assert main(["train"]) == 1
     assert capsys.readouterr().err == "ov3 train: error: non-finite loss at step 3: loss=nan\n"
     assert TrainingDivergedError in USER_ERRORS
@@ -126,6 +127,6 @@ def test_known_user_errors_end_with_one_line_and_unexpected_ones_keep_the_traceb
     def bug(argv):
         raise KeyError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "train", bug)
+    monkeypatch.setitem(cli.COMMANDS, "train", replace(cli.COMMANDS["train"], run=bug))
     with pytest.raises(KeyError):
         main(["train"])

@@ -95,7 +95,7 @@ def _read_model(path: str, device) -> tuple[DiTDH, GenerationConfig, dict, dict]
     meta = json.loads(open(os.path.join(path, "config.json")).read())
     cfg = from_dict(GenerationConfig, meta["config"])
     model = DiTDH(cfg.model)
-    model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=False)
+    model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))  # strict
     stats = load_latent_stats(os.path.join(path, STATS_NAME))
     return model.to(device), cfg, stats, meta
 

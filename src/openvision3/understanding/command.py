@@ -71,23 +71,31 @@ class VQAArgs:
 
 @dataclass
 class UpgradeArgs:
-    """``ov3 vlm upgrade MODEL``: rewrite the processor of a folder saved by an older version
-    (a centre-cropping ``CLIPImageProcessor``, the fixed vicuna_v1 chat template) as
-    ``load_vlm`` converts it: ``LlavaImageProcessor(do_pad=True)``, the template the model was
-    trained with, a tokenizer that adds its BOS. The weights are not touched."""
+    """Rewrite the processor of a VLM folder saved by an older version (a centre-cropping
+    CLIPImageProcessor, the fixed vicuna_v1 chat template) as `load_vlm` converts it:
+    LlavaImageProcessor(do_pad=True), the template the model was trained with, a tokenizer that
+    adds its BOS. The weights are not touched."""
 
-    model: str
+    model: Model  # the VLM folder to rewrite in place
 
 
 def cmd_upgrade(args: UpgradeArgs) -> int:
+    import tempfile
+
+    from openvision3.artefacts import VLM as VLM_KIND
+    from openvision3.artefacts import require_kind
     from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
 
-    config = os.path.join(args.model, "config.json")
-    if not os.path.isfile(config):
-        raise ConfigError(f"{args.model!r} is not a VLM folder (no config.json)")
-    with open(config) as f:
+    require_kind(args.model, VLM_KIND)
+    with open(os.path.join(args.model, "config.json")) as f:
         template = json.load(f).get(TEMPLATE_KEY, "vicuna_v1")
-    load_processor(args.model, template).save_pretrained(args.model)
+    processor = load_processor(args.model, template)
+    # Written beside the folder's files, then each moved into place: a reader never sees a
+    # half-written processor file.
+    with tempfile.TemporaryDirectory(dir=args.model, prefix=".upgrade-") as tmp:
+        processor.save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(args.model, name))
     print(
         f"{args.model}: processor saved (LlavaImageProcessor with padding, {template!r} template)"
     )

@@ -88,8 +88,8 @@ def _upload(label: str, elem_id: str) -> gr.Image:
     gets the uploaded file undecoded and ``uploads.read_upload`` applies the limits first.
 
     Not an override of the instance's ``preprocess``: when an event updates the component's
-    properties (as ``gr.Examples`` does on every click), Gradio rebuilds it for that session
-    from its constructor arguments, and an instance attribute is lost with the old object.
+    properties (as ``gr.Examples`` does on every click), Gradio rebuilds it for that browser
+    connection from its constructor arguments, and an instance attribute is lost with the old object.
     """
     return gr.Image(
         label=label,
