@@ -15,7 +15,58 @@ from openvision3.errors import ConfigError
 from openvision3.losses.objective import ObjectiveConfig
 from openvision3.models.openvision3 import ModelConfig
 from openvision3.train.config import StageConfig, TrainConfig
+from openvision3.train.optim import OptimConfig
 from openvision3.train.task import RunConfig
+
+
+def peak_lr(base_lr: float, global_batch: int) -> float:
+    """OpenVision's linear scaling rule (github.com/UCSC-VLAA/OpenVision): the peak LR is
+    ``base_lr * global_batch / 256`` (8e-6 at batch 8192 -> 2.56e-4). The presets state base
+    LRs as the paper does (Table 1) and write the peak into the stage."""
+    if global_batch <= 0:
+        raise ValueError(f"global_batch must be > 0, got {global_batch}")
+    return base_lr * global_batch / 256
+
+
+def base_lr(stage: StageConfig) -> float:
+    """The base LR of a stage's peak under :func:`peak_lr` (exact for power-of-two batches),
+    for reports that state the recipe as the paper does."""
+    return stage.lr * 256 / stage.batch_size
+
+
+def ov3_optim(**overrides) -> OptimConfig:
+    """OpenVision's AdamW: betas (0.9, 0.95), weight decay 0.2 on weight matrices only (the
+    OpenVision training code; the paper's Table 1 gives batch and LR)."""
+    return OptimConfig(**{"betas": (0.9, 0.95), "weight_decay": 0.2, **overrides})
+
+
+@dataclass
+class OV3StageConfig(StageConfig):
+    """An OpenVision 3 stage: the engine's stage plus the image side it trains at and its LPIPS
+    weight (the paper: 128 px without LPIPS, then 256 px with)."""
+
+    lr: float = 8e-6  # peak learning rate (absolute; the presets apply base x batch / 256)
+    resolution: int = 128  # image side in pixels (a multiple of 16)
+    lpips_weight: float | None = None  # this stage's LPIPS weight; None = the objective's
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.resolution <= 0 or self.resolution % 16:
+            raise ValueError(
+                f"stage resolution must be a positive multiple of 16, got {self.resolution}"
+            )
+        if (self.lpips_weight or 0) < 0:
+            raise ValueError(f"stage lpips_weight must be >= 0, got {self.lpips_weight}")
+
+
+@dataclass
+class OV3TrainConfig(TrainConfig):
+    """The engine's run settings with OpenVision 3's stages, AdamW and frozen-VAE speed-ups."""
+
+    stages: list[OV3StageConfig] = field(default_factory=lambda: [OV3StageConfig()])
+    optim: OptimConfig = field(default_factory=ov3_optim)
+    compile_vae: bool = False  # torch.compile the frozen VAE's encoder and decoder
+    channels_last_vae: bool = True  # NHWC convolutions in the frozen VAE (CUDA only)
 
 
 @dataclass
@@ -43,6 +94,7 @@ class ExperimentConfig(RunConfig):
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: OV3TrainConfig = field(default_factory=OV3TrainConfig)
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,10 +108,8 @@ class ExperimentConfig(RunConfig):
     def validate(self) -> None:
         """Checks on the final values, after the command line: raises ``ConfigError`` naming
         the flag. Presets leave such fields (the data path) to the command line, so these
-        checks cannot run while a preset is built. Also takes the encoder's architecture from
-        a released encoder named by ``--train.init-from`` (``decoder_b2``)."""
+        checks cannot run while a preset is built. Changes nothing."""
         super().validate()
-        self._adopt_released_encoder()
         if not self.data.has_images and not self.data.latents:
             raise ConfigError(
                 f"--data.path is required for source {self.data.source!r} "
@@ -74,7 +124,7 @@ class ExperimentConfig(RunConfig):
                     f"exceeds --model.{tower}.context-length {cfg.context_length}"
                 )
 
-    def _adopt_released_encoder(self) -> None:
+    def resolve_inputs(self) -> None:
         """With ``train.init_from`` a released encoder (``open_clip_config.json``; a folder or
         a hub id), the model's encoder becomes that encoder's architecture (its stored position
         table, width, depth), the caption decoder reads tokens of its width and the text tower
@@ -104,4 +154,14 @@ class ExperimentConfig(RunConfig):
         return OpenVision3Task(self)
 
 
-__all__ = ["EvalConfig", "ExperimentConfig", "StageConfig", "TrainConfig"]
+__all__ = [
+    "EvalConfig",
+    "ExperimentConfig",
+    "OV3StageConfig",
+    "OV3TrainConfig",
+    "StageConfig",
+    "TrainConfig",
+    "base_lr",
+    "ov3_optim",
+    "peak_lr",
+]

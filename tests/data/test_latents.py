@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load, load_file
 
 from openvision3.cli import main
-from openvision3.config import StageConfig
+from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.latents import (
     LATENT_EXT,
@@ -46,7 +46,7 @@ def smoke(run_dir, images, **data):
     cfg.data = DataConfig(
         source="webdataset", path=str(images), text_context=32, caption_context=32, seed=3, **data
     )
-    cfg.train.stages = [StageConfig(resolution=RES, steps=2, batch_size=4, base_lr=0.05)]
+    cfg.train.stages = [OV3StageConfig(resolution=RES, steps=2, batch_size=4, lr=peak_lr(0.05, 4))]
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.stop_at = 2, 1, 2
     return cfg
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from openvision3.config import StageConfig
+from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig
 from openvision3.demo.synthetic import SyntheticWorld
@@ -60,7 +60,7 @@ def _train(run):
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(run)
     cfg.train.stages = [
-        StageConfig(resolution=32, steps=2, batch_size=4, base_lr=0.05, warmup_steps=1)
+        OV3StageConfig(resolution=32, steps=2, batch_size=4, lr=peak_lr(0.05, 4), warmup_steps=1)
     ]
     cfg.train.precision = "bf16"  # the trainer evaluates inside this autocast
     cfg.train.ckpt_every = 2
@@ -145,7 +145,9 @@ def test_folder_zero_shot_uses_ov3_evals_names_and_templates(tmp_path):
     data = DataConfig(source="folder", path=str(tmp_path / "data"))
     task_cfg = get_preset("demo_smoke")
     task_cfg.data, task_cfg.eval = data, cfg
-    task_cfg.train.stages = [StageConfig(resolution=32, steps=1, batch_size=4, base_lr=0.1)]
+    task_cfg.train.stages = [
+        OV3StageConfig(resolution=32, steps=1, batch_size=4, lr=peak_lr(0.1, 4))
+    ]
     in_training = OpenVision3Task(task_cfg).evaluate(model, None, None)
     out = tmp_path / "eval"
     argv = ["all", "--model", str(tmp_path / "model"), "--device", "cpu", "--out-dir", str(out),

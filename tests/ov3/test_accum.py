@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from openvision3.config import StageConfig
+from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig, build_loader
 from openvision3.demo.synthetic import SyntheticConfig
@@ -145,7 +145,7 @@ def smoke(run_dir, **train):
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(run_dir)
     cfg.model.decoder.noise_tau = 0.0  # same computation with and without accumulation
-    cfg.train.stages = [StageConfig(resolution=32, steps=2, batch_size=8, base_lr=0.05)]
+    cfg.train.stages = [OV3StageConfig(resolution=32, steps=2, batch_size=8, lr=peak_lr(0.05, 8))]
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.stop_at = 2, 1, 2
     for k, v in train.items():
         setattr(cfg.train, k, v)

@@ -238,7 +238,7 @@ def test_exports_load_at_the_resolution_they_were_last_trained_at(tmp_path):
     """The trainer's ``final`` export and ``ov3 export`` of each checkpoint record the
     resolution of the last stage that ran; ``load`` runs there, not at the position grid's
     default (256 px for ov3-mu)."""
-    from openvision3.config import EvalConfig, StageConfig
+    from openvision3.config import EvalConfig, OV3StageConfig, peak_lr
     from openvision3.configs import get_preset
     from openvision3.inference.api import load
     from openvision3.train.export import export_checkpoint
@@ -247,8 +247,8 @@ def test_exports_load_at_the_resolution_they_were_last_trained_at(tmp_path):
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(tmp_path / "run")
     cfg.train.stages = [
-        StageConfig(resolution=32, steps=1, batch_size=2, base_lr=0.05),
-        StageConfig(resolution=64, steps=1, batch_size=2, base_lr=0.05),
+        OV3StageConfig(resolution=32, steps=1, batch_size=2, lr=peak_lr(0.05, 2)),
+        OV3StageConfig(resolution=64, steps=1, batch_size=2, lr=peak_lr(0.05, 2)),
     ]
     cfg.train.ckpt_every, cfg.train.keep_last = 1, 2
     cfg.eval = EvalConfig(

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from openvision3.cli import main
-from openvision3.config import StageConfig, TrainConfig
+from openvision3.config import OV3StageConfig, TrainConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.distributed.parallelize import resolve_parallel
 from openvision3.train.checkpoint import (
@@ -112,7 +112,7 @@ def _smoke(run_dir, **train):
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(run_dir)
     cfg.train.stages = [
-        StageConfig(resolution=32, steps=4, batch_size=4, base_lr=0.05, warmup_steps=1)
+        OV3StageConfig(resolution=32, steps=4, batch_size=4, lr=peak_lr(0.05, 4), warmup_steps=1)
     ]
     cfg.train.ckpt_every, cfg.train.log_every = 2, 1
     cfg.train.ckpt_format, cfg.train.ema_decay = "dcp", 0.9

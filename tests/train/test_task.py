@@ -15,6 +15,7 @@ from openvision3.train.checkpoint import list_checkpoints, read_meta
 from openvision3.train.config import StageConfig, TrainConfig
 from openvision3.train.export import export_checkpoint
 from openvision3.train.metrics import read_metrics
+from openvision3.train.optim import OptimConfig
 from openvision3.train.task import config_class
 from openvision3.train.trainer import Trainer
 from tests.train.toy_task import ToyConfig, ToyRegressor
@@ -22,16 +23,21 @@ from tests.train.toy_task import ToyConfig, ToyRegressor
 FROZEN = "blocks.0"  # the first ToyBlock: a module name, and a whole FSDP2 unit
 
 
+# The toy's AdamW: betas (0.9, 0.95), weight decay 0.2 (not AdamW's own defaults).
+TOY_OPTIM = {"betas": (0.9, 0.95), "weight_decay": 0.2}
+
+
 def stage(steps: int, lr: float = 1e-2, batch: int = 8, **kw) -> StageConfig:
-    """A stage whose peak LR is ``lr`` (the engine scales ``base_lr`` by batch / 256)."""
-    return StageConfig(steps=steps, batch_size=batch, base_lr=lr * 256 / batch, **kw)
+    """A stage of peak LR ``lr``."""
+    return StageConfig(steps=steps, batch_size=batch, lr=lr, **kw)
 
 
 def toy(run_dir, *stages: StageConfig, dropout: float = 0.0, **train) -> ToyConfig:
     tc = TrainConfig(
         stages=list(stages) or [stage(4, warmup_steps=2)],
-        **{"device": "cpu", "log_every": 1, "ckpt_every": 2, **train},
-    )
+        **{"device": "cpu", "log_every": 1, "ckpt_every": 2, "optim": OptimConfig(**TOY_OPTIM),
+           **train},
+    )  # fmt: skip
     return ToyConfig(name="toy", run_dir=str(run_dir), dropout=dropout, train=tc)
 
 

@@ -21,7 +21,7 @@ from openvision3.train.optim import OptimConfig
 from openvision3.train.trainer import Trainer
 from tests.dist_utils import free_port, worker_env
 from tests.train.test_dcp_dist import assert_same, full_state
-from tests.train.test_task import FROZEN, initial_weights, stage, toy
+from tests.train.test_task import FROZEN, TOY_OPTIM, initial_weights, stage, toy
 
 CLIP = 0.05  # below the gradient norms: clipping is active (FSDP2 clips with the global norm)
 MODES = {  # name: the run's train settings
@@ -32,7 +32,7 @@ MODES = {  # name: the run's train settings
 
 def _cfg(run_dir, **train):
     stages = [stage(4, warmup_steps=2, freeze=(FROZEN,))]
-    optim = OptimConfig(grad_clip=CLIP)
+    optim = OptimConfig(**TOY_OPTIM, grad_clip=CLIP)
     return toy(run_dir, *stages, ema_decay=0.9, accum_steps=2, optim=optim, **train)
 
 

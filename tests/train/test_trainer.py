@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from openvision3.cli import main
-from openvision3.config import ExperimentConfig, StageConfig
+from openvision3.config import ExperimentConfig, OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.errors import ConfigError, TrainingDivergedError
 from openvision3.train.checkpoint import find_latest
@@ -22,8 +22,8 @@ def smoke(run_dir, **train) -> ExperimentConfig:
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(run_dir)
     cfg.train.stages = [
-        StageConfig(resolution=32, steps=2, batch_size=4, base_lr=0.05, warmup_steps=1),
-        StageConfig(resolution=64, steps=2, batch_size=4, base_lr=0.05, warmup_steps=1),
+        OV3StageConfig(resolution=32, steps=2, batch_size=4, lr=peak_lr(0.05, 4), warmup_steps=1),
+        OV3StageConfig(resolution=64, steps=2, batch_size=4, lr=peak_lr(0.05, 4), warmup_steps=1),
     ]
     cfg.train.ckpt_every, cfg.train.log_every = 2, 1
     cfg.eval.num_images = 4

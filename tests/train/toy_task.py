@@ -128,7 +128,7 @@ class ToyTask(Task):
             loss += micro.detach()
         return {"loss": loss}
 
-    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+    def export(self, model: nn.Module, path: str, card: dict, stage) -> None:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}

@@ -226,13 +226,16 @@ def test_demo_training_is_announced_first_with_its_estimate(tmp_path, monkeypatc
 def test_demo_training_estimate_times_the_step_of_the_preset():
     import dataclasses
 
-    from openvision3.config import StageConfig
+    from openvision3.config import OV3StageConfig
     from openvision3.configs import get_preset
     from openvision3.models.presets import model_config
     from openvision3.web.startup import demo_training_estimate
 
     cfg = get_preset("demo")
-    stages = [StageConfig(resolution=32, steps=10, batch_size=4), StageConfig(64, 30, 4)]
+    stages = [
+        OV3StageConfig(resolution=32, steps=10, batch_size=4),
+        OV3StageConfig(resolution=64, steps=30, batch_size=4),
+    ]
     cfg = dataclasses.replace(
         cfg,
         model=model_config("ov3-mu"),

@@ -17,7 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from openvision3.config import EvalConfig, ExperimentConfig, StageConfig, TrainConfig
+from openvision3.config import (
+    EvalConfig,
+    ExperimentConfig,
+    OV3StageConfig,
+    OV3TrainConfig,
+    base_lr,
+    ov3_optim,
+    peak_lr,
+)
 from openvision3.data.loader import DataConfig
 from openvision3.demo.presets import demo, demo_gpu, smoke_data
 from openvision3.errors import ConfigError
@@ -25,7 +33,6 @@ from openvision3.generation.presets import PRESETS as GENERATION_PRESETS
 from openvision3.losses.objective import ObjectiveConfig
 from openvision3.models.presets import PRESETS as MODEL_PRESETS
 from openvision3.models.presets import model_config
-from openvision3.train.optim import OptimConfig
 
 EPOCH = 1_281_167  # ImageNet-1k train images: the paper's epoch unit (about 1.28M samples)
 
@@ -34,30 +41,30 @@ def _steps(epochs: float, batch: int) -> int:
     return max(1, math.ceil(epochs * EPOCH / batch))
 
 
-def pretrain_stage() -> StageConfig:
-    return StageConfig(
+def pretrain_stage() -> OV3StageConfig:
+    return OV3StageConfig(
         resolution=128,
         steps=_steps(4000, 8192),
         batch_size=8192,
-        base_lr=8e-6,
+        lr=peak_lr(8e-6, 8192),
         warmup_steps=_steps(40, 8192),
         lpips_weight=0.0,
     )
 
 
-def finetune_stage(resolution: int = 256) -> StageConfig:
-    return StageConfig(
+def finetune_stage(resolution: int = 256) -> OV3StageConfig:
+    return OV3StageConfig(
         resolution=resolution,
         steps=_steps(400, 4096),
         batch_size=4096,
-        base_lr=4e-7,
+        lr=peak_lr(4e-7, 4096),
         warmup_steps=_steps(20, 4096),
         lpips_weight=0.5,
     )
 
 
 def _paper(
-    name: str, stages: list[StageConfig], init_from: str = "", model: str = "ov3-B/2"
+    name: str, stages: list[OV3StageConfig], init_from: str = "", model: str = "ov3-B/2"
 ) -> ExperimentConfig:
     """A paper-recipe experiment on webdataset shards; ``--data.path`` is set on the command
     line (checked after it by ``ExperimentConfig.validate``)."""
@@ -66,9 +73,9 @@ def _paper(
         model=model_config(model),
         objective=ObjectiveConfig(),
         data=DataConfig(source="webdataset", num_workers=8, text_context=80, caption_context=128),
-        train=TrainConfig(
+        train=OV3TrainConfig(
             stages=stages,
-            optim=OptimConfig(),
+            optim=ov3_optim(),
             ckpt_every=2000,
             log_every=50,
             ema_decay=0.0,
@@ -141,11 +148,11 @@ def decoder_b2() -> ExperimentConfig:
     RAE trains its decoders, base LR 1e-4 (peak 2e-4), warmup 1 epoch.
     """
     steps = _steps(16, 512)
-    stage = StageConfig(
+    stage = OV3StageConfig(
         resolution=256,
         steps=steps,
         batch_size=512,
-        base_lr=1e-4,
+        lr=peak_lr(1e-4, 512),
         warmup_steps=_steps(1, 512),
         lpips_weight=0.5,
         freeze=("encoder",),
@@ -163,12 +170,14 @@ def _smoke(base: Callable[[], ExperimentConfig]) -> ExperimentConfig:
     cfg.model = model_config("ov3-mu")
     cfg.data = smoke_data()
     resolutions = [32, 64]
+    # The base preset's base LR (its batches are powers of two: base_lr undoes peak_lr
+    # exactly), at least 1e-4, scaled to the smoke batch.
     cfg.train.stages = [
-        StageConfig(
+        OV3StageConfig(
             resolution=resolutions[min(i, 1)],
             steps=3,
             batch_size=4,
-            base_lr=max(s.base_lr, 1e-4),
+            lr=peak_lr(max(base_lr(s), 1e-4), 4),
             warmup_steps=1,
             lpips_weight=0.0,
             freeze=s.freeze,

@@ -462,9 +462,9 @@ class LatentSampleProcessor:
     ``sample_seed(seed, epoch, key)`` like the on-the-fly transform (module docstring).
     """
 
-    def __init__(self, cfg: DataConfig, resolution: int):
+    def __init__(self, cfg: DataConfig, resolution: int, seed: int = 0):
         self.text = SampleProcessor(dataclasses.replace(cfg, hflip=0.0), resolution, train=False)
-        self.resolution, self.hflip, self.seed = resolution, cfg.hflip, cfg.seed
+        self.resolution, self.hflip, self.seed = resolution, cfg.hflip, seed
 
     def __call__(self, raw: dict, epoch: int = 0) -> dict:
         from safetensors.torch import load
@@ -519,9 +519,16 @@ class LatentStream(WebDatasetStream):
 
 
 def build_latent_loader(
-    cfg: DataConfig, split: str, resolution: int, batch_size: int, rank: int, world_size: int
+    cfg: DataConfig,
+    split: str,
+    resolution: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int = 0,
 ) -> ImageTextLoader:
-    """Train loader over a latent cache: the image loader's batches plus ``latents``.
+    """Train loader over a latent cache: the image loader's batches plus ``latents``, ordered
+    and flipped from ``seed`` (the run's ``train.seed``).
 
     Same order, resume and skipping as the webdataset train loader; ``loader.latent_meta``
     holds the cache meta (check it against the model's VAE with ``check_cache_vae``).
@@ -537,7 +544,7 @@ def build_latent_loader(
         raise ValueError(f"latent cache used resize={meta['resize']!r}, data.resize={cfg.resize!r}")
     if cfg.hflip > 0 and not meta["flip"]:
         raise ValueError("data.hflip > 0 needs a cache written with flips (cache-latents --flip)")
-    processor = LatentSampleProcessor(cfg, resolution)
+    processor = LatentSampleProcessor(cfg, resolution, seed)
     shards = list_shards(path, split)
     # The cache's own text layout (txt + json caption), whatever the source used.
     loader = stream_loader(
@@ -551,6 +558,7 @@ def build_latent_loader(
         train=True,
         alt_text_key="txt",
         caption_key="caption",
+        seed=seed,
     )
     loader.latent_meta = meta
     return loader

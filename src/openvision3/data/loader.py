@@ -1,8 +1,8 @@
 """Image-text loaders for every source, with an exact, resumable data position.
 
-``build_loader(cfg, split, resolution, batch_size, rank, world_size, train)`` returns an
+``build_loader(cfg, split, resolution, batch_size, rank, world_size, train, seed)`` returns an
 ``ImageTextLoader``: iterate it for batch dicts (see ``ImageTextLoader``). Train loaders are
-infinite, reshuffled per epoch from ``seed + epoch``, each rank a disjoint share, drop_last;
+infinite, reshuffled per epoch from ``seed + epoch`` (the run's ``train.seed``), each rank a disjoint share, drop_last;
 eval loaders make one ordered pass, rank r taking samples r, r + world, ... (no padding).
 
 The position (``state_dict``) is counted in samples, not batches, so it survives a change of
@@ -55,7 +55,6 @@ class DataConfig:
     alt_text_key: str = "txt"  # webdataset member holding the alt text
     caption_key: str = "caption"  # JSON field holding the long caption
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    seed: int = 0  # seeds shuffling and augmentation
     num_workers: int = 0  # data loader worker processes
     text_context: int = 80  # tokens of the contrastive text (the text tower's context)
     caption_context: int = 128  # tokens of the caption target (the caption decoder's context)
@@ -118,12 +117,12 @@ class SampleProcessor:
     (from ``seed``, epoch and key) so batches do not depend on worker count or timing.
     """
 
-    def __init__(self, cfg: DataConfig, resolution: int, train: bool):
+    def __init__(self, cfg: DataConfig, resolution: int, train: bool, seed: int = 0):
         self.tcfg = ImageTransformConfig(resolution, cfg.resize, cfg.crop_scale, cfg.hflip)
         self.transform = build_transform(self.tcfg, train)
         self.random = self.tcfg.is_random(train)
         self.draft_size = resolution * (2 if self.random else 1)
-        self.seed = cfg.seed
+        self.seed = seed
         self.text_context, self.caption_context = cfg.text_context, cfg.caption_context
         self.tokenizer = Tokenizer(cfg.text_context)
 
@@ -350,9 +349,11 @@ def stream_loader(
     train: bool,
     alt_text_key: str | None = None,
     caption_key: str | None = None,
+    seed: int = 0,
 ) -> ImageTextLoader:
     """An ``ImageTextLoader`` over a ``stream_cls`` (``WebDatasetStream`` or a subclass) of
-    ``shards``, batched by ``processor``; the text keys default to the config's."""
+    ``shards``, batched by ``processor``, shuffled from ``seed``; the text keys default to the
+    config's."""
     stream = stream_cls(
         shards,
         process=processor,
@@ -360,7 +361,7 @@ def stream_loader(
         batch_size=batch_size,
         rank=rank,
         world_size=world_size,
-        seed=cfg.seed,
+        seed=seed,
         train=train,
         num_workers=cfg.num_workers,
         shuffle_buffer=cfg.shuffle_buffer,
@@ -378,8 +379,11 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     train: bool = True,
+    seed: int = 0,
 ) -> ImageTextLoader:
-    """The loader of ``split`` for this rank; batches of ``batch_size`` images (3, R, R)."""
+    """The loader of ``split`` for this rank; batches of ``batch_size`` images (3, R, R).
+    ``seed`` (the run's ``train.seed``) orders a train loader's samples and draws their
+    augmentations."""
     if not (cfg.latents and train):
         cfg.require_images()
     if batch_size < 1 or not 0 <= rank < world_size:
@@ -389,25 +393,24 @@ def build_loader(
     if cfg.latents and train:
         from openvision3.data.latents import build_latent_loader
 
-        return build_latent_loader(cfg, split, resolution, batch_size, rank, world_size)
-    processor = SampleProcessor(cfg, resolution, train)
+        return build_latent_loader(cfg, split, resolution, batch_size, rank, world_size, seed)
+    processor = SampleProcessor(cfg, resolution, train, seed)
     if cfg.source == "webdataset":
         shards = list_shards(cfg.path, split)
         return stream_loader(
-            WebDatasetStream, shards, processor, cfg, batch_size, rank, world_size, train
-        )
+            WebDatasetStream, shards, processor, cfg, batch_size, rank, world_size, train,
+            seed=seed,
+        )  # fmt: skip
     source = data_source(cfg).map_source(split, resolution)
     if train and len(source) // world_size < batch_size:
         raise ValueError(
             f"{cfg.source} split {split!r} has {len(source)} samples: fewer than one batch of "
             f"{batch_size} per rank over {world_size} ranks"
         )
-    dataset = _MapDataset(source, processor, train, cfg.seed)
+    dataset = _MapDataset(source, processor, train, seed)
 
     def make_sampler(epoch: int, start: int) -> _WindowSampler:
-        return _WindowSampler(
-            len(source), batch_size, rank, world_size, cfg.seed, train, epoch, start
-        )
+        return _WindowSampler(len(source), batch_size, rank, world_size, seed, train, epoch, start)
 
     names = getattr(source, "class_names", None)
     return ImageTextLoader(

@@ -7,7 +7,14 @@ demo``, ``ov3 demo --preset demo_gpu``), each with its ``_smoke`` variant.
 
 from __future__ import annotations
 
-from openvision3.config import EvalConfig, ExperimentConfig, StageConfig, TrainConfig
+from openvision3.config import (
+    EvalConfig,
+    ExperimentConfig,
+    OV3StageConfig,
+    OV3TrainConfig,
+    ov3_optim,
+    peak_lr,
+)
 from openvision3.data.loader import DataConfig
 from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.losses.objective import ObjectiveConfig
@@ -17,7 +24,6 @@ from openvision3.models.heads import CaptionDecoderConfig
 from openvision3.models.openvision3 import ModelConfig
 from openvision3.models.text import TextEncoderConfig
 from openvision3.models.vae import VAEConfig
-from openvision3.train.optim import OptimConfig
 
 
 def demo_model() -> ModelConfig:
@@ -50,14 +56,16 @@ def demo() -> ExperimentConfig:
         model=demo_model(),
         objective=ObjectiveConfig(),
         data=DataConfig(source="synthetic", num_workers=0, text_context=32, caption_context=24),
-        train=TrainConfig(
+        train=OV3TrainConfig(
             stages=[
-                StageConfig(resolution=96, steps=220, batch_size=32, base_lr=8e-3, warmup_steps=30),
-                StageConfig(
-                    resolution=128, steps=250, batch_size=32, base_lr=6e-3, warmup_steps=20
+                OV3StageConfig(
+                    resolution=96, steps=220, batch_size=32, lr=peak_lr(8e-3, 32), warmup_steps=30
+                ),
+                OV3StageConfig(
+                    resolution=128, steps=250, batch_size=32, lr=peak_lr(6e-3, 32), warmup_steps=20
                 ),
             ],
-            optim=OptimConfig(weight_decay=0.05),
+            optim=ov3_optim(weight_decay=0.05),
             log_every=25,
             ckpt_every=200,
             keep_last=1,
@@ -91,8 +99,12 @@ def demo_gpu() -> ExperimentConfig:
     )
     cfg.data.num_workers = 8
     cfg.train.stages = [
-        StageConfig(resolution=96, steps=1200, batch_size=128, base_lr=2e-3, warmup_steps=100),
-        StageConfig(resolution=128, steps=1200, batch_size=128, base_lr=1.5e-3, warmup_steps=50),
+        OV3StageConfig(
+            resolution=96, steps=1200, batch_size=128, lr=peak_lr(2e-3, 128), warmup_steps=100
+        ),
+        OV3StageConfig(
+            resolution=128, steps=1200, batch_size=128, lr=peak_lr(1.5e-3, 128), warmup_steps=50
+        ),
     ]
     cfg.train.log_every, cfg.train.ckpt_every = 50, 600
     cfg.eval = EvalConfig(num_images=1000, batch_size=250, caption_samples=12)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openvision3.config import ExperimentConfig
+from openvision3.config import ExperimentConfig, base_lr
 from openvision3.data.loader import build_loader
 from openvision3.demo.synthetic import CLASS_NAMES, COLORS, SHAPES
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
@@ -236,7 +236,7 @@ def write_report(
         "its VGG weights cannot be downloaded offline.",
         "- Stages: "
         + "; ".join(
-            f"{s.resolution} px x {s.steps} steps, batch {s.batch_size}, base LR {s.base_lr:g}"
+            f"{s.resolution} px x {s.steps} steps, batch {s.batch_size}, base LR {base_lr(s):g}"
             for s in cfg.train.stages
         )
         + ".",

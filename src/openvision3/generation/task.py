@@ -44,6 +44,7 @@ from openvision3.generation.latent_stats import (
 )
 from openvision3.generation.models import DiTDH, DiTDHConfig
 from openvision3.train.accumulate import no_grad_sync, split_batch
+from openvision3.train.config import StageConfig
 from openvision3.train.task import RunConfig, Task, register_task
 
 STATS_NAME = "latent_stats.safetensors"
@@ -316,7 +317,7 @@ class GenerationTask(Task):
             loss += micro.detach()
         return {"loss": loss}
 
-    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+    def export(self, model: nn.Module, path: str, card: dict, stage: StageConfig) -> None:
         """``model.safetensors`` + ``config.json`` (task, run config, card) + the statistics:
         everything ``load_generator`` needs besides the decoder's export; and the ``README.md``
         model card. Local paths are recorded relative to the export (the decoder's too, which

@@ -92,6 +92,22 @@ class OpenVision3(nn.Module):
         if self.text is not None:
             self.logit_scale = nn.Parameter(torch.full((1,), cfg.logit_scale_init))  # shape [1]
 
+    # Name fragments of parameters that take no weight decay: open_clip's rule, extended to the
+    # position tables and class tokens of timm / open_clip ViTs (biases and norm gains, ndim < 2,
+    # take none anyway).
+    NO_DECAY_NAMES = (
+        "pos_embed",
+        "positional_embedding",
+        "cls_token",
+        "class_embedding",
+        "logit_scale",
+    )
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW leaves without weight decay (timm's hook, read by
+        ``train/optim.py``)."""
+        return {n for n, _ in self.named_parameters() if any(s in n for s in self.NO_DECAY_NAMES)}
+
     # ------------------------------------------------------------------ parts
     def _need(self, part: str) -> nn.Module:
         module = getattr(self, part)

@@ -51,7 +51,7 @@ from openvision3.ov3.accumulate import forward_backward
 from openvision3.ov3.speed import speed_up_vae
 from openvision3.ov3.task import prune_model_config, stage_objective
 from openvision3.tokenizer import EOT_ID, SOT_ID
-from openvision3.train.optim import build_optimizer, peak_lr
+from openvision3.train.optim import build_optimizer
 
 MODES = ("eager", "fast")
 COMPONENTS = ("vae_encode", "encoder", "decoder", "vae_decode", "lpips", "text", "caption")
@@ -411,7 +411,7 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
         for name, c in calls.items():
             ran_backward, flops = perf.count_flops(perf.replay(c, autocast, model))
             component_flops[name] = (flops, "forward+backward" if ran_backward else "forward")
-        lr = peak_lr(stage.base_lr, stage.batch_size) if stage else exp.train.optim.base_lr
+        lr = (stage or exp.train.stages[-1]).lr
         setup = dict(
             dtype=dtype, autocast=autocast, batch=batch, resolution=resolution, lpips=lpips > 0,
             optim=exp.train.optim, lr=lr, calls=calls, step_flops=step_flops,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from openvision3.artefacts import portable_name
-from openvision3.config import ExperimentConfig
+from openvision3.config import ExperimentConfig, OV3StageConfig
 from openvision3.data.latents import check_cache_vae
 from openvision3.data.loader import build_loader
 from openvision3.losses.contrastive import MAX_LOGIT_SCALE
@@ -24,7 +24,6 @@ from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.ov3.accumulate import forward_backward
 from openvision3.ov3.speed import speed_up_vae
-from openvision3.train.config import StageConfig
 from openvision3.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def prune_model_config(model: ModelConfig, objective) -> ModelConfig:
     )
 
 
-def stage_objective(objective: ObjectiveConfig, stage: StageConfig) -> ObjectiveConfig:
+def stage_objective(objective: ObjectiveConfig, stage: OV3StageConfig) -> ObjectiveConfig:
     """The objective of one stage: its LPIPS weight when the stage sets one."""
     if stage.lpips_weight is None:
         return objective
@@ -66,7 +65,7 @@ class OpenVision3Task(Task):
     def init_from(self, model: OpenVision3, path: str) -> tuple[list[str], list[str]]:
         """Our exports and checkpoints (``Task.init_from``), or a released encoder (a folder or
         hub id): its weights go into the encoder, whose architecture ``ExperimentConfig``
-        took from it (``validate``)."""
+        took from it (``resolve_inputs``)."""
         from openvision3.pretrained import is_released, read_released, resolve
 
         local = resolve(path)
@@ -81,12 +80,13 @@ class OpenVision3Task(Task):
         tc = self.cfg.train
         speed_up_vae(model.vae, device, tc.compile_vae, tc.channels_last_vae)
 
-    def build_loader(self, stage: StageConfig, batch_size: int, rank: int, world: int):
+    def build_loader(self, stage: OV3StageConfig, batch_size: int, rank: int, world: int):
         return build_loader(
-            self.cfg.data, "train", stage.resolution, batch_size, rank, world, train=True
-        )
+            self.cfg.data, "train", stage.resolution, batch_size, rank, world, train=True,
+            seed=self.cfg.train.seed,
+        )  # fmt: skip
 
-    def begin_stage(self, stage: StageConfig, model: OpenVision3, loader) -> None:
+    def begin_stage(self, stage: OV3StageConfig, model: OpenVision3, loader) -> None:
         device = model.encoder.cls_token.device
         self.objective = Objective(stage_objective(self.cfg.objective, stage)).to(device)
         oc = self.objective.cfg
@@ -100,7 +100,7 @@ class OpenVision3Task(Task):
         if self.cfg.data.latents:
             check_cache_vae(loader.latent_meta, model.vae)
 
-    def describe_stage(self, stage: StageConfig) -> str:
+    def describe_stage(self, stage: OV3StageConfig) -> str:
         lpips = stage_objective(self.cfg.objective, stage).lpips_weight
         return f"{stage.resolution} px, lpips {lpips:.2f}"
 
@@ -114,18 +114,20 @@ class OpenVision3Task(Task):
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
 
-    def evaluate(self, model: OpenVision3, resolution: int | None, out_dir: str | None) -> dict:
+    def evaluate(
+        self, model: OpenVision3, stage: OV3StageConfig | None, out_dir: str | None
+    ) -> dict:
         from openvision3.evaluation.suite import evaluate_model
 
         ec = self.cfg.eval
-        res = ec.resolution or resolution or self.cfg.train.stages[-1].resolution
+        res = ec.resolution or (stage or self.cfg.train.stages[-1]).resolution
         if not self.cfg.data.has_images:  # trained from a latent cache alone
             log.warning("no evaluation: set --data.path to evaluate on the held-out split")
             return {"metrics": {}, "skipped": "no --data.path (trained from --data.latents)"}
         return evaluate_model(model, self.cfg.data, ec, res, out_dir=out_dir)
 
-    def export(self, model: OpenVision3, path: str, card: dict, resolution: int) -> None:
+    def export(self, model: OpenVision3, path: str, card: dict, stage: OV3StageConfig) -> None:
         data = {"data": self.cfg.data.source}
         if self.cfg.data.path:  # by its name: the card travels with the folder
             data["data_path"] = portable_name(self.cfg.data.path)
-        model.save_pretrained(path, resolution=resolution, card={**card, **data})
+        model.save_pretrained(path, resolution=stage.resolution, card={**card, **data})

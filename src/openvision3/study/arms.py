@@ -1,7 +1,7 @@
 """From a study and one (arm, seed) to the run config the training engine takes.
 
 Everything but the arm's own difference comes from the base experiment, so every arm sees the
-same samples in the same order (``data.seed`` = the seed), for the same steps, batch and LR
+same samples in the same order (``train.seed`` = the seed), for the same steps, batch and LR
 schedule, and is evaluated on the same held-out images at the same steps.
 """
 
@@ -51,7 +51,6 @@ def arm_run_config(
         run_dir=run_dir(study, arm.name, seed),
         model=model,
         objective=objective,
-        data=dataclasses.replace(base.data, seed=seed),
         train=train,
     )
     return StudyRunConfig(**fields, arm=arm.name, probe_eval=study.eval, realism=realism)

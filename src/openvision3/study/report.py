@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from openvision3.config import base_lr
 from openvision3.files import write_json
 from openvision3.study.config import ComparisonConfig, StudyConfig
 from openvision3.study.verdict import REPRODUCED, Outcome, decide
@@ -179,7 +180,7 @@ def rules_section(study: StudyConfig, steps: int, realism_text: str) -> list[str
         "## Rules (written to `study.json` before the first run)",
         "",
         f"- Every arm: the same {steps} steps of {s.batch_size} images at {s.resolution} px "
-        f"(the same samples in the same order for a given seed), base LR {s.base_lr:g}, warmup "
+        f"(the same samples in the same order for a given seed), base LR {base_lr(s):g}, warmup "
         f"{s.warmup_steps}; seeds {list(study.seeds)} (initial weights, decoder noise, data "
         "order).",
         f"- Held-out evaluation: the first {study.eval.num_images} val images in batches of "

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from openvision3.config import EvalConfig, ExperimentConfig
+from openvision3.config import (
+    EvalConfig,
+    ExperimentConfig,
+    OV3StageConfig,
+    OV3TrainConfig,
+    ov3_optim,
+    peak_lr,
+)
 from openvision3.data.loader import DataConfig
 from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.errors import ConfigError
@@ -31,8 +38,6 @@ from openvision3.study.config import (
     RealismConfig,
     StudyConfig,
 )
-from openvision3.train.config import StageConfig, TrainConfig
-from openvision3.train.optim import OptimConfig
 
 ARMS = [
     ArmConfig("und-only", ("contrastive", "caption"), describe="understanding loss only"),
@@ -110,13 +115,17 @@ def small_base(steps: int = 300, batch: int = 32) -> ExperimentConfig:
         # term covers all of it): the decoder's backward is most of a CPU step.
         objective=ObjectiveConfig(pixel_loss_fraction=0.25),
         data=DataConfig(source="synthetic", num_workers=0, text_context=32, caption_context=12),
-        train=TrainConfig(
+        train=OV3TrainConfig(
             stages=[
-                StageConfig(
-                    resolution=96, steps=steps, batch_size=batch, base_lr=8e-3, warmup_steps=30
+                OV3StageConfig(
+                    resolution=96,
+                    steps=steps,
+                    batch_size=batch,
+                    lr=peak_lr(8e-3, batch),
+                    warmup_steps=30,
                 )
             ],
-            optim=OptimConfig(weight_decay=0.05),
+            optim=ov3_optim(weight_decay=0.05),
             log_every=25,
             ckpt_every=100,
             keep_last=1,
@@ -152,7 +161,7 @@ def paper_small_smoke() -> StudyConfig:
         caption_context=32,
         synthetic=SyntheticConfig(train_size=256, val_size=32),
     )
-    base.train.stages = [StageConfig(resolution=64, steps=4, batch_size=4, base_lr=1e-3)]
+    base.train.stages = [OV3StageConfig(resolution=64, steps=4, batch_size=4, lr=peak_lr(1e-3, 4))]
     base.train.log_every, base.train.ckpt_every = 2, 4
     cfg.eval = ProbeEvalConfig(num_images=8, batch_size=4, every=2)
     cfg.realism = RealismConfig(train_images=64, epochs=1, width=8, feature_dim=8)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openvision3.config import ExperimentConfig
+from openvision3.config import ExperimentConfig, OV3StageConfig
 from openvision3.data.loader import build_loader
 from openvision3.evaluation.fid import FeatureStats, frechet_distance
 from openvision3.evaluation.reconstruction import psnr_uint8
@@ -68,8 +68,10 @@ class StudyTask(OpenVision3Task):
             self.keys_digest = zlib.crc32(key.encode(), self.keys_digest)
         return super().forward_backward(train_model, model, batch, accum_steps, autocast)
 
-    def evaluate(self, model: OpenVision3, resolution: int | None, out_dir: str | None) -> dict:
-        res = resolution or self.cfg.train.stages[-1].resolution
+    def evaluate(
+        self, model: OpenVision3, stage: OV3StageConfig | None, out_dir: str | None
+    ) -> dict:
+        res = (stage or self.cfg.train.stages[-1]).resolution
         batches = heldout_batches(json.dumps(dataclasses.asdict(self.cfg.data)), res, self.cfg)
         metrics = heldout_metrics(model, batches, self.cfg.objective.latent_weight, self.cfg)
         metrics["keys_digest"] = self.keys_digest

@@ -1,5 +1,8 @@
-"""The training engine's configuration: stages (resolution, steps, batch, LR, frozen modules)
-and the run-wide settings (optimiser, precision, parallelism, checkpoints, intervals)."""
+"""The training engine's configuration: stages (steps, batch, peak LR, warmup, frozen modules)
+and the run-wide settings (optimiser, precision, parallelism, checkpoints, intervals).
+
+What a family adds to a stage (OpenVision 3's resolution and LPIPS weight) lives in a subclass
+beside its run config, with the list of such stages in a ``TrainConfig`` subclass."""
 
 from __future__ import annotations
 
@@ -10,32 +13,28 @@ from openvision3.train.optim import OptimConfig
 
 @dataclass
 class StageConfig:
-    """One stage of progressive training (the paper: 128 px without LPIPS, then 256 px with).
+    """One stage of (progressive) training: its steps, global batch, absolute peak LR, warmup
+    and frozen modules. A family's stage config subclasses it (`OV3StageConfig`).
 
-    `freeze`: module names (`encoder`, `text`, ...) whose parameters this stage does not
-    train: no gradient, and no optimiser state or weight decay when frozen in every stage.
-    `lpips_weight`: this stage's LPIPS weight; None = the objective's `lpips_weight`.
+    `lr` is the peak itself: a family's rule that derives it (OpenVision 3's base LR x batch /
+    256) belongs to its presets. `freeze`: module names (`encoder`, `text`, ...) whose
+    parameters this stage does not train: no gradient, and no optimiser state or weight decay
+    when frozen in every stage.
     """
 
-    resolution: int = 128  # image side in pixels (a multiple of 16)
     steps: int = 1000  # optimizer steps of this stage
     batch_size: int = 256  # global, over all ranks
-    base_lr: float = 8e-6  # peak LR = base_lr * batch_size / 256
+    lr: float = 1e-4  # peak learning rate of this stage (absolute)
     warmup_steps: int = 0  # linear LR warmup at the stage's start (steps)
-    lpips_weight: float | None = None  # this stage's LPIPS weight; None = the objective's
     # modules this stage does not train: encoder, decoder, text, caption, ...
     freeze: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.freeze = tuple(self.freeze)
-        if self.resolution <= 0 or self.resolution % 16:
-            raise ValueError(
-                f"stage resolution must be a positive multiple of 16, got {self.resolution}"
-            )
         if self.steps <= 0 or self.batch_size <= 0:
             raise ValueError("stage steps and batch_size must be positive")
-        if self.base_lr <= 0 or (self.lpips_weight or 0) < 0 or self.warmup_steps < 0:
-            raise ValueError("stage base_lr must be > 0; lpips_weight and warmup_steps >= 0")
+        if not self.lr > 0 or self.warmup_steps < 0:
+            raise ValueError("stage lr must be > 0 and warmup_steps >= 0")
 
 
 @dataclass
@@ -46,8 +45,6 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile per transformer block
-    compile_vae: bool = False  # torch.compile the frozen VAE's encoder and decoder
-    channels_last_vae: bool = True  # NHWC convolutions in the frozen VAE (CUDA only)
     # Data parallelism over torchrun ranks: auto (DDP when > 1 rank) | ddp | fsdp (FSDP2);
     # one process trains the plain model. See docs/scaling.md.
     parallel: str = "auto"

@@ -27,15 +27,15 @@ from openvision3.train.task import config_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-def last_trained_resolution(stages: list[StageConfig], step: int) -> int:
-    """Input side in pixels of the stage that ran the last of ``step`` optimizer steps (the
-    first stage's before any step; the last stage's past the end)."""
+def last_trained_stage(stages: list[StageConfig], step: int) -> StageConfig:
+    """The stage that ran the last of ``step`` optimizer steps (the first before any step; the
+    last past the end)."""
     end = 0
     for stage in stages:
         end += stage.steps
         if step <= end:
-            return stage.resolution
-    return stages[-1].resolution
+            return stage
+    return stages[-1]
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str = "auto") -> Path:
@@ -75,8 +75,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
         if path.parent.name == "checkpoints"
         else path.name,
     }
-    resolution = last_trained_resolution(cfg.train.stages, meta["step"])
-    task.export(model, str(out_dir), card, resolution)
+    task.export(model, str(out_dir), card, last_trained_stage(cfg.train.stages, meta["step"]))
     log.info("exported %s (%s weights) to %s", path, "EMA" if use_ema else "live", out_dir)
     return Path(out_dir)
 

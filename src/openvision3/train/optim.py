@@ -1,8 +1,10 @@
 """AdamW with decoupled weight decay on weight matrices only, and warmup + cosine schedules.
 
-Recipe (OpenVision 3, arXiv 2601.15369, Table 1, with the rules of the OpenVision training
-code, github.com/UCSC-VLAA/OpenVision): peak LR = base LR x global batch / 256, AdamW betas
-(0.9, 0.95), weight decay 0.2 on weight matrices only, linear warmup then cosine.
+``OptimConfig`` starts from AdamW's own defaults (``torch.optim.AdamW``: betas (0.9, 0.999),
+weight decay 0.01); each family's presets write out their recipe (OpenVision 3's in
+``config.ov3_optim``). Which parameters take no weight decay the model says, timm's way
+(``no_weight_decay()`` returning parameter names, ``timm/optim/_param_groups.py``); every
+parameter with ``ndim < 2`` (biases, norm gains) takes none either.
 
 Every schedule here is a pure function of the global step, so a resumed run sees exactly the
 learning rates of an uninterrupted one. The optimizer's ``lr`` is the scheduled value itself
@@ -20,31 +22,13 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-# Name fragments of parameters that never get weight decay (open_clip's rule, extended to the
-# position tables and class tokens of timm/open_clip ViTs).
-NO_DECAY_NAMES = (
-    "pos_embed",
-    "positional_embedding",
-    "cls_token",
-    "class_embedding",
-    "logit_scale",
-)
-_NORM_TYPES = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    nn.LocalResponseNorm,
-    nn.modules.batchnorm._NormBase,  # BatchNorm*d, InstanceNorm*d, SyncBatchNorm
-)
-
-
 DECAYS = ("cosine", "linear")
 
 
 @dataclass
 class OptimConfig:
-    """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own base
-    LR and warmup: `StageConfig`). `min_lr_ratio`: the cosine's floor as a fraction of the
+    """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own peak
+    LR and warmup: `StageConfig`); the defaults are AdamW's own. `min_lr_ratio`: the cosine's floor as a fraction of the
     peak. `grad_clip` is the max global grad-norm, `None` disables clipping.
     `fused`: `None` = fused AdamW when the parameters live on CUDA, `True`/`False` force it.
     `decay`: the shape after warmup, `cosine` or `linear`; `hold_ratio`: the fraction of
@@ -55,8 +39,8 @@ class OptimConfig:
     `{"model.multi_modal_projector": 0.1}`.
     """
 
-    weight_decay: float = 0.2  # AdamW weight decay (not on biases, norms and embeddings)
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 0.01  # AdamW weight decay (not on ndim < 2 or no_weight_decay())
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
     min_lr_ratio: float = 0.0  # the decay's floor as a fraction of the peak LR
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
@@ -89,17 +73,18 @@ class OptimConfig:
             )
 
 
-def peak_lr(base_lr: float, global_batch: int) -> float:
-    """Linear scaling rule: ``base_lr * global_batch / 256`` (8e-6 at batch 8192 -> 2.56e-4)."""
-    if global_batch <= 0:
-        raise ValueError(f"global_batch must be > 0, got {global_batch}")
-    return base_lr * global_batch / 256
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The parameter names ``model.no_weight_decay()`` declares (timm's hook; looked up through
+    DDP's ``module`` and ``torch.compile``'s ``_orig_mod``), without wrapper prefixes."""
+    from openvision3.train.checkpoint import clean_key
 
-
-def no_weight_decay(name: str, param: torch.Tensor, is_norm: bool = False) -> bool:
-    """True for parameters exempt from weight decay: ndim < 2 (biases, norm gains, logit_scale of
-    shape [1]), parameters of normalisation layers, position tables, class tokens, logit_scale."""
-    return param.ndim < 2 or is_norm or any(s in name for s in NO_DECAY_NAMES)
+    inner = model
+    while not hasattr(inner, "no_weight_decay"):
+        nxt = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
+        if not isinstance(nxt, nn.Module):
+            return set()
+        inner = nxt
+    return {clean_key(n) for n in inner.no_weight_decay()}
 
 
 def _under(name: str, module: str) -> bool:
@@ -114,7 +99,8 @@ def _scale_of(name: str, lr_scale: dict[str, float]) -> float:
 def param_groups(
     model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None
 ) -> list[dict]:
-    """Split trainable parameters into ``[decay, no_decay]`` AdamW groups, then one more pair
+    """Split trainable parameters into ``[decay, no_decay]`` AdamW groups (no decay: ``ndim <
+    2`` or named by ``model.no_weight_decay()``), then one more pair
     per LR multiplier of ``lr_scale`` (module name -> multiplier) that some parameter takes.
 
     The first two groups are always returned (possibly empty) so the optimizer state layout only
@@ -129,14 +115,12 @@ def param_groups(
     unmatched = [k for k in lr_scale if not any(_under(n, k) for n in names)]
     if unmatched:
         raise ValueError(f"optim.lr_scale: no parameter under {unmatched}")
-    norm_params = {
-        id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(False)
-    }
+    exempt = no_weight_decay_names(model)
     groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decays = not no_weight_decay(name, p, id(p) in norm_params)
+        decays = p.ndim >= 2 and clean_key(name) not in exempt
         groups.setdefault((_scale_of(clean_key(name), lr_scale), decays), []).append(p)
     return [
         {

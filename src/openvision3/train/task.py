@@ -17,8 +17,10 @@ package (a test, a plug-in) without touching the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,8 +61,15 @@ class RunConfig:
         if not self.run_dir:
             self.run_dir = f"runs/{self.name}"
 
+    def resolve_inputs(self) -> None:
+        """Settle what the run's inputs decide (an OpenVision 3 run takes the architecture of a
+        released encoder it starts from); called once, where a run is set up (``Trainer``),
+        before ``validate``. Nothing by default."""
+        return None
+
     def validate(self) -> None:
-        """Checks on the final values, after the command line (``ConfigError`` names the flag)."""
+        """Checks on the final values, after the command line (``ConfigError`` names the flag).
+        Changes nothing."""
         for i, s in enumerate(self.train.stages):
             if s.warmup_steps > s.steps:
                 raise ConfigError(
@@ -117,7 +126,7 @@ class Task(ABC):
 
     def describe_stage(self, stage: StageConfig) -> str:
         """A few words for the stage's log line."""
-        return f"{stage.resolution} px"
+        return f"batch {stage.batch_size}"
 
     @abstractmethod
     def forward_backward(
@@ -138,15 +147,15 @@ class Task(ABC):
         return None
 
     # ------------------------------------------------------------------ evaluation and export
-    def evaluate(self, model: nn.Module, resolution: int, out_dir: str | None) -> dict:
-        """``{"metrics": {...}, ...}`` of ``model`` (eval mode, EMA weights when kept). Called on
-        every rank; none by default."""
+    def evaluate(self, model: nn.Module, stage: StageConfig | None, out_dir: str | None) -> dict:
+        """``{"metrics": {...}, ...}`` of ``model`` (eval mode, EMA weights when kept) after
+        ``stage`` (None: at the end of the run). Called on every rank; none by default."""
         return {"metrics": {}}
 
     @abstractmethod
-    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+    def export(self, model: nn.Module, path: str, card: dict, stage: StageConfig) -> None:
         """Write ``model`` as a pretrained folder (rank 0 only); ``card`` is the engine's
-        provenance (experiment, steps, samples seen); ``resolution`` the last trained one."""
+        provenance (experiment, steps, samples seen); ``stage`` the one that ran the last step."""
 
 
 # ---------------------------------------------------------------------- registry
@@ -180,8 +189,27 @@ def config_class(task: str) -> type[RunConfig]:
 
 
 # Fields that older checkpoints' configs hold and that no longer exist (each stage owns its
-# base LR and warmup): dropped when such a checkpoint is read.
-REMOVED_FIELDS = (("train", "optim", "base_lr"), ("train", "optim", "warmup_steps"))
+# LR and warmup; the data order follows train.seed): dropped when such a checkpoint is read.
+REMOVED_FIELDS = (
+    ("train", "optim", "base_lr"),
+    ("train", "optim", "warmup_steps"),
+    ("data", "seed"),
+)
+
+
+def _upgrade_stages(config: dict, cls: type[RunConfig]) -> None:
+    """Older stages held ``base_lr`` (peak = base_lr x batch / 256, for every task) and, in
+    every task, OpenVision 3's ``resolution`` and ``lpips_weight``: the peak is written out and
+    what the task's stage type no longer has is dropped."""
+    train_cls = typing.get_type_hints(cls)["train"]
+    (stage_cls,) = typing.get_args(typing.get_type_hints(train_cls)["stages"])
+    names = {f.name for f in dataclasses.fields(stage_cls)}
+    for stage in config.get("train", {}).get("stages", []):
+        if "base_lr" in stage:
+            stage["lr"] = stage.pop("base_lr") * stage.get("batch_size", 256) / 256
+        for key in ("resolution", "lpips_weight"):
+            if key not in names:
+                stage.pop(key, None)
 
 
 def config_from_checkpoint(state: dict) -> RunConfig:
@@ -193,7 +221,9 @@ def config_from_checkpoint(state: dict) -> RunConfig:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(name, None)
-    return from_dict(config_class(state.get("task", "openvision3")), config)
+    cls = config_class(state.get("task", "openvision3"))
+    _upgrade_stages(config, cls)
+    return from_dict(cls, config)
 
 
 def frozen_names(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:

@@ -3,7 +3,7 @@ any model that a ``Task`` (``train/task.py``) supplies.
 
 The step reads top to bottom: the task's forward and backward, clip, step, schedule, the
 task's after-step hook (OpenVision 3 clamps its temperature), EMA. Intervals (log, checkpoint,
-evaluate) are plain ``if``s in the loop. Stages (resolution, steps, batch, LR, frozen modules)
+evaluate) are plain ``if``s in the loop. Stages (steps, batch, peak LR, warmup, frozen modules)
 run one after another, and the data position carries over from one stage to the next.
 """
 
@@ -36,9 +36,9 @@ from openvision3.train.accumulate import StepTerms
 from openvision3.train.checkpoint import clean_key, read_meta, resume, save_checkpoint
 from openvision3.train.config import StageConfig
 from openvision3.train.ema import EMA
-from openvision3.train.export import last_trained_resolution
+from openvision3.train.export import last_trained_stage
 from openvision3.train.metrics import MetricsLogger, ProgressBar, wandb_settings
-from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer, peak_lr
+from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer
 from openvision3.train.task import RunConfig, frozen_names
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Trainer:
     """``Trainer(cfg).fit()`` trains through every stage and returns the final metrics."""
 
     def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None):
+        cfg.resolve_inputs()  # e.g. a released encoder's architecture, before the model is built
         cfg.validate()
         self.cfg = cfg
         self.task = cfg.build_task()
@@ -118,7 +119,7 @@ class Trainer:
         )
         self.task.prepare(self.model, self.device)
         self.optimizer = build_optimizer(self.model, tc.optim, lr=1.0)
-        schedule = [(s.steps, peak_lr(s.base_lr, s.batch_size), s.warmup_steps) for s in tc.stages]
+        schedule = [(s.steps, s.lr, s.warmup_steps) for s in tc.stages]
         o = tc.optim
         self.scheduler = build_multi_stage_scheduler(
             self.optimizer, schedule, o.min_lr_ratio, o.decay, o.hold_ratio
@@ -243,7 +244,7 @@ class Trainer:
                 start,
                 end,
                 stage.batch_size,
-                peak_lr(stage.base_lr, stage.batch_size),
+                stage.lr,
                 f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "",
             )
         self.train_model.train()
@@ -290,7 +291,7 @@ class Trainer:
                     "stopped at step %d (train.stop_at); resume with the same command", self.step
                 )
             if evaluate:
-                self.log_eval(self.evaluate(stage.resolution))
+                self.log_eval(self.evaluate(stage))
             if last:
                 break
         self.data_state = loader.state_dict()
@@ -303,7 +304,6 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             images_per_s=rate * 1.0,
             stage=index,
-            resolution=stage.resolution,
         )
         self.logger.log(self.step, scalars, samples=self.samples)
         bar.update(self.step, loss=scalars.get("loss"), images_per_s=rate)
@@ -349,11 +349,11 @@ class Trainer:
             finally:
                 self.model.train()
 
-    def evaluate(self, resolution: int | None = None, out_dir: str | None = None) -> dict:
+    def evaluate(self, stage: StageConfig | None = None, out_dir: str | None = None) -> dict:
         """The task's evaluation of the EMA (else live) weights, on every rank (in the task's
         own precision: ``ov3 eval``'s, so the numbers match it)."""
         with self.eval_weights() as model:
-            return self.task.evaluate(model, resolution, out_dir)
+            return self.task.evaluate(model, stage, out_dir)
 
     def log_eval(self, results: dict) -> None:
         scalars = {
@@ -373,8 +373,8 @@ class Trainer:
                     "steps": self.step,
                     "samples_seen": self.samples,
                 }
-                resolution = last_trained_resolution(self.cfg.train.stages, self.step)
-                self.task.export(model, str(final), card, resolution)
+                stage = last_trained_stage(self.cfg.train.stages, self.step)
+                self.task.export(model, str(final), card, stage)
         barrier()
         results = self.evaluate(out_dir=str(self.run_dir / "eval"))
         self.log_eval(results)

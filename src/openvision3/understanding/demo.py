@@ -80,17 +80,16 @@ def _answer(text: str) -> str:
     return " ".join(text.lower().replace("?", " ").replace(".", " ").split())
 
 
-def _stage_config(cfg, name, model, template, questions, steps, cache, world_seed, res):
+def _stage_config(cfg, name, model, template, questions, steps, cache, world_seed):
     from openvision3.train.config import StageConfig, TrainConfig
     from openvision3.train.optim import OptimConfig
     from openvision3.understanding.task import LlavaRunConfig, VLMDataConfig
 
     out = Path(cfg.out)
     stage = StageConfig(
-        resolution=res,
         steps=steps,
         batch_size=cfg.batch_size,
-        base_lr=cfg.lr * 256 / cfg.batch_size,
+        lr=cfg.lr,
         warmup_steps=min(cfg.warmup_steps, steps),
         freeze=("model.vision_tower",),
     )
@@ -288,7 +287,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
         save_vlm(vlm, processor, str(init))
     t = time.perf_counter()
     s1 = _stage_config(
-        cfg, "stage1", str(init), "plain", "describe", cfg.stage1_steps, cache, world_seed, res
+        cfg, "stage1", str(init), "plain", "describe", cfg.stage1_steps, cache, world_seed
     )
     Trainer(s1).fit()
     seconds["stage1"] = time.perf_counter() - t
@@ -302,7 +301,6 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
         cfg.stage2_steps,
         cache,
         world_seed,
-        res,
     )
     Trainer(s2).fit()
     seconds["stage2"] = time.perf_counter() - t

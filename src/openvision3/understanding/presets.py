@@ -2,8 +2,7 @@
 ``finetune.sh``; README table): 1 epoch each, AdamW (0.9, 0.999) without weight decay, 3 %
 warm-up, cosine to 0, grad-norm clip 1.0, bf16, FSDP2 over the LM's decoder layers, activation
 checkpointing. LLaVA's global batches and LRs: stage 1 256 at 1e-3 (LCS-558K captions), stage 2
-128 at 2e-5 (the 665K instruction mix). ``base_lr`` is the LR at batch 256 (the engine scales
-it by batch / 256). The ``_smoke`` variants run the same code on the tiny random VLM and the
+128 at 2e-5 (the 665K instruction mix). The ``_smoke`` variants run the same code on the tiny random VLM and the
 synthetic world in seconds.
 
 ``llava15_ov3_b2_stage2_lora`` is LLaVA's ``finetune_lora.sh``: LoRA r 128, alpha 256 on every
@@ -31,10 +30,9 @@ FREEZE_TOWER = ("model.vision_tower",)
 def _stage(samples: int, batch: int, lr: float, freeze: tuple[str, ...]) -> StageConfig:
     steps = math.ceil(samples / batch)
     return StageConfig(
-        resolution=224,
         steps=steps,
         batch_size=batch,
-        base_lr=lr * 256 / batch,  # peak LR = base_lr * batch / 256 = lr
+        lr=lr,
         warmup_steps=math.ceil(0.03 * steps),
         freeze=freeze,
     )
@@ -97,9 +95,7 @@ def smoke(cfg: LlavaRunConfig) -> LlavaRunConfig:
     cfg.data = VLMDataConfig(source="synthetic", questions=questions, synthetic_size=64)
     s = cfg.train.stages[0]
     cfg.train.stages = [
-        StageConfig(
-            resolution=32, steps=3, batch_size=4, base_lr=1e-3, warmup_steps=1, freeze=s.freeze
-        )
+        StageConfig(steps=3, batch_size=4, lr=1e-3 / 64, warmup_steps=1, freeze=s.freeze)
     ]
     cfg.train.precision, cfg.train.parallel = "auto", "auto"
     cfg.train.activation_checkpointing = False

@@ -30,6 +30,7 @@ from openvision3.artefacts import VLM, portable_name, relative_paths, require_ki
 from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
 from openvision3.train.accumulate import no_grad_sync, split_batch
+from openvision3.train.config import StageConfig
 from openvision3.train.task import RunConfig, Task, register_task
 from openvision3.understanding.lora import LoraSettings
 from openvision3.understanding.templates import IGNORE_INDEX
@@ -265,7 +266,7 @@ class LlavaTask(Task):
         return {"loss": loss / world, "answer_tokens": count / world}
 
     # ------------------------------------------------------------------ export
-    def export(self, model: nn.Module, path: str, card: dict, resolution: int) -> None:
+    def export(self, model: nn.Module, path: str, card: dict, stage: StageConfig) -> None:
         from openvision3.understanding.assemble import TEMPLATE_KEY, save_vlm, set_template
         from openvision3.understanding.lora import merged
 
