@@ -59,7 +59,7 @@ def _generator(out: Path, decoder: Path, cache: Path) -> Path:
     task = cfg.build_task()
     task._stats = {"mean": torch.zeros(32, 2, 2), "var": torch.ones(32, 2, 2)}
     card = {"experiment": cfg.name, "steps": 4, "samples_seen": 16, "weights": "ema"}
-    task.export(task.build_model(), str(out), card, 32)
+    task.export(task.build_model(), str(out), card, cfg.train.stages[-1])
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from openvision3 import cli
+from openvision3.config import base_lr
 from openvision3.configs import get_preset, preset_names
 from openvision3.errors import ConfigError
 
@@ -92,8 +93,8 @@ def test_paper_recipe_presets():
         pre, fine, both = (get_preset(f"{k}_{size}") for k in ("pretrain", "finetune", "ov3"))
         assert {pre.model.name, fine.model.name, both.model.name} == {model}
         assert [s.resolution for s in both.train.stages] == [128, 256]
-        assert (pre.train.stages[0].batch_size, pre.train.stages[0].base_lr) == (8192, 8e-6)
-        assert (fine.train.stages[0].batch_size, fine.train.stages[0].base_lr) == (4096, 4e-7)
+        assert (pre.train.stages[0].batch_size, base_lr(pre.train.stages[0])) == (8192, 8e-6)
+        assert (fine.train.stages[0].batch_size, base_lr(fine.train.stages[0])) == (4096, 4e-7)
         assert fine.train.stages[0].lpips_weight == 0.5
     b224 = get_preset("ov3_b2_224")
     assert [s.resolution for s in b224.train.stages] == [128, 224]

@@ -44,8 +44,9 @@ def smoke(run_dir, images, **data):
     cfg = get_preset("demo_smoke")
     cfg.run_dir = str(run_dir)
     cfg.data = DataConfig(
-        source="webdataset", path=str(images), text_context=32, caption_context=32, seed=3, **data
+        source="webdataset", path=str(images), text_context=32, caption_context=32, **data
     )
+    cfg.train.seed = 3  # orders the data (and seeds the weights)
     cfg.train.stages = [OV3StageConfig(resolution=RES, steps=2, batch_size=4, lr=peak_lr(0.05, 4))]
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.stop_at = 2, 1, 2
     return cfg
@@ -105,9 +106,9 @@ def test_latent_loader_matches_image_loader_with_flips(tmp_path, images):
     cache(cfg, tmp_path / "cache")
     torch.manual_seed(cfg.train.seed)
     vae = FrozenVAE(cfg.model.vae)
-    on_the_fly = build_loader(cfg.data, "train", RES, 4)
+    on_the_fly = build_loader(cfg.data, "train", RES, 4, seed=cfg.train.seed)
     latent_cfg = DataConfig(**{**vars(cfg.data), "latents": str(tmp_path / "cache")})
-    cached = build_loader(latent_cfg, "train", RES, 4)
+    cached = build_loader(latent_cfg, "train", RES, 4, seed=cfg.train.seed)
     flipped, world = 0, SyntheticWorld(0)
     for a, b, _ in zip(on_the_fly, cached, range(6)):  # 1.5 epochs: flips re-drawn per epoch
         assert a["key"] == b["key"]
@@ -149,7 +150,7 @@ def test_latent_config_is_checked(tmp_path, images):
     cache(cfg, tmp_path / "cache", flip=False)
     data = DataConfig(**{**vars(cfg.data), "latents": str(tmp_path / "cache"), "hflip": 0.5})
     with pytest.raises(ValueError, match="written with flips"):
-        build_loader(data, "train", RES, 4)
+        build_loader(data, "train", RES, 4, seed=cfg.train.seed)
     with pytest.raises(ValueError, match="64 px"):
         build_loader(data, "train", 64, 4)
     with pytest.raises(FileNotFoundError, match="cache-latents"):

@@ -60,10 +60,10 @@ def test_synthetic_batch_contents():
 
 
 def test_deterministic_and_seeded():
-    cfg = DataConfig(synthetic=SYN, seed=1)
-    a = take(build_loader(cfg, "train", 32, 4), 3)
-    assert_same_batches(a, take(build_loader(cfg, "train", 32, 4), 3))
-    other = take(build_loader(DataConfig(synthetic=SYN, seed=2), "train", 32, 4), 3)
+    cfg = DataConfig(synthetic=SYN)
+    a = take(build_loader(cfg, "train", 32, 4, seed=1), 3)
+    assert_same_batches(a, take(build_loader(cfg, "train", 32, 4, seed=1), 3))
+    other = take(build_loader(cfg, "train", 32, 4, seed=2), 3)
     assert keys(a) != keys(other)
 
 

@@ -1,6 +1,7 @@
 """OpenVision 3 on the engine's Task seam: freezing by name, stop-gradient at the tokens, and
 ``decoder_b2``: a decoder trained on a frozen encoder saved in the authors' released layout."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -134,3 +135,18 @@ def test_decoder_b2_smoke_trains_a_decoder_on_a_frozen_released_encoder(tmp_path
     assert proc.returncode == 0, proc.stderr[-4000:]
     (recon,) = list(out.rglob("*.png"))
     assert Image.open(recon).size == (32, 32)  # the run's last (only) training resolution
+
+
+def test_validate_changes_nothing_and_adopting_a_released_encoder_is_its_own_step(tmp_path):
+    released = _released_encoder(tmp_path / "released")
+    cfg = get_preset("decoder_b2_smoke")
+    cfg.train.init_from = str(released)
+    before = copy.deepcopy(cfg)
+    cfg.validate()
+    assert cfg == before
+    cfg.resolve_inputs()  # what Trainer does once, before it builds the model
+    assert cfg.model.encoder.width == 64 and cfg.model.encoder.pos_embed == "learned"
+    assert cfg.model.caption.image_width == 64 and cfg.model.text.embed_dim == 16
+    adopted = copy.deepcopy(cfg)
+    cfg.resolve_inputs()  # once or twice: the same architecture
+    assert cfg == adopted

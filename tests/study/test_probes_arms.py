@@ -95,18 +95,23 @@ def test_arms_share_budget_and_differ_only_by_design():
     assert len(study.seeds) >= 3
 
 
+def _train_loader(cfg):
+    """The loader the engine trains the run on (its task's, ordered by ``train.seed``)."""
+    stage = dataclasses.replace(cfg.train.stages[0], resolution=32)
+    return cfg.build_task().build_loader(stage, 4, 0, 1)
+
+
 def test_arms_see_the_same_samples():
     """For a seed, every arm's loader yields the same keys in the same order."""
     study = _study()
     keys = {}
     for arm in study.arms:
         cfg = arm_run_config(study, arm, 1)
-        loader = build_loader(cfg.data, "train", 32, 4)
-        it = iter(loader)
+        it = iter(_train_loader(cfg))
         keys[arm.name] = [k for _ in range(3) for k in next(it)["key"]]
     assert len({tuple(v) for v in keys.values()}) == 1
     other = arm_run_config(study, study.arms[0], 2)
-    it = iter(build_loader(other.data, "train", 32, 4))
+    it = iter(_train_loader(other))
     assert [k for _ in range(3) for k in next(it)["key"]] != keys["both"]  # seeds differ
 
 

@@ -12,7 +12,6 @@ from openvision3.train.optim import (
     lr_lambda,
     multi_stage_schedule,
     param_groups,
-    peak_lr,
 )
 
 
@@ -29,13 +28,28 @@ class Toy(nn.Module):
         self.frozen.requires_grad_(False)
 
 
+class ToyViT(Toy):
+    """Declares its exempt parameters the way timm's ViTs do."""
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+
+class Wrapper(nn.Module):
+    """Stands in for DDP: the model under ``module``, its names prefixed ``module.``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+
 def _names(model, params):
     ids = {id(p) for p in params}
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def test_param_groups_decay_only_weight_matrices():
-    model = Toy()
+def test_param_groups_honour_the_models_no_weight_decay_names():
+    model = ToyViT()
     decay, no_decay = param_groups(model, 0.2)
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
     assert _names(model, decay["params"]) == {"embed.weight", "proj.weight"}
@@ -47,14 +61,48 @@ def test_param_groups_decay_only_weight_matrices():
         "norm.weight",
         "norm.bias",
     }
+    wrapped = Wrapper(ToyViT())  # asked through the wrapper, matched without its prefix
+    decay, _ = param_groups(wrapped, 0.2)
+    assert _names(wrapped, decay["params"]) == {"module.embed.weight", "module.proj.weight"}
 
 
-def test_param_groups_norm_layer_with_matrix_weight_excluded():
-    model = nn.Sequential(nn.Linear(4, 4), nn.GroupNorm(2, 4))
-    model[1].weight = nn.Parameter(torch.ones(4, 1))  # a norm gain that is not 1-D
-    decay, no_decay = param_groups(model, 0.1)
-    assert _names(model, decay["params"]) == {"0.weight"}
-    assert "1.weight" in _names(model, no_decay["params"])
+def test_param_groups_without_the_hook_exempt_only_ndim_below_2():
+    model = Toy()  # no no_weight_decay(): position table and class token are matrices
+    decay, no_decay = param_groups(model, 0.2)
+    assert _names(model, decay["params"]) == {
+        "pos_embed",
+        "cls_token",
+        "embed.weight",
+        "proj.weight",
+    }
+    assert _names(model, no_decay["params"]) == {
+        "logit_scale",
+        "proj.bias",
+        "norm.weight",
+        "norm.bias",
+    }
+
+
+def test_openvision3_declares_its_tables_tokens_and_temperature():
+    from openvision3.models.openvision3 import OpenVision3
+    from openvision3.models.presets import model_config
+
+    model = OpenVision3(model_config("ov3-mu"), vae=None)
+    names = model.no_weight_decay()  # ov3-mu: sin-cos encoder positions (no parameter)
+    assert names == {"encoder.cls_token", "text.pos_embed", "captioner.pos_embed", "logit_scale"}
+    decay, no_decay = param_groups(model, 0.2)
+    assert not names & _names(model, decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_optim_config_takes_adamws_own_defaults():
+    reference = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults
+    cfg = OptimConfig()
+    assert (cfg.betas, cfg.weight_decay, cfg.eps) == (
+        reference["betas"],
+        reference["weight_decay"],
+        reference["eps"],
+    )
 
 
 def test_optim_config_validation():
@@ -68,13 +116,6 @@ def test_optim_config_validation():
     ):
         with pytest.raises(ValueError):
             OptimConfig(**bad)
-
-
-def test_peak_lr_linear_scaling():
-    assert peak_lr(8e-6, 8192) == pytest.approx(2.56e-4)
-    assert peak_lr(4e-7, 4096) == pytest.approx(6.4e-6)
-    with pytest.raises(ValueError):
-        peak_lr(1e-3, 0)
 
 
 def test_build_optimizer():

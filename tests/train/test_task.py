@@ -183,3 +183,19 @@ def test_every_builtin_task_resolves_to_its_config_class():
     for name in list(_CONFIGS):
         cls = config_class(name)
         assert cls.TASK == name
+
+
+def test_checkpoints_of_the_older_stage_layout_still_read(tmp_path):
+    """Older configs: every stage held ``base_lr`` (peak = base x batch / 256) and OpenVision
+    3's ``resolution`` / ``lpips_weight``, every run ``train.compile_vae``."""
+    from openvision3.dataclass_io import to_dict
+    from openvision3.train.task import config_from_checkpoint
+
+    cfg = toy(tmp_path, stage(3, lr=1e-2, batch=16, warmup_steps=1))
+    old = to_dict(cfg)
+    (s,) = old["train"]["stages"]
+    s["base_lr"] = s.pop("lr") * 256 / 16
+    s.update(resolution=128, lpips_weight=None)
+    old["train"].update(compile_vae=False, channels_last_vae=True)
+    read = config_from_checkpoint({"task": ToyConfig.TASK, "config": old})
+    assert read == cfg and read.train.stages[0].lr == 1e-2

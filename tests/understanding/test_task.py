@@ -28,8 +28,8 @@ def _changed(before, model):
 def test_presets_carry_llava_15_numbers():
     s1, s2 = get_preset("llava15_ov3_b2_stage1"), get_preset("llava15_ov3_b2_stage2")
     (a,), (b,) = s1.train.stages, s2.train.stages
-    assert (a.batch_size, a.base_lr * a.batch_size / 256) == (256, 1e-3)
-    assert (b.batch_size, b.base_lr * b.batch_size / 256) == (128, pytest.approx(2e-5))
+    assert (a.batch_size, a.lr) == (256, 1e-3)
+    assert (b.batch_size, b.lr) == (128, 2e-5)
     assert a.warmup_steps == -(-3 * a.steps // 100) and b.warmup_steps == -(-3 * b.steps // 100)
     assert (s1.template, s2.template) == ("plain", "vicuna_v1")
     assert s1.train.optim.weight_decay == 0 and s1.train.parallel == "fsdp"

@@ -104,6 +104,9 @@ class OpenVision3Task(Task):
         lpips = stage_objective(self.cfg.objective, stage).lpips_weight
         return f"{stage.resolution} px, lpips {lpips:.2f}"
 
+    def stage_scalars(self, stage: OV3StageConfig) -> dict[str, float]:
+        return {"resolution": stage.resolution}
+
     def forward_backward(self, train_model, model, batch, accum_steps, autocast):
         return forward_backward(
             train_model, model, self.objective, batch, accum_steps, self.branches, autocast

@@ -128,6 +128,10 @@ class Task(ABC):
         """A few words for the stage's log line."""
         return f"batch {stage.batch_size}"
 
+    def stage_scalars(self, stage: StageConfig) -> dict[str, float]:
+        """What the task's stage adds to each logged ``metrics.jsonl`` row; none by default."""
+        return {}
+
     @abstractmethod
     def forward_backward(
         self,
@@ -197,14 +201,19 @@ REMOVED_FIELDS = (
 )
 
 
-def _upgrade_stages(config: dict, cls: type[RunConfig]) -> None:
-    """Older stages held ``base_lr`` (peak = base_lr x batch / 256, for every task) and, in
-    every task, OpenVision 3's ``resolution`` and ``lpips_weight``: the peak is written out and
-    what the task's stage type no longer has is dropped."""
+def _upgrade_train(config: dict, cls: type[RunConfig]) -> None:
+    """Older configs held, for every task, the stage's ``base_lr`` (peak = base_lr x batch /
+    256) and OpenVision 3's stage ``resolution`` and ``lpips_weight`` and ``train.compile_vae``
+    / ``channels_last_vae``: the peak is written out, and what the task's own train and stage
+    types do not have is dropped."""
     train_cls = typing.get_type_hints(cls)["train"]
     (stage_cls,) = typing.get_args(typing.get_type_hints(train_cls)["stages"])
+    train = config.get("train", {})
+    for key in ("compile_vae", "channels_last_vae"):
+        if key not in {f.name for f in dataclasses.fields(train_cls)}:
+            train.pop(key, None)
     names = {f.name for f in dataclasses.fields(stage_cls)}
-    for stage in config.get("train", {}).get("stages", []):
+    for stage in train.get("stages", []):
         if "base_lr" in stage:
             stage["lr"] = stage.pop("base_lr") * stage.get("batch_size", 256) / 256
         for key in ("resolution", "lpips_weight"):
@@ -222,7 +231,7 @@ def config_from_checkpoint(state: dict) -> RunConfig:
         if isinstance(node, dict):
             node.pop(name, None)
     cls = config_class(state.get("task", "openvision3"))
-    _upgrade_stages(config, cls)
+    _upgrade_train(config, cls)
     return from_dict(cls, config)
 
 

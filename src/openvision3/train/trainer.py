@@ -304,6 +304,7 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             images_per_s=rate * 1.0,
             stage=index,
+            **self.task.stage_scalars(stage),
         )
         self.logger.log(self.step, scalars, samples=self.samples)
         bar.update(self.step, loss=scalars.get("loss"), images_per_s=rate)
