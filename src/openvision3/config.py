@@ -1,5 +1,9 @@
 """ExperimentConfig: every component's config composed into one, with a JSON round trip.
 
+OpenVision 3's part of the training settings lives here too, on top of the engine's: a stage's
+resolution and LPIPS weight (``OV3StageConfig``), the frozen VAE's speed-ups and OpenVision's
+AdamW (``OV3TrainConfig``), and the base LR x batch / 256 rule the presets apply (``peak_lr``).
+
 Written as ``config.json`` into every run directory and checkpoint. Presets live in
 ``openvision3.configs`` (as code); the command line overrides any field with tyro
 (``ov3 train pretrain_b2 --train.stages.0.steps 100 --data.path 'shards/{000..099}.tar'``).
