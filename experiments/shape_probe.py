@@ -35,13 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openvision3.config import ov3_optim
 from openvision3.configs.presets import demo_model
 from openvision3.demo.synthetic import COLORS, SHAPES, SyntheticWorld, long_caption
 from openvision3.losses.caption import caption_loss
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
 from openvision3.tokenizer import Tokenizer
-from openvision3.train.optim import OptimConfig, build_optimizer, build_scheduler
+from openvision3.train.optim import build_optimizer, build_scheduler
 
 CAPTIONS = {
     "colour-shape": lambda s: f"{s.objects[0].color} {s.objects[0].shape}",
@@ -159,7 +160,7 @@ def main() -> None:
     model = OpenVision3(cfg, vae=None)
     probe = torch.nn.Linear(cfg.encoder.width, len(SHAPES))
     probe_opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
-    ocfg = OptimConfig(weight_decay=0.05)
+    ocfg = ov3_optim(weight_decay=0.05)  # the demo's AdamW
     opt = build_optimizer(model, ocfg, args.lr)
     sched = build_scheduler(opt, warmup_steps=min(30, args.steps), total_steps=args.steps)
     rows, pad = torch.arange(args.val), cfg.caption.pad_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def bench_generation(args) -> dict:
     y = torch.randint(0, cfg.num_classes, (b,), device=device, generator=g)
     t = flow.sample_times(b, flow.shift_factor(shape), device=device)
     ceiling = perf.matmul_ceiling(device, torch.bfloat16 if cuda else torch.float32)
-    optim = OptimConfig(weight_decay=0.0)
+    optim = OptimConfig(betas=(0.9, 0.95), weight_decay=0.0)  # the generation presets' AdamW
     train = _train_step(model, build_optimizer(model, optim, 2e-4), x, y, t, noise, cuda, device)
     _, train_flops = perf.count_flops(train)
     sample_b = args.sample_batch
@@ -104,7 +105,7 @@ def bench_generation(args) -> dict:
             fused = None
         else:
             fused = False
-        opt = build_optimizer(model, OptimConfig(weight_decay=0.0, fused=fused), 2e-4)
+        opt = build_optimizer(model, dataclasses.replace(optim, fused=fused), 2e-4)
         step = _train_step(model, opt, x, y, t, noise, cuda, device)
         loss, times, warm = perf.benchmark(step, args.steps, args.warmup, device)
         sec = perf.median(times)
