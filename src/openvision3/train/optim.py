@@ -28,9 +28,9 @@ DECAYS = ("cosine", "linear")
 @dataclass
 class OptimConfig:
     """AdamW and schedule hyper-parameters shared by every stage (each stage sets its own peak
-    LR and warmup: `StageConfig`); the defaults are AdamW's own. `min_lr_ratio`: the cosine's floor as a fraction of the
-    peak. `grad_clip` is the max global grad-norm, `None` disables clipping.
-    `fused`: `None` = fused AdamW when the parameters live on CUDA, `True`/`False` force it.
+    LR and warmup: `StageConfig`); the defaults are AdamW's own. `min_lr_ratio`: the
+    cosine's floor as a fraction of the peak. `grad_clip` is the max global grad-norm,
+    `None` disables clipping. `fused`: `None` = fused AdamW when the parameters live on CUDA, `True`/`False` force it.
     `decay`: the shape after warmup, `cosine` or `linear`; `hold_ratio`: the fraction of
     each stage held at the peak before it decays (RAE's DiT schedule: constant for 40 of 800
     epochs, then linear to a tenth of the peak: `decay=linear, hold_ratio=0.05,
