@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 import torch
 from tyro.conf import Positional, arg
 
+from openvision3.data.token_stats import LatentStats, load_latent_stats, normalize
 from openvision3.files import atomic_write
-from openvision3.generation.latent_stats import LatentStats, load_latent_stats, normalize
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.inputs import Batch, batches, list_items
 from openvision3.inference.writers import JsonlWriter, TokenShardWriter, image_name, save_image
