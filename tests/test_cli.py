@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from openvision3 import cli
-from openvision3.configs import parse
-from openvision3.configs import get_preset, preset_names
+from openvision3.configs import get_preset, parse, preset_names
 from openvision3.errors import ConfigError
 from openvision3.ov3.config import base_lr
 
