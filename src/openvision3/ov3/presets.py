@@ -27,9 +27,9 @@ from openvision3.data.loader import DataConfig
 from openvision3.data.synthetic.world import SyntheticConfig
 from openvision3.errors import ConfigError
 from openvision3.losses.objective import ObjectiveConfig
+from openvision3.models.caption import CaptionDecoderConfig
 from openvision3.models.decoder import DecoderConfig
 from openvision3.models.encoder import EncoderConfig
-from openvision3.models.heads import CaptionDecoderConfig
 from openvision3.models.openvision3 import ModelConfig
 from openvision3.models.presets import PRESETS as MODEL_PRESETS
 from openvision3.models.presets import model_config
