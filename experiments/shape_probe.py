@@ -35,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from openvision3.config import ov3_optim
-from openvision3.configs.presets import demo_model
-from openvision3.demo.synthetic import COLORS, SHAPES, SyntheticWorld, long_caption
+from openvision3.data.synthetic.world import COLORS, SHAPES, SyntheticWorld, long_caption
 from openvision3.losses.caption import caption_loss
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
+from openvision3.ov3.config import ov3_optim
+from openvision3.ov3.presets import demo_model
 from openvision3.tokenizer import Tokenizer
 from openvision3.train.optim import build_optimizer, build_scheduler
 

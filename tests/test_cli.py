@@ -7,13 +7,13 @@ import sys
 import pytest
 
 from openvision3 import cli
-from openvision3.config import base_lr
-from openvision3.configs import get_preset, preset_names
+from openvision3.configs import get_preset, parse, preset_names
 from openvision3.errors import ConfigError
+from openvision3.ov3.config import base_lr
 
 
 def _parse(preset: str, *flags: str):
-    return cli._experiment(preset, list(flags), f"ov3 train {preset}")
+    return parse.parse_experiment(preset, list(flags), f"ov3 train {preset}")
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -105,9 +105,9 @@ def test_demo_picks_its_preset(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cli.default_demo_preset() == "demo_gpu"
+    assert parse.default_demo_preset() == "demo_gpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.default_demo_preset() == "demo"
+    assert parse.default_demo_preset() == "demo"
     gpu, cpu = get_preset("demo_gpu"), get_preset("demo")
     assert gpu.train.total_steps > cpu.train.total_steps
     assert gpu.train.stages[0].batch_size > cpu.train.stages[0].batch_size
@@ -116,12 +116,12 @@ def test_demo_picks_its_preset(monkeypatch):
 
 
 def test_pop_flag():
-    assert cli._pop_flag(["--a", "1", "--preset", "x", "--b"], "--preset") == (
+    assert parse.pop_flag(["--a", "1", "--preset", "x", "--b"], "--preset") == (
         "x",
         ["--a", "1", "--b"],
     )
-    assert cli._pop_flag(["--preset=y", "--preset", "z"], "--preset") == ("z", [])
-    assert cli._pop_flag(["--presets", "1"], "--preset") == ("", ["--presets", "1"])
+    assert parse.pop_flag(["--preset=y", "--preset", "z"], "--preset") == ("z", [])
+    assert parse.pop_flag(["--presets", "1"], "--preset") == ("", ["--presets", "1"])
 
 
 @pytest.mark.parametrize("preset", ["demo", "demo_gpu"])
@@ -139,3 +139,37 @@ def test_demo_presets_run_shrunk(preset, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Learning checks" in report
     assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flag", "module"),
+    [
+        ("--generation", "openvision3.generation.command"),
+        ("--understanding", "openvision3.understanding.command"),
+    ],
+)
+def test_downstream_demo_chains_after_the_ov3_demo(flag, module, monkeypatch, tmp_path):
+    """`ov3 demo --generation` without --run: the OpenVision 3 demo (the other flags are its
+    preset's), then the downstream demo on that finished run; with --run, only the latter."""
+    import importlib
+
+    import openvision3.ov3.demo as ov3_demo
+
+    calls = []
+
+    def fake_run_demo(cfg):
+        calls.append(("ov3", cfg.name, cfg.train.stages[0].steps))
+        return tmp_path / cfg.name / "report.md"
+
+    def fake_family(argv):
+        calls.append(("family", argv))
+        return 0
+
+    monkeypatch.setattr(ov3_demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(importlib.import_module(module), "demo_main", fake_family)
+    assert cli.main(["demo", flag, "--preset", "demo_smoke", "--train.stages.0.steps", "2"]) == 0
+    run = str(tmp_path / "demo_smoke")
+    assert calls == [("ov3", "demo_smoke", 2), ("family", ["--run", run])]
+    calls.clear()
+    assert cli.main(["demo", flag, "--run", "elsewhere"]) == 0
+    assert calls == [("family", ["--run", "elsewhere"])]

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from openvision3 import cli
-from openvision3.configs import PRESETS, get_preset
+from openvision3.configs import get_preset, preset_names
 
 LEAKS = ("no logic here", "``", "parse and dispatch", "parse and call")
 DEFAULTS = re.compile(r"\((default|required|fixed to|sets)[^()]*(\([^()]*\)[^()]*)*\)\s*$")
@@ -36,7 +36,7 @@ def invocations() -> list[list[str]]:
         calls += [[name, sub] for sub in command.subcommands]
         if command.choices is not None:
             names = list(command.choices())
-            if set(names) <= set(PRESETS):
+            if set(names) <= set(preset_names()):
                 names = _one_preset_per_config_class(names)
             calls += [[name, choice] for choice in names]
     return calls
@@ -119,7 +119,7 @@ def test_the_walk_covers_subcommands_modes_and_presets():
     )
     assert "study paper-small" in flat
     walked = {type(get_preset(c[1])) for c in CALLS if c[:1] == ["train"] and len(c) == 2}
-    assert walked == {type(get_preset(name)) for name in PRESETS}  # every kind of run config
+    assert walked == {type(get_preset(name)) for name in preset_names()}  # every kind of run config
 
 
 def test_train_help_lists_presets_and_fields():

@@ -5,8 +5,8 @@ runs' weights depend on them bit for bit)."""
 
 import pytest
 
-from openvision3.config import peak_lr
 from openvision3.configs import get_preset, preset_names
+from openvision3.ov3.config import peak_lr
 
 OV3 = (0.9, 0.95)  # OpenVision's AdamW betas (config.ov3_optim)
 LLAVA = (0.9, 0.999)  # LLaVA-1.5's (AdamW's own)

@@ -38,84 +38,6 @@ class Command:
     choices: Callable[[], dict[str, str]] | None = None
 
 
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse help with each option's default, except where there is none to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or action.default in (None, "", False, argparse.SUPPRESS):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _pop_flag(argv: list[str], flag: str) -> tuple[str, list[str]]:
-    """``--flag VALUE`` / ``--flag=VALUE`` taken out of ``argv`` (the last one wins)."""
-    value, rest, i = "", [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == flag and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return value, rest
-
-
-MODEL_PRESET_HELP = (
-    "--model-preset NAME swaps the whole model for a model preset ({names}) before the other "
-    "flags apply; --model.* flags then change it further."
-)
-
-
-def tyro_config() -> tuple:
-    """tyro's settings for experiment configs: optional parts (``model.decoder: DecoderConfig |
-    None``) are plain dotted flags, listed by --help and set without first naming a tyro
-    subcommand (``--model.decoder.depth 4``)."""
-    import tyro
-
-    return (tyro.conf.AvoidSubcommands,)
-
-
-def _model_presets() -> str:
-    from openvision3.models.presets import PRESETS as MODEL_PRESETS
-
-    return ", ".join(sorted(MODEL_PRESETS))
-
-
-def _given_flags(argv: list[str]) -> set[str]:
-    """The dotted fields set on the command line, spelt ``--a.b-c`` (tyro takes ``_`` or ``-``)."""
-    return {"--" + a[2:].split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")}
-
-
-def _experiment(preset: str, argv: list[str], prog: str, more_help: str = ""):
-    """The preset, ``--model-preset``, then tyro's dotted overrides; validated after them."""
-    import tyro
-
-    from openvision3.configs import get_preset
-    from openvision3.generation.task import GenerationConfig
-
-    model_preset, argv = _pop_flag(argv, "--model-preset")
-    default = get_preset(preset, model_preset)
-    description = "\n\n".join(
-        t for t in (_preset_doc(preset), MODEL_PRESET_HELP.format(names=_model_presets()),
-                    more_help) if t
-    )  # fmt: skip
-    cfg = tyro.cli(
-        type(default),  # the preset's run config: it names its task (train/task.py)
-        default=default,
-        args=argv,
-        prog=prog,
-        description=description,
-        config=tyro_config(),
-    )
-    cfg.validate()
-    if isinstance(cfg, GenerationConfig):  # the token shape the cache holds, unless given
-        cfg.read_token_shape(_given_flags(argv))
-    return cfg
-
-
 def _need(extra: str, feature: str) -> None:
     """One line naming the pip extra when a package of it is missing (``extras.py``)."""
     from openvision3.extras import require_extra
@@ -144,47 +66,16 @@ def _print_choices(usage: str, what: str, choices: dict[str, str], note: str, ok
     return 0 if ok else 2
 
 
-def _first_sentence(text: str) -> str:
-    text = " ".join(text.split()).replace("``", "`")
-    end = text.find(". ")
-    return text if end < 0 else text[: end + 1]
+def _summaries() -> dict[str, str]:
+    from openvision3.configs.parse import preset_summaries
+
+    return preset_summaries()
 
 
-def preset_summaries() -> dict[str, str]:
-    """Experiment preset -> the first sentence of its docstring."""
-    from openvision3.configs import PRESETS
+def _model_preset_help() -> str:
+    from openvision3.configs.parse import MODEL_PRESET_HELP, model_preset_names
 
-    return {name: _first_sentence(_preset_doc(name)) for name in PRESETS}
-
-
-def _source_docs(module: str) -> dict[str, str]:
-    """Function name -> docstring of a module of this package, read without importing it (the
-    LLaVA presets' module imports transformers: seconds, for a help text)."""
-    import ast
-    from pathlib import Path
-
-    path = Path(__file__).parent.joinpath(*module.split(".")).with_suffix(".py")
-    tree = ast.parse(path.read_text())
-    return {
-        node.name: ast.get_docstring(node) or ""
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef)
-    }
-
-
-def _preset_doc(name: str) -> str:
-    """An experiment preset's docstring; a smoke variant's names the preset it shrinks."""
-    from openvision3.configs import PRESETS
-
-    base = name.removesuffix("_smoke")
-    doc = PRESETS[name].__doc__ or ""
-    if not doc and name.startswith("llava"):
-        doc = _source_docs("understanding.presets").get(name, "")
-    if not doc and base != name:
-        return f"`{base}` shrunk for tests: a tiny model, a few steps, synthetic data. " + (
-            _preset_doc(base)
-        )
-    return " ".join(doc.split()).replace("``", "`")
+    return MODEL_PRESET_HELP.format(names=model_preset_names())
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -192,47 +83,56 @@ def cmd_train(argv: list[str]) -> int:
         return _print_choices(
             "ov3 train PRESET [--model-preset NAME] [--FIELD VALUE ...]",
             "PRESET, an experiment preset (a run config: model, data, objective, stages)",
-            preset_summaries(),
+            _summaries(),
             "`ov3 train PRESET --help` lists the preset's config fields, each a dotted flag\n"
-            "(`--train.stages.0.steps 100`); " + MODEL_PRESET_HELP.format(names=_model_presets()),
+            "(`--train.stages.0.steps 100`); " + _model_preset_help(),
             ok=_wants_help(argv),
         )
     _need("train", "ov3 train")
-    cfg = _experiment(argv[0], argv[1:], f"ov3 train {argv[0]}")
+    from openvision3.configs.parse import parse_experiment
     from openvision3.train.trainer import Trainer
+
+    cfg = parse_experiment(argv[0], argv[1:], f"ov3 train {argv[0]}")
 
     Trainer(cfg).fit()
     return 0
-
-
-def default_demo_preset() -> str:
-    """``demo_gpu`` where CUDA is available, else the CPU-sized ``demo``."""
-    import torch
-
-    return "demo_gpu" if torch.cuda.is_available() else "demo"
 
 
 DEMO_MODES_HELP = """\
 Other modes (each with its own --help):
   ov3 demo --generation [--run DIR]     a DiT-DH on a demo run's frozen tokens, judged in pixels
   ov3 demo --understanding [--run DIR]  a tiny LLaVA on a demo run's frozen tokens, synthetic VQA
-  --run DIR: a finished `ov3 demo` run to start from (without it, the demo is trained first)."""
+  --run DIR: a finished `ov3 demo` run to start from; without it, `ov3 demo` runs first (the
+  other flags are then its preset's) and the mode's options keep their defaults."""
 
 
-def cmd_demo(argv: list[str]) -> int:
-    _need("train", "ov3 demo")
-    for flag, mode in COMMANDS["demo"].subcommands.items():
-        if flag in argv:
-            return mode.run(argv)
-    preset, argv = _pop_flag(argv, "--preset")
+def _ov3_demo(argv: list[str]):
+    """The OpenVision 3 demo of ``--preset`` (default: ``demo``, or ``demo_gpu`` with CUDA) and
+    its dotted overrides; returns its report's path."""
+    from openvision3.configs.parse import default_demo_preset, parse_experiment, pop_flag
+    from openvision3.ov3.demo import run_demo
+
+    preset, argv = pop_flag(argv, "--preset")
     if not preset and argv and not argv[0].startswith("-"):
         preset, argv = argv[0], argv[1:]
     preset = preset or default_demo_preset()
-    cfg = _experiment(preset, argv, f"ov3 demo --preset {preset}", DEMO_MODES_HELP)
-    from openvision3.demo.run import run_demo
+    return run_demo(parse_experiment(preset, argv, f"ov3 demo --preset {preset}", DEMO_MODES_HELP))
 
-    report = run_demo(cfg)
-    print(f"report: {report}")
+
+def cmd_demo(argv: list[str]) -> int:
+    """``ov3 demo``; with ``--generation`` / ``--understanding`` a downstream demo on a finished
+    run (``--run DIR``), or chained after a new OpenVision 3 demo."""
+    _need("train", "ov3 demo")
+    for flag, mode in COMMANDS["demo"].subcommands.items():
+        if flag in argv:
+            rest = [a for a in argv if a != flag]
+            given_run = any(a == "--run" or a.startswith("--run=") for a in rest)
+            if given_run or _wants_help(rest):
+                return mode.run(rest)
+            report = _ov3_demo(rest)
+            print(f"report: {report}")
+            return mode.run(["--run", str(report.parent)])
+    print(f"report: {_ov3_demo(argv)}")
     return 0
 
 
@@ -240,7 +140,7 @@ def cmd_train_vae(argv: list[str]) -> int:
     _need("train", "ov3 train-vae")
     import tyro
 
-    from openvision3.demo.vae import VAETrainConfig, train_vae
+    from openvision3.ov3.demo_vae import VAETrainConfig, train_vae
 
     cfg = tyro.cli(VAETrainConfig, args=argv, prog="ov3 train-vae")
     print(train_vae(cfg))
@@ -250,14 +150,9 @@ def cmd_train_vae(argv: list[str]) -> int:
 def image_presets() -> dict[str, str]:
     """The presets that train on images (an ``ExperimentConfig``): those whose VAE latents
     ``ov3 cache-latents`` writes. The LLaVA presets are not built (transformers: seconds)."""
-    from openvision3.config import ExperimentConfig
-    from openvision3.configs import get_preset
+    from openvision3.configs.presets import MODULES
 
-    return {
-        name: doc
-        for name, doc in preset_summaries().items()
-        if not name.startswith("llava") and isinstance(get_preset(name), ExperimentConfig)
-    }
+    return {n: doc for n, doc in _summaries().items() if MODULES[n] == "openvision3.ov3.presets"}
 
 
 def cmd_cache_latents(argv: list[str]) -> int:
@@ -275,12 +170,13 @@ def cmd_cache_latents(argv: list[str]) -> int:
 
     import tyro
 
-    from openvision3.config import ExperimentConfig
     from openvision3.configs import get_preset
+    from openvision3.configs.parse import pop_flag
     from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
     from openvision3.errors import ConfigError
+    from openvision3.ov3.config import ExperimentConfig
 
-    model_preset, rest = _pop_flag(argv[1:], "--model-preset")
+    model_preset, rest = pop_flag(argv[1:], "--model-preset")
     exp = get_preset(argv[0], model_preset)
     if not isinstance(exp, ExperimentConfig):
         raise ConfigError(
@@ -296,7 +192,7 @@ def cmd_cache_latents(argv: list[str]) -> int:
         description=(
             f"Write the frozen VAE's latents (and optionally the encoder's tokens) of a split of "
             f"the `{argv[0]}` preset's data once, for training without the VAE in the loop.\n\n"
-            + MODEL_PRESET_HELP.format(names=_model_presets())
+            + _model_preset_help()
         ),
     )
     cfg.data.require_images()
@@ -408,7 +304,7 @@ EVAL_TASKS = {
 }
 COMMANDS: dict[str, Command] = {
     "train": Command(cmd_train, "PRESET [--FIELD VALUE ...]", "train an experiment preset",
-                     choices=preset_summaries),
+                     choices=_summaries),
     "demo": Command(
         cmd_demo, "[--preset P] [--FIELD VALUE ...]",
         "the offline demo: train a small model on synthetic data, evaluate, write a report",

@@ -13,7 +13,6 @@ from PIL import Image
 from safetensors.torch import load, load_file
 
 from openvision3.cli import main
-from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.latents import (
     LATENT_EXT,
@@ -23,9 +22,10 @@ from openvision3.data.latents import (
     write_latent_cache,
 )
 from openvision3.data.loader import DataConfig, SampleProcessor, build_loader
+from openvision3.data.synthetic.world import SyntheticWorld, encode_png, write_shards
 from openvision3.data.transforms import pil_to_tensor
-from openvision3.demo.synthetic import SyntheticWorld, encode_png, write_shards
 from openvision3.models.vae import FrozenVAE
+from openvision3.ov3.config import OV3StageConfig, peak_lr
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.trainer import Trainer
 

@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from openvision3.data import DataConfig, build_loader
-from openvision3.demo.synthetic import SyntheticConfig, SyntheticWorld, write_shards
+from openvision3.data.synthetic.world import SyntheticConfig, SyntheticWorld, write_shards
 from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 

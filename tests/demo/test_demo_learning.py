@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from openvision3.configs import get_preset
-from openvision3.demo.run import CHECKS, SHAPE_OF_CLASS, learning_checks, run_demo, shape_probe
-from openvision3.demo.synthetic import CLASS_NAMES, COLORS, SHAPES
+from openvision3.data.synthetic.world import CLASS_NAMES, COLORS, SHAPES
+from openvision3.ov3.demo import CHECKS, SHAPE_OF_CLASS, learning_checks, run_demo, shape_probe
 
 
 @pytest.mark.slow

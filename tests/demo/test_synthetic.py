@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openvision3.demo.synthetic import (
+from openvision3.data.synthetic.world import (
     BACKGROUNDS,
     CLASS_NAMES,
     COLORS,
@@ -153,7 +153,7 @@ def test_write_shards(tmp_path):
 
 
 def test_object_counts_follow_their_weights():
-    from openvision3.demo.synthetic import OBJECT_COUNT_WEIGHTS
+    from openvision3.data.synthetic.world import OBJECT_COUNT_WEIGHTS
 
     world = SyntheticWorld(seed=0)
     counts = np.bincount([len(world.scene("train", i).objects) for i in range(4000)], minlength=5)

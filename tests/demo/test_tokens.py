@@ -6,8 +6,13 @@ import json
 import types
 
 from openvision3.data.latents import read_features
-from openvision3.demo.synthetic import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
-from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
+from openvision3.data.synthetic.tokens import (
+    NUM_COLOR_CELLS,
+    cache_demo_tokens,
+    color_cell,
+    run_tokens,
+)
+from openvision3.data.synthetic.world import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
 from tests.generation.conftest import GridTokens, tiny_vae
 
 RES = 32

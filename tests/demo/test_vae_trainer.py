@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openvision3.demo import vae as vae_mod
-from openvision3.demo.synthetic import SyntheticWorld
-from openvision3.demo.vae import (
+from openvision3.data.synthetic.world import SyntheticWorld
+from openvision3.models.vae import FrozenVAE, VAEConfig
+from openvision3.ov3 import demo_vae as vae_mod
+from openvision3.ov3.demo_vae import (
     VAETrainConfig,
     calibrate_latent_scale,
     count_flops,
@@ -17,7 +18,6 @@ from openvision3.demo.vae import (
     reproduce_command,
     train_vae,
 )
-from openvision3.models.vae import FrozenVAE, VAEConfig
 from openvision3.train.metrics import read_metrics
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -4,8 +4,8 @@ import pytest
 import torch
 from pycocoevalcap.bleu.bleu import Bleu
 
-from openvision3.demo.source import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
-from openvision3.demo.synthetic import CLASS_NAMES, SHAPES
+from openvision3.data.synthetic.source import SYNTHETIC_CAPTION_ATTRIBUTES, first_word_among
+from openvision3.data.synthetic.world import CLASS_NAMES, SHAPES
 from openvision3.evaluation import CaptionEvaluator
 from openvision3.evaluation.captioning import coco_caption_scores, normalize_caption
 from tests.evaluation._eval_fakes import ScriptedCaptioner, index_images

@@ -13,16 +13,16 @@ import math
 import numpy as np
 from PIL import Image
 
-from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig
-from openvision3.demo.synthetic import SyntheticWorld
+from openvision3.data.synthetic.world import SyntheticWorld
 from openvision3.evaluation import command
 from openvision3.evaluation.captioning import normalize_caption
 from openvision3.evaluation.runner import flat_metrics
 from openvision3.evaluation.suite import evaluate_model
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.ov3.config import OV3StageConfig, peak_lr
 from openvision3.ov3.task import OpenVision3Task
 from openvision3.train.trainer import Trainer
 

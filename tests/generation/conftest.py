@@ -8,7 +8,7 @@ from torch import nn
 from openvision3.configs import get_preset
 from openvision3.data.latents import CacheLatentsConfig, write_latent_cache
 from openvision3.data.loader import DataConfig
-from openvision3.demo.synthetic import SyntheticConfig
+from openvision3.data.synthetic.world import SyntheticConfig
 from openvision3.models.vae import FrozenVAE
 
 RES = 32

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from openvision3.data.latents import FeatureCache, read_features
+from openvision3.data.synthetic.source import SyntheticSource
+from openvision3.data.synthetic.world import SyntheticConfig
 from openvision3.data.transforms import pil_to_tensor
-from openvision3.demo.source import SyntheticSource
-from openvision3.demo.synthetic import SyntheticConfig
 from tests.generation.conftest import GridTokens, tiny_vae, write_cache
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from openvision3.demo.synthetic import SyntheticWorld
-from openvision3.demo.tokens import color_cell
+from openvision3.data.synthetic.tokens import color_cell
+from openvision3.data.synthetic.world import SyntheticWorld
 from openvision3.generation.demo import (
     CELL_NAMES,
     GATES,

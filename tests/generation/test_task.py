@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from openvision3.generation.latent_stats import load_latent_stats
+from openvision3.data.token_stats import load_latent_stats
 from openvision3.generation.presets import PRESETS
 from openvision3.generation.task import GenerationConfig, sample_draws
 from openvision3.train.trainer import Trainer

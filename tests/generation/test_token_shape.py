@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from openvision3 import cli
+from openvision3.configs.parse import parse_experiment
 from openvision3.errors import ConfigError
 from tests.generation.conftest import write_cache
 
@@ -26,7 +27,7 @@ def cache(tmp_path_factory):
 
 
 def parse(*flags: str):
-    return cli._experiment("demo_generation_smoke", list(flags), "ov3 train")
+    return parse_experiment("demo_generation_smoke", list(flags), "ov3 train")
 
 
 def test_token_shape_comes_from_the_cache(cache):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig, prefix_lm_mask
+from openvision3.models.caption import CaptionDecoder, CaptionDecoderConfig, prefix_lm_mask
 from openvision3.models.layers import KVCache
 
 V, SOT, EOS, PAD = 64, 62, 63, 0

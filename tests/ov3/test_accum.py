@@ -10,14 +10,14 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from openvision3.config import OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.data.loader import DataConfig, build_loader
-from openvision3.demo.synthetic import SyntheticConfig
+from openvision3.data.synthetic.world import SyntheticConfig
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
 from openvision3.ov3.accumulate import forward_backward
+from openvision3.ov3.config import OV3StageConfig, peak_lr
 from openvision3.train.accumulate import StepTerms, split_batch
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics

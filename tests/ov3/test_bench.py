@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from openvision3.cli import main as cli_main
-from openvision3.configs.presets import EPOCH
 from openvision3.models.presets import model_config
 from openvision3.ov3.bench import (
     COMPONENTS,
@@ -17,6 +16,7 @@ from openvision3.ov3.bench import (
     recipe_gpu_hours,
     targets,
 )
+from openvision3.ov3.presets import EPOCH
 
 RES, BATCH = 32, 2
 

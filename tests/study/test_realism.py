@@ -10,7 +10,7 @@ from openvision3.study.realism import cached_feature_net, labelled_images, load_
 
 
 def test_feature_net_is_cached_and_measures_degradation(tmp_path):
-    from openvision3.demo.synthetic import SyntheticWorld
+    from openvision3.data.synthetic.world import SyntheticWorld
 
     cfg = RealismConfig(train_images=64, epochs=2, width=8, feature_dim=8)
     path = cached_feature_net(cfg, world_seed=0, resolution=32, folder=tmp_path)

@@ -238,9 +238,9 @@ def test_exports_load_at_the_resolution_they_were_last_trained_at(tmp_path):
     """The trainer's ``final`` export and ``ov3 export`` of each checkpoint record the
     resolution of the last stage that ran; ``load`` runs there, not at the position grid's
     default (256 px for ov3-mu)."""
-    from openvision3.config import EvalConfig, OV3StageConfig, peak_lr
     from openvision3.configs import get_preset
     from openvision3.inference.api import load
+    from openvision3.ov3.config import EvalConfig, OV3StageConfig, peak_lr
     from openvision3.train.export import export_checkpoint
     from openvision3.train.trainer import Trainer
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from openvision3.cli import main
-from openvision3.config import OV3StageConfig, TrainConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.distributed.parallelize import resolve_parallel
+from openvision3.ov3.config import OV3StageConfig, TrainConfig, peak_lr
 from openvision3.train.checkpoint import (
     find_latest,
     load_checkpoint,

@@ -3,7 +3,7 @@ an OpenVision 3 run, a generator and a LLaVA alike (and the same seed gives the 
 
 import pytest
 
-from openvision3 import cli
+from openvision3.configs import parse
 from tests.generation.conftest import write_cache
 
 
@@ -44,7 +44,7 @@ def test_train_seed_orders_the_data(preset, family_flags, tmp_path):
 
     def batches(seed: str) -> list:
         argv = [*flags, "--run-dir", str(tmp_path / seed), "--train.seed", seed]
-        return _first_batches(cli._experiment(preset, argv, f"ov3 train {preset}"), field)
+        return _first_batches(parse.parse_experiment(preset, argv, f"ov3 train {preset}"), field)
 
     zero = batches("0")
     assert _same(zero, batches("0"))

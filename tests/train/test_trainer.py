@@ -9,9 +9,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from openvision3.cli import main
-from openvision3.config import ExperimentConfig, OV3StageConfig, peak_lr
 from openvision3.configs import get_preset
 from openvision3.errors import ConfigError, TrainingDivergedError
+from openvision3.ov3.config import ExperimentConfig, OV3StageConfig, peak_lr
 from openvision3.train.checkpoint import find_latest
 from openvision3.train.metrics import read_metrics
 from openvision3.train.trainer import Trainer

@@ -75,7 +75,7 @@ def tiny_sentencepiece_vlm(template: str = "vicuna_v1", image_size: int = 32, se
     import torch
 
     from openvision3.understanding.assemble import assemble
-    from openvision3.understanding.tiny import tiny_llama
+    from openvision3.understanding.tiny_lm import tiny_llama
     from openvision3.understanding.tower import OpenVision3VisionModel
 
     with torch.random.fork_rng(devices=[]):

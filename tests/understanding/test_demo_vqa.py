@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from openvision3.demo.synthetic import CELL_NAMES, SyntheticWorld  # noqa: E402
+from openvision3.data.synthetic.world import CELL_NAMES, SyntheticWorld  # noqa: E402
 from openvision3.understanding.demo import _answer, gates  # noqa: E402
 from openvision3.understanding.synthetic_vqa import (  # noqa: E402
     NUMBERS,

@@ -64,7 +64,7 @@ def test_simple_evaluate_offline(tmp_path):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from openvision3.demo.synthetic import SyntheticWorld
+    from openvision3.data.synthetic.world import SyntheticWorld
     from openvision3.understanding.lmms import OV3Llava
     from openvision3.understanding.synthetic_vqa import scene_questions
 

@@ -218,7 +218,7 @@ def test_demo_training_is_announced_first_with_its_estimate(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(startup, "demo_training_estimate", estimate)
-    monkeypatch.setattr("openvision3.demo.run.run_demo", run_demo)
+    monkeypatch.setattr("openvision3.ov3.demo.run_demo", run_demo)
     assert serve.ensure_model(serve.DEFAULT_MODEL, interactive=True) == serve.DEFAULT_MODEL
     assert calls == ["estimate", ("train", "runs/demo")]
 
@@ -226,9 +226,9 @@ def test_demo_training_is_announced_first_with_its_estimate(tmp_path, monkeypatc
 def test_demo_training_estimate_times_the_step_of_the_preset():
     import dataclasses
 
-    from openvision3.config import OV3StageConfig
     from openvision3.configs import get_preset
     from openvision3.models.presets import model_config
+    from openvision3.ov3.config import OV3StageConfig
     from openvision3.web.startup import demo_training_estimate
 
     cfg = get_preset("demo")

@@ -25,9 +25,9 @@ from PIL import Image
 
 from openvision3.data.images import decode_image
 from openvision3.data.sources import data_source, source_names
+from openvision3.data.synthetic.world import SyntheticConfig
 from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, build_transform
 from openvision3.data.webdataset import WebDatasetStream, list_shards
-from openvision3.demo.synthetic import SyntheticConfig
 from openvision3.errors import ConfigError
 from openvision3.tokenizer import Tokenizer
 
@@ -384,16 +384,16 @@ def build_loader(
     """The loader of ``split`` for this rank; batches of ``batch_size`` images (3, R, R).
     ``seed`` (the run's ``train.seed``) orders a train loader's samples and draws their
     augmentations."""
-    if not (cfg.latents and train):
-        cfg.require_images()
+    if cfg.latents and train:
+        raise ValueError(
+            "data.latents is set: a train loader over the latent cache is "
+            "data.latents.build_latent_loader's"
+        )
+    cfg.require_images()
     if batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(
             f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
         )
-    if cfg.latents and train:
-        from openvision3.data.latents import build_latent_loader
-
-        return build_latent_loader(cfg, split, resolution, batch_size, rank, world_size, seed)
     processor = SampleProcessor(cfg, resolution, train, seed)
     if cfg.source == "webdataset":
         shards = list_shards(cfg.path, split)

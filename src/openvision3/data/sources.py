@@ -4,7 +4,7 @@
 ``cfg.source``. Loaders ask it for a split's samples; evaluation asks it for its own class
 names, prompt templates, caption checks and identity, instead of branching on its name.
 ``register_source`` adds a source; the demo's synthetic world is one
-(``openvision3.demo.source``), imported the first time its name is asked for.
+(``openvision3.data.synthetic.source``), imported the first time its name is asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 # name -> "module:class" of the sources outside this package, imported when first named
-_LAZY = {"synthetic": "openvision3.demo.source:SyntheticDataSource"}
+_LAZY = {"synthetic": "openvision3.data.synthetic.source:SyntheticDataSource"}
 _REGISTRY: dict[str, type[DataSource]] = {}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from openvision3 import perf
-from openvision3.cli import DefaultsFormatter
+from openvision3.configs.parse import DefaultsFormatter
 from openvision3.generation import flow
 from openvision3.generation.presets import MODEL_PRESETS
 from openvision3.train.optim import OptimConfig, build_optimizer

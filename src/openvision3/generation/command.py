@@ -6,19 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from openvision3.cli import DefaultsFormatter
+from openvision3.configs.parse import DefaultsFormatter
 
 
 def demo_main(argv: list[str]) -> int:
-    """``ov3 demo --generation [--run DIR]``: on an existing demo run, or after a new one."""
+    """``ov3 demo --generation --run DIR``: on a finished demo run (``ov3 demo --generation``
+    without ``--run`` runs ``ov3 demo`` first, ``cli.cmd_demo``)."""
     p = argparse.ArgumentParser(
         prog="ov3 demo --generation",
         description="Train the demo's DiT-DH on the frozen tokens of a demo run, sample it and "
         "judge the samples in pixels; writes RUN/generation/report.md. Without --run, the demo "
-        "(`ov3 demo`) is trained first and the remaining flags are its preset's.",
+        "(`ov3 demo`) runs first, the other flags are its preset's and these keep their defaults.",
+        formatter_class=DefaultsFormatter,
     )
-    p.add_argument("--generation", action="store_true", help="this mode (required)")
-    p.add_argument("--run", default="", help="a finished `ov3 demo` run (default: run one first)")
+    p.add_argument("--run", required=True, help="a finished `ov3 demo` run")
     p.add_argument("--out", default="", help="output folder (default: RUN/generation)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's)")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="0: tuned over 2, 4, 6")
@@ -26,20 +27,11 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--train-size", type=int, default=4096, help="images whose tokens train it")
     p.add_argument("--val-size", type=int, default=512, help="held-out images for the judge")
     p.add_argument("--per-class", type=int, default=2, help="samples per class in the grid")
-    args, rest = p.parse_known_args(argv)
-    run = args.run
-    if not run:
-        from openvision3.cli import _experiment, default_demo_preset
-        from openvision3.demo.run import run_demo
-
-        preset = default_demo_preset()
-        run = str(run_demo(_experiment(preset, rest, f"ov3 demo --preset {preset}")).parent)
-    elif rest:
-        p.error(f"unrecognised arguments with --run: {' '.join(rest)}")
+    args = p.parse_args(argv)
     from openvision3.generation.demo import run_generation_demo
 
     report = run_generation_demo(
-        run, args.out, args.steps, args.cfg_scale, args.sample_steps, args.per_class,
+        args.run, args.out, args.steps, args.cfg_scale, args.sample_steps, args.per_class,
         args.train_size, args.val_size,
     )  # fmt: skip
     print(json.dumps({"passed": report["passed"], "judge": report["judge"]}, indent=1))

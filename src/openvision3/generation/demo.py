@@ -27,8 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openvision3.demo.synthetic import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
-from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
+from openvision3.data.synthetic.tokens import (
+    NUM_COLOR_CELLS,
+    cache_demo_tokens,
+    color_cell,
+    run_tokens,
+    run_world,
+)
+from openvision3.data.synthetic.world import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
 from openvision3.generation import flow
 
 log = logging.getLogger(__name__)
@@ -141,8 +147,6 @@ def run_generation_demo(
     writes ``generation/report.md``, ``report.json`` and ``samples_grid.png`` under ``out``
     (default ``<run>/generation``). ``cfg_scale`` 0: tuned over ``TUNE_SCALES``
     (``tune_scale``)."""
-    from openvision3.dataclass_io import from_dict
-    from openvision3.demo.synthetic import SyntheticConfig
     from openvision3.generation.pipeline import load_generator
     from openvision3.pretrained import load_pretrained
     from openvision3.train.trainer import Trainer
@@ -151,8 +155,7 @@ def run_generation_demo(
     final = os.path.join(run, "final")
     out = Path(out or os.path.join(run, "generation"))
     out.mkdir(parents=True, exist_ok=True)
-    run_cfg = json.loads(Path(run, "config.json").read_text())
-    synthetic = from_dict(SyntheticConfig, run_cfg["data"]["synthetic"])
+    synthetic = run_world(run)
     model = load_pretrained(final, device="cpu")
     times = {}
 

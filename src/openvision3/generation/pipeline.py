@@ -16,9 +16,9 @@ import os
 
 import torch
 
+from openvision3.data.token_stats import denormalize, load_latent_stats
 from openvision3.dataclass_io import from_dict
 from openvision3.errors import ConfigError, MissingWeightsError
-from openvision3.generation.latent_stats import denormalize, load_latent_stats
 from openvision3.generation.models import DiTDH
 from openvision3.generation.sampler import SamplerConfig, sample_tokens
 from openvision3.generation.task import STATS_NAME, GenerationConfig, grid_tokens

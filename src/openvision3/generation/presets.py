@@ -20,6 +20,9 @@ from openvision3.train.optim import OptimConfig
 BACKBONES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 EPOCH = 1_281_167  # ImageNet-1k train images
 
+# What ``--model-preset`` is refused with (``configs/presets.py``): this family's model flags.
+MODEL_FLAGS = "its DiT-DH is set by --model.* flags"
+
 
 def dit_dh(size: str, channels: int = 768, input_size: int = 16, **kw) -> DiTDHConfig:
     """DiT-DH-{S,B,L,XL} on (channels, input_size, input_size) tokens, head 2048 / 2 / 16."""

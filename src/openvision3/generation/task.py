@@ -34,14 +34,14 @@ from openvision3.artefacts import (
     write_card,
 )
 from openvision3.data.latents import FeatureCache, read_cache_meta
-from openvision3.dataclass_io import to_dict
-from openvision3.errors import ConfigError
-from openvision3.generation import flow
-from openvision3.generation.latent_stats import (
+from openvision3.data.token_stats import (
     LatentStats,
     load_latent_stats,
     normalize,
 )
+from openvision3.dataclass_io import to_dict
+from openvision3.errors import ConfigError
+from openvision3.generation import flow
 from openvision3.generation.models import DiTDH, DiTDHConfig
 from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.config import StageConfig
@@ -141,6 +141,9 @@ class GenerationConfig(RunConfig):
                     f"tokens have {flag[8:]} {value}: drop {flag} to take the cache's"
                 )
         self.model = replace(self.model, **shape)  # re-checked by __post_init__
+
+    def after_command_line(self, given: Collection[str]) -> None:
+        self.read_token_shape(given)
 
     def build_task(self) -> GenerationTask:
         return GenerationTask(self)

@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 import torch
 from tyro.conf import Positional, arg
 
+from openvision3.data.token_stats import LatentStats, load_latent_stats, normalize
 from openvision3.files import atomic_write
-from openvision3.generation.latent_stats import LatentStats, load_latent_stats, normalize
 from openvision3.inference.api import Pipeline, load
 from openvision3.inference.inputs import Batch, batches, list_items
 from openvision3.inference.writers import JsonlWriter, TokenShardWriter, image_name, save_image
@@ -36,7 +36,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 @dataclass
-class RunConfig:
+class InferenceConfig:
     """Options shared by the inference commands."""
 
     model: Annotated[Positional[str], arg(metavar="MODEL")]
@@ -77,7 +77,7 @@ class RunConfig:
 
 
 @dataclass
-class EncodeConfig(RunConfig):
+class EncodeConfig(InferenceConfig):
     # output files: safetensors or npz shards, or webdataset tars
     format: Literal["safetensors", "npz", "webdataset"] = "safetensors"
     pooled: bool = False
@@ -99,7 +99,7 @@ class EncodeConfig(RunConfig):
 
 
 @dataclass
-class ReconstructConfig(RunConfig):
+class ReconstructConfig(InferenceConfig):
     """One image per input, named <key>.<ext>: the input's relative path with its own extension
     kept (sub/photo.jpg -> OUTPUT/sub/photo.jpg.png; webdataset sample s0 -> OUTPUT/s0.png), so
     photo.png and photo.jpg get their own outputs and a rerun finds the same names."""
@@ -110,7 +110,7 @@ class ReconstructConfig(RunConfig):
 
 
 @dataclass
-class CaptionConfig(RunConfig):
+class CaptionConfig(InferenceConfig):
     max_len: int = 0
     """longest caption in tokens (0: the caption decoder's context length)"""
     beam_size: int = 1  # beams of the search (1 = greedy)
@@ -122,7 +122,7 @@ class CaptionConfig(RunConfig):
 
 
 @dataclass
-class ClassifyConfig(RunConfig):
+class ClassifyConfig(InferenceConfig):
     labels: tuple[str, ...] = ()
     """class names, e.g. --labels cat dog "traffic light" """
     labels_file: str = ""
@@ -148,12 +148,12 @@ class ClassifyConfig(RunConfig):
 
 
 @dataclass
-class LatentStatsConfig(RunConfig):
+class LatentStatsConfig(InferenceConfig):
     """Writes `latent_stats.safetensors` (`mean` / `var` (D, h, w)) into --output."""
 
 
 # ---------------------------------------------------------------------- shared loop
-def _pipeline(cfg: RunConfig) -> Pipeline:
+def _pipeline(cfg: InferenceConfig) -> Pipeline:
     autocast = {"auto": None, "fp32": False, "bf16": True}[cfg.precision]
     return load(
         cfg.model,
@@ -166,7 +166,7 @@ def _pipeline(cfg: RunConfig) -> Pipeline:
     )
 
 
-def _options(cfg: RunConfig, pipe: Pipeline, **more) -> dict:
+def _options(cfg: InferenceConfig, pipe: Pipeline, **more) -> dict:
     """What shapes every command's outputs: the model (its files' sizes and times), the input
     resolution and resize, the weights' dtype and autocast; plus the command's own ``more``."""
     return {
@@ -179,7 +179,7 @@ def _options(cfg: RunConfig, pipe: Pipeline, **more) -> dict:
     }
 
 
-def _output(cfg: RunConfig, command: str, options: dict, outputs=()) -> OutputDir:
+def _output(cfg: InferenceConfig, command: str, options: dict, outputs=()) -> OutputDir:
     return OutputDir(cfg.output, command, options, outputs, overwrite=cfg.overwrite)
 
 
@@ -206,7 +206,7 @@ def _todo(run: OutputDir, items, every: bool = False):
 
 def _run(
     command: str,
-    cfg: RunConfig,
+    cfg: InferenceConfig,
     pipe: Pipeline,
     run: OutputDir,
     handle: Callable[[Batch], None],

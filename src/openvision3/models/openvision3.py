@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openvision3.models.caption import CaptionDecoder, CaptionDecoderConfig, square_grid
 from openvision3.models.decoder import Decoder, DecoderConfig
 from openvision3.models.encoder import Encoder, EncoderConfig
-from openvision3.models.heads import CaptionDecoder, CaptionDecoderConfig, square_grid
 from openvision3.models.text import TextEncoder, TextEncoderConfig
 from openvision3.models.vae import FrozenVAE, VAEConfig
 

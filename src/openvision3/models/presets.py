@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from openvision3.models.caption import CaptionDecoderConfig
 from openvision3.models.decoder import DecoderConfig
 from openvision3.models.encoder import EncoderConfig
-from openvision3.models.heads import CaptionDecoderConfig
 from openvision3.models.openvision3 import ModelConfig
 from openvision3.models.text import TextEncoderConfig
 from openvision3.models.vae import TINY_VAE_ARCH, VAEConfig, pixel_space

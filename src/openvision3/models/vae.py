@@ -23,10 +23,10 @@ from openvision3.errors import MissingWeightsError  # noqa: F401  (raised here; 
 FLUX_VAE_ID = "black-forest-labs/FLUX.1-dev"
 
 # VAEs shipped inside the package (name -> folder), e.g. the small VAE of the offline demo,
-# trained on the synthetic world by `ov3 train-vae` (see demo/assets/demo_vae/training.json).
+# trained on the synthetic world by `ov3 train-vae` (see ov3/assets/demo_vae/training.json).
 PACKAGED_VAES = {
     "ov3-demo-vae": os.path.join(
-        os.path.dirname(os.path.dirname(__file__)), "demo", "assets", "demo_vae"
+        os.path.dirname(os.path.dirname(__file__)), "ov3", "assets", "demo_vae"
     )
 }
 

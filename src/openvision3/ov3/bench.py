@@ -42,12 +42,12 @@ import torch
 from torch import nn
 
 from openvision3 import perf
-from openvision3.config import ExperimentConfig, StageConfig
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.losses.reconstruction import BACKBONE_URLS
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import PACKAGED_VAES, VAEConfig
 from openvision3.ov3.accumulate import forward_backward
+from openvision3.ov3.config import ExperimentConfig, StageConfig
 from openvision3.ov3.speed import speed_up_vae
 from openvision3.ov3.task import prune_model_config, stage_objective
 from openvision3.tokenizer import EOT_ID, SOT_ID
@@ -107,7 +107,7 @@ class TrainBenchConfig:
 # ---------------------------------------------------------------------- the paper's recipe
 def paper_recipe() -> list[dict]:
     """The paper's two stages as the presets run them (1 epoch = 1,281,167 samples)."""
-    from openvision3.configs.presets import EPOCH, finetune_stage, pretrain_stage
+    from openvision3.ov3.presets import EPOCH, finetune_stage, pretrain_stage
 
     rows = []
     for name, s in (("pretrain", pretrain_stage()), ("finetune", finetune_stage())):
@@ -139,14 +139,14 @@ def recipe_gpu_hours(images_per_s: float, resolution: int, lpips: bool) -> dict[
 
 # ---------------------------------------------------------------------- set-up
 def experiment_config(preset: str) -> ExperimentConfig:
-    from openvision3.configs import PRESETS, get_preset
     from openvision3.models.presets import PRESETS as MODEL_PRESETS
     from openvision3.models.presets import model_config
+    from openvision3.ov3.presets import PRESETS
 
     if preset in PRESETS:
-        return get_preset(preset)
+        return PRESETS[preset]()
     if preset in MODEL_PRESETS:
-        exp = get_preset("ov3_b2")
+        exp = PRESETS["ov3_b2"]()
         exp.name, exp.model = preset, model_config(preset)
         return exp
     raise ValueError(

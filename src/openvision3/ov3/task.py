@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from openvision3.artefacts import portable_name
-from openvision3.config import ExperimentConfig, OV3StageConfig
-from openvision3.data.latents import check_cache_vae
+from openvision3.data.latents import build_latent_loader, check_cache_vae
 from openvision3.data.loader import build_loader
 from openvision3.losses.contrastive import MAX_LOGIT_SCALE
 from openvision3.losses.objective import Objective, ObjectiveConfig
@@ -25,6 +25,9 @@ from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.ov3.accumulate import forward_backward
 from openvision3.ov3.speed import speed_up_vae
 from openvision3.train.task import Task
+
+if TYPE_CHECKING:  # annotations only: ov3/config.py builds this task
+    from openvision3.ov3.config import ExperimentConfig, OV3StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +84,14 @@ class OpenVision3Task(Task):
         speed_up_vae(model.vae, device, tc.compile_vae, tc.channels_last_vae)
 
     def build_loader(self, stage: OV3StageConfig, batch_size: int, rank: int, world: int):
+        data, seed = self.cfg.data, self.cfg.train.seed
+        if data.latents:  # the VAE's latents, cached once (`ov3 cache-latents`)
+            return build_latent_loader(
+                data, "train", stage.resolution, batch_size, rank, world, seed
+            )
         return build_loader(
-            self.cfg.data, "train", stage.resolution, batch_size, rank, world, train=True,
-            seed=self.cfg.train.seed,
-        )  # fmt: skip
+            data, "train", stage.resolution, batch_size, rank, world, train=True, seed=seed
+        )
 
     def begin_stage(self, stage: OV3StageConfig, model: OpenVision3, loader) -> None:
         device = model.encoder.cls_token.device

@@ -14,7 +14,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 
-from openvision3.config import ExperimentConfig
+from openvision3.ov3.config import ExperimentConfig
 from openvision3.study.config import GenerationStageConfig, ProbeEvalConfig, RealismConfig
 
 
@@ -51,7 +51,7 @@ def study_summaries() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     import tyro
 
-    from openvision3.cli import _pop_flag, tyro_config
+    from openvision3.configs.parse import pop_flag, tyro_config
     from openvision3.study.runner import run_study
     from openvision3.study.studies import STUDIES, get_study
 
@@ -59,8 +59,8 @@ def main(argv: list[str]) -> int:
         print(f"usage: ov3 study <name> [--overrides]; studies: {sorted(STUDIES)}", file=sys.stderr)
         return 2
     study = get_study(argv[0])
-    base_preset, argv = _pop_flag(argv[1:], "--base-preset")
-    model_preset, argv = _pop_flag(argv, "--model-preset")
+    base_preset, argv = pop_flag(argv[1:], "--base-preset")
+    model_preset, argv = pop_flag(argv, "--model-preset")
     if base_preset or model_preset:
         from openvision3.configs import get_preset
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from openvision3.config import ExperimentConfig
 from openvision3.models.openvision3 import BRANCHES
+from openvision3.ov3.config import ExperimentConfig
 
 DIRECTIONS = ("lower", "higher", "same")
 

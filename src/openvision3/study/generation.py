@@ -42,7 +42,7 @@ def _features(extractor, images: torch.Tensor, batch: int = 64):
 
 def real_images(seed: int, resolution: int, n: int) -> torch.Tensor:
     """The first ``n`` synthetic val images (B, 3, R, R) in [-1, 1]."""
-    from openvision3.demo.synthetic import SyntheticWorld
+    from openvision3.data.synthetic.world import SyntheticWorld
 
     world = SyntheticWorld(seed)
     x = np.stack([world.sample("val", i, resolution)["image"] for i in range(n)])
@@ -51,7 +51,7 @@ def real_images(seed: int, resolution: int, n: int) -> torch.Tensor:
 
 def generate_for_run(study: StudyConfig, run: Path, seed: int, extractor, real_stats) -> dict:
     """Cache the arm's tokens, train its generator, sample, score; returns the results dict."""
-    from openvision3.demo.tokens import cache_demo_tokens
+    from openvision3.data.synthetic.tokens import cache_demo_tokens
     from openvision3.evaluation.fid import frechet_distance
     from openvision3.generation.demo import NUM_CLASSES, token_generator_config
     from openvision3.generation.pipeline import load_generator

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openvision3.demo.synthetic import CELL_NAMES, COLORS, SHAPES, SyntheticWorld
+from openvision3.data.synthetic.world import CELL_NAMES, COLORS, SHAPES, SyntheticWorld
 from openvision3.files import atomic_write, write_json
 from openvision3.study.config import RealismConfig
 

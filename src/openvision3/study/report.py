@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openvision3.config import base_lr
 from openvision3.files import write_json
+from openvision3.ov3.config import base_lr
 from openvision3.study.config import ComparisonConfig, StudyConfig
 from openvision3.study.verdict import REPRODUCED, Outcome, decide
 

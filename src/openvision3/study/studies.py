@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from openvision3.config import (
+from openvision3.data.loader import DataConfig
+from openvision3.data.synthetic.world import SyntheticConfig
+from openvision3.errors import ConfigError
+from openvision3.losses.objective import ObjectiveConfig
+from openvision3.models.caption import CaptionDecoderConfig
+from openvision3.models.decoder import DecoderConfig
+from openvision3.models.encoder import EncoderConfig
+from openvision3.models.openvision3 import ModelConfig
+from openvision3.models.presets import model_config
+from openvision3.models.text import TextEncoderConfig
+from openvision3.models.vae import VAEConfig
+from openvision3.ov3.config import (
     EvalConfig,
     ExperimentConfig,
     OV3StageConfig,
@@ -18,17 +29,6 @@ from openvision3.config import (
     ov3_optim,
     peak_lr,
 )
-from openvision3.data.loader import DataConfig
-from openvision3.demo.synthetic import SyntheticConfig
-from openvision3.errors import ConfigError
-from openvision3.losses.objective import ObjectiveConfig
-from openvision3.models.decoder import DecoderConfig
-from openvision3.models.encoder import EncoderConfig
-from openvision3.models.heads import CaptionDecoderConfig
-from openvision3.models.openvision3 import ModelConfig
-from openvision3.models.presets import model_config
-from openvision3.models.text import TextEncoderConfig
-from openvision3.models.vae import VAEConfig
 from openvision3.study.config import (
     ArmConfig,
     ClaimConfig,

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openvision3.config import ExperimentConfig, OV3StageConfig
 from openvision3.data.loader import build_loader
 from openvision3.evaluation.fid import FeatureStats, frechet_distance
 from openvision3.evaluation.reconstruction import psnr_uint8
@@ -23,6 +22,7 @@ from openvision3.losses.caption import caption_loss
 from openvision3.losses.contrastive import MAX_LOGIT_SCALE
 from openvision3.losses.reconstruction import ReconstructionLoss
 from openvision3.models.openvision3 import OpenVision3
+from openvision3.ov3.config import ExperimentConfig, OV3StageConfig
 from openvision3.ov3.task import OpenVision3Task
 from openvision3.study.config import ProbeEvalConfig
 from openvision3.train.task import register_task

@@ -22,7 +22,7 @@ import importlib
 import json
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -65,6 +65,13 @@ class RunConfig:
         """Settle what the run's inputs decide (an OpenVision 3 run takes the architecture of a
         released encoder it starts from); called once, where a run is set up (``Trainer``),
         before ``validate``. Nothing by default."""
+        return None
+
+    def after_command_line(self, given: Collection[str]) -> None:
+        """Settle what the command line left open, knowing the dotted flags it set (``given``,
+        spelt ``--a.b-c``): a generator takes its token shape from its cache unless
+        ``--model.*`` gives it. Called once after parsing, by ``configs.parse``; nothing by
+        default."""
         return None
 
     def validate(self) -> None:
@@ -166,7 +173,7 @@ class Task(ABC):
 # Task name -> "module:ConfigClass", imported only when a checkpoint of that task is read.
 # The package's own tasks, imported only when a checkpoint names them (the engine imports no task).
 _CONFIGS: dict[str, str | type[RunConfig]] = {
-    "openvision3": "openvision3.config:ExperimentConfig",
+    "openvision3": "openvision3.ov3.config:ExperimentConfig",
     "generation": "openvision3.generation.task:GenerationConfig",
     "llava": "openvision3.understanding.task:LlavaRunConfig",
     "ov3_study": "openvision3.study.task:StudyRunConfig",

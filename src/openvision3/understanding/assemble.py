@@ -25,7 +25,6 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaImageProcessor,
     LlavaProcessor,
-    PreTrainedTokenizerFast,
 )
 
 from openvision3.artefacts import KIND_KEY, portable_name, vlm_card, write_card
@@ -183,7 +182,7 @@ def build_vlm(args: BuildArgs) -> str:
     tower = OpenVision3VisionModel.from_openvision3(ov3, size)
     if args.llm == "tiny":  # a random word-level Llama over the synthetic world's words
         from openvision3.understanding.synthetic_vqa import vocabulary
-        from openvision3.understanding.tiny import tiny_llama
+        from openvision3.understanding.tiny_lm import tiny_llama, word_tokenizer
 
         tokenizer = word_tokenizer(vocabulary())
         lm = tiny_llama(len(tokenizer))
@@ -198,32 +197,3 @@ def build_vlm(args: BuildArgs) -> str:
     }
     save_vlm(vlm, processor, args.out, card)
     return args.out
-
-
-def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (``tokenizers``' ``WordLevel``) over ``words`` plus the special
-    tokens ``<unk> <pad> <s> </s> <image>``; splits on whitespace and punctuation, lower case.
-    Small vocabularies keep a tiny language model's embedding and head small."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    specials = ["<unk>", "<pad>", "<s>", "</s>", IMAGE]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(words)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    # The tokenizer adds its BOS itself, as a Llama tokenizer does (the processor's call).
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=[IMAGE],
-    )
-    return fast

@@ -243,36 +243,23 @@ DEMO_HELP = (
     "captions, stage 2 the projector and LM on questions about synthetic scenes; writes "
     "RUN/understanding/report.md with the accuracy of each question type against its gate."
     "\n\n--understanding selects this mode. With --run DIR it starts from that finished demo "
-    "run; without it, the demo is trained first (`ov3 demo`; the other flags are then its "
-    "preset's) and these options keep their defaults."
+    "run; without it, `ov3 demo` runs first (the other flags are then its preset's) and these "
+    "options keep their defaults."
 )
 
 
 def demo_main(argv: list[str]) -> int:
-    """``ov3 demo --understanding [--run DIR]``: on an existing demo run, or after a new one.
-    Other flags are ``UnderstandingDemoConfig`` fields (``--stage2-steps 600``)."""
+    """``ov3 demo --understanding --run DIR``: on a finished demo run (without ``--run``,
+    ``cli.cmd_demo`` runs ``ov3 demo`` first). Other flags are ``UnderstandingDemoConfig`` fields
+    (``--stage2-steps 600``)."""
     import tyro
 
     require("transformers", "understanding", "ov3 demo --understanding")
     from openvision3.understanding.demo import UnderstandingDemoConfig, run_understanding_demo
 
-    argv = [a for a in argv if a != "--understanding"]
-    run = ""
-    given_run = "--run" in argv or any(a.startswith("--run=") for a in argv)
-    if given_run or any(a in ("-h", "--help") for a in argv):
-        cfg = tyro.cli(
-            UnderstandingDemoConfig,
-            args=argv,
-            prog="ov3 demo --understanding",
-            description=DEMO_HELP,
-        )
-    else:
-        from openvision3.cli import _experiment, default_demo_preset
-        from openvision3.demo.run import run_demo
-
-        preset = default_demo_preset()
-        run = str(run_demo(_experiment(preset, argv, f"ov3 demo --preset {preset}")).parent)
-        cfg = UnderstandingDemoConfig(run=run)
+    cfg = tyro.cli(
+        UnderstandingDemoConfig, args=argv, prog="ov3 demo --understanding", description=DEMO_HELP
+    )
     report = run_understanding_demo(cfg)
     print(f"report: {report}")
     return 0

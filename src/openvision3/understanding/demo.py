@@ -255,9 +255,8 @@ def write_report(out: Path, result: dict) -> Path:
 
 def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     """Cache, assemble, train both stages, evaluate, write ``<out>/report.md`` (+ json)."""
-    from openvision3.config import ExperimentConfig
-    from openvision3.demo.synthetic import SyntheticWorld
-    from openvision3.demo.tokens import cache_demo_tokens, run_tokens
+    from openvision3.data.synthetic.tokens import cache_demo_tokens, run_tokens, run_world
+    from openvision3.data.synthetic.world import SyntheticWorld
     from openvision3.errors import ConfigError
     from openvision3.pretrained import load_pretrained, trained_resolution
     from openvision3.train.trainer import Trainer
@@ -273,7 +272,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     cfg.out = cfg.out or os.path.join(cfg.run, "understanding")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    synthetic = ExperimentConfig.from_json(Path(cfg.run, "config.json").read_text()).data.synthetic
+    synthetic = run_world(cfg.run)
     world_seed = synthetic.seed
     res = trained_resolution(export) or 128
     seconds, t0 = {}, time.perf_counter()

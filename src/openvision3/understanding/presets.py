@@ -26,6 +26,9 @@ STAGE2_SAMPLES = 665_298  # llava_v1_5_mix665k.json
 FREEZE_ALL_BUT_PROJECTOR = ("model.vision_tower", "model.language_model", "lm_head")
 FREEZE_TOWER = ("model.vision_tower",)
 
+# What ``--model-preset`` is refused with (``configs/presets.py``): this family's model flags.
+MODEL_FLAGS = "--model names its VLM folder (`ov3 vlm build --vision EXPORT ...`)"
+
 
 def _stage(samples: int, batch: int, lr: float, freeze: tuple[str, ...]) -> StageConfig:
     steps = math.ceil(samples / batch)

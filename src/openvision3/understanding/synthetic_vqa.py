@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openvision3.demo.synthetic import (
+from openvision3.data.synthetic.world import (
     BACKGROUNDS,
     CELL_NAMES,
     COLORS,

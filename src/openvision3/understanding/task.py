@@ -293,7 +293,7 @@ class SyntheticConversations(torch.utils.data.Dataset):
     def __init__(
         self, d: VLMDataConfig, split, image_size, cached, processor, template, num_image_tokens
     ):
-        from openvision3.demo.synthetic import SyntheticWorld
+        from openvision3.data.synthetic.world import SyntheticWorld
         from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
 
         self.d, self.split, self.image_size = d, split, image_size

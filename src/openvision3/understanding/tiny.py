@@ -7,29 +7,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from openvision3.understanding.assemble import assemble, word_tokenizer
+from openvision3.understanding.assemble import assemble
 from openvision3.understanding.synthetic_vqa import vocabulary
+from openvision3.understanding.tiny_lm import tiny_llama, word_tokenizer
 from openvision3.understanding.tower import OpenVision3VisionModel
-
-
-def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 3, heads: int = 4):
-    """A random Llama (0.81M parameters at 128 x 3 with a 64-word vocabulary)."""
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=4 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=1024,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=1,
-        )
-    )
 
 
 def mu_openvision3():

@@ -36,7 +36,7 @@ def synthetic_gallery(
     root: str | os.PathLike, resolution: int, count: int = SYNTHETIC_IMAGES
 ) -> Gallery:
     """Render the first ``count`` validation scenes of the synthetic world into ``root``."""
-    from openvision3.demo.synthetic import SyntheticWorld
+    from openvision3.data.synthetic.world import SyntheticWorld
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

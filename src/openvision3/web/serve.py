@@ -108,7 +108,7 @@ def ensure_model(path: str, interactive: bool | None = None) -> str:
         "as it is now, then serving it; Ctrl+C stops, `ov3 serve MODEL` serves another model",
         flush=True,
     )
-    from openvision3.demo.run import run_demo
+    from openvision3.ov3.demo import run_demo
 
     run_demo(cfg)
     return path
@@ -140,7 +140,7 @@ def _model_info(path: str, card: dict, config: dict, resolution, limits) -> str:
         + f". Uploads up to {limits.max_file_mb:g} MB and {limits.max_megapixels:g} megapixels."
     )
     if card.get("data") == "synthetic":
-        from openvision3.demo.synthetic import COLORS, SHAPES, TEXTURES
+        from openvision3.data.synthetic.world import COLORS, SHAPES, TEXTURES
 
         info += (
             "\n\n**This is the demo model** (`ov3 demo`): it knows only the synthetic world it "
@@ -181,7 +181,7 @@ def build(cfg: ServeConfig, workdir: str | None = None):
         gallery = synthetic_gallery(root, resolution or GALLERY_RESOLUTION)
     templates, labels = ["a photo of a {}."], "cat, dog, car, tree"
     if card.get("data") == "synthetic":
-        from openvision3.demo.synthetic import ZERO_SHOT_TEMPLATES
+        from openvision3.data.synthetic.world import ZERO_SHOT_TEMPLATES
 
         templates, labels = ZERO_SHOT_TEMPLATES, "red circle, blue square, green star, yellow heart"
     device = None if cfg.device == "auto" else cfg.device

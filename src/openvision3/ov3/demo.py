@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openvision3.config import ExperimentConfig, base_lr
 from openvision3.data.loader import build_loader
-from openvision3.demo.synthetic import CLASS_NAMES, COLORS, SHAPES
+from openvision3.data.synthetic.world import CLASS_NAMES, COLORS, SHAPES
 from openvision3.evaluation.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from openvision3.evaluation.suite import limited
 from openvision3.files import write_json
+from openvision3.ov3.config import ExperimentConfig, base_lr
 from openvision3.ov3.task import prune_model_config
 from openvision3.train.metrics import read_metrics
 from openvision3.train.trainer import Trainer

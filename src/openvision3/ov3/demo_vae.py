@@ -4,7 +4,7 @@ The paper freezes the FLUX.1 VAE (diffusers ``AutoencoderKL``: 8x down, 16 laten
 quant convs). Offline it cannot be downloaded, so the demo uses a small ``AutoencoderKL`` with
 the same interface, trained here on the synthetic world with MSE (L1 optional) + a tiny KL term,
 then frozen.
-The shipped weights live in ``openvision3/demo/assets/demo_vae`` (reproduce: ``ov3 train-vae``).
+The shipped weights live in ``openvision3/ov3/assets/demo_vae`` (reproduce: ``ov3 train-vae``).
 
 After training, the latent scale is calibrated so that ``mean * 0.3611`` (the "ov3" convention
 of :class:`~openvision3.models.vae.FrozenVAE`) has the standard deviation ``latent_std``, as for
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from openvision3.data.synthetic.world import SyntheticWorld
 from openvision3.data.transforms import from_uint8, to_uint8
 from openvision3.dataclass_io import to_dict
-from openvision3.demo.synthetic import SyntheticWorld
 from openvision3.evaluation.reconstruction import psnr_uint8
 from openvision3.models.vae import FLUX_VAE_ARCH, FrozenVAE, VAEConfig
 from openvision3.train.metrics import MetricsLogger, ProgressBar
@@ -39,7 +39,7 @@ from openvision3.train.optim import build_scheduler
 DEMO_VAE_DIR = Path(__file__).resolve().parent / "assets" / "demo_vae"
 DEMO_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 # Run from the repository root; the defaults of VAETrainConfig are the shipped recipe.
-REPRODUCE_COMMAND = "ov3 train-vae --out-dir src/openvision3/demo/assets/demo_vae"
+REPRODUCE_COMMAND = "ov3 train-vae --out-dir src/openvision3/ov3/assets/demo_vae"
 
 
 @dataclass

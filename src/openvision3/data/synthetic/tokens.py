@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from openvision3.demo.synthetic import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
+from openvision3.data.synthetic.world import CELL_NAMES, COLORS, SyntheticConfig, SyntheticWorld
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +79,16 @@ def cache_demo_tokens(
 def run_tokens(run: str) -> str:
     """The demo run's shared token cache folder."""
     return os.path.join(run, "tokens")
+
+
+def run_world(run: str) -> SyntheticConfig:
+    """The synthetic world a finished demo run trained on: ``data.synthetic`` of the run's
+    ``config.json``, the one part of an OpenVision 3 run config the downstream demos read."""
+    from openvision3.dataclass_io import from_dict
+
+    path = os.path.join(run, "config.json")
+    with open(path) as f:
+        data = json.load(f).get("data", {})
+    if not isinstance(data.get("synthetic"), dict):
+        raise ValueError(f"{path} is not the config of an `ov3 demo` run (no data.synthetic)")
+    return from_dict(SyntheticConfig, data["synthetic"], "data.synthetic")

@@ -13,8 +13,7 @@ import re
 from collections.abc import Collection
 
 from openvision3.data.sources import DataSource, register_source
-from openvision3.dataclass_io import to_dict
-from openvision3.demo.synthetic import (
+from openvision3.data.synthetic.world import (
     CLASS_NAMES,
     COLORS,
     SHAPES,
@@ -22,6 +21,7 @@ from openvision3.demo.synthetic import (
     SyntheticConfig,
     SyntheticWorld,
 )
+from openvision3.dataclass_io import to_dict
 
 
 class SyntheticSource:
