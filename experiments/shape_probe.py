@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from openvision3.config import ov3_optim
-from openvision3.configs.presets import demo_model
+from openvision3.demo.presets import demo_model
 from openvision3.demo.synthetic import COLORS, SHAPES, SyntheticWorld, long_caption
 from openvision3.losses.caption import caption_loss
 from openvision3.models.openvision3 import OpenVision3

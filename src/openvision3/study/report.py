@@ -115,7 +115,7 @@ def write_report(study: StudyConfig, data: dict, realism_text: str, seconds: flo
         "A check passes when the paper's claim is reproduced; it is undecided when the study "
         "is inconclusive (the 2 SE interval straddles the target).",
     ]
-    lines = ["| claim | statement | verdict |", "|---|---|---|"]
+    lines = ["## Claims", "", "| claim | statement | verdict |", "|---|---|---|"]
     lines.append(f"| positive control | {study.control.text()} | {control.verdict} |")
     lines += [f"| {c.name} | {c.statement} | {v} |" for c, v, _ in verdicts]
     lines += ["", "## Positive control", ""]
