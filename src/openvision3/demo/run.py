@@ -87,7 +87,7 @@ def learning_checks(metrics: dict, refs: dict) -> list[Check]:
         if ref_key == "chance" and key == "zero_shot_top1":
             ref_text += f" (colour alone: {1 / len(SHAPES):.3f})"
         note = {"x": f"{amount:g} x {ref_text}", "+": f"{ref_text} + {amount:g}"}.get(
-            kind, ref_text
+            kind, f"{ref_text}, for scale"
         )
         rows.append(Check.compare(name, value, ">=", target, note=note))
     return rows
