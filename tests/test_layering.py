@@ -1,4 +1,4 @@
-"""House rule 1, checked on the imports of every file (module level and inside functions):
+"""The package's layering, checked on the imports of every file (module level and inside functions):
 models/ imports nothing from train/, distributed/, data/, evaluation/, inference/ (the loading
 code ``OpenVision3.from_pretrained`` calls is ``openvision3/pretrained.py``, which imports none of
 them either); losses/ and data/ import nothing from train/; inference/ never imports

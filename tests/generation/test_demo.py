@@ -59,3 +59,35 @@ def test_tune_scale_keeps_the_scale_whose_samples_follow_their_labels():
     assert w == 4.0
     assert scores[4.0]["ratio"] > 1.0 > scores[2.0]["ratio"]
     assert scores[4.0]["color"] >= GATES["color"]
+
+
+def test_report_gates_guided_samples_and_the_chance_controls(tmp_path):
+    import json
+
+    from openvision3.generation.demo import CHANCE, demo_checks, write_report
+
+    table = {
+        "real val images": {"color": 1.0, "cell": 0.99, "n": 8},
+        "CFG samples (w = 4)": {"color": 0.9, "cell": 0.3, "n": 8},  # cell below 3x chance
+        "conditional samples (w = 1)": {"color": 0.5, "cell": 0.2, "n": 8},
+        "unconditional samples (w = 0)": {"color": 0.1, "cell": 0.1, "n": 8},
+        "CFG samples vs a wrong label": {"color": 0.3, "cell": 0.1, "n": 8},  # colour > 2x
+    }
+    times = dict.fromkeys(("cache_s", "train_s", "tune_s", "sample_s", "judge_s"), 1.0)
+    extra = {"judge": table, "times": times | {"total_s": 5.0}, "cfg_scale": 4.0, "tuning": {},
+             "sample_steps": 3, "train_steps": 2}  # fmt: skip
+    report = write_report(tmp_path, demo_checks(table, 4.0), extra)
+    assert report["passed"] is False and report["judge"] == table
+    passed = {c["check"]: c["passed"] for c in report["checks"]}
+    assert passed == {
+        "CFG colour >= 5x chance": True,
+        "CFG cell >= 3x chance": False,
+        "CFG samples vs a wrong label: color <= 2x chance": False,
+        "CFG samples vs a wrong label: cell <= 2x chance": True,
+        "unconditional samples (w = 0): color <= 2x chance": True,
+        "unconditional samples (w = 0): cell <= 2x chance": True,
+    }
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    text = (tmp_path / "report.md").read_text()
+    assert f"| CFG cell >= 3x chance | 0.3 | >= {3 * CHANCE['cell']:.4g} | **no** |" in text
+    assert "| CFG samples (w = 4) | 8 | 0.900 | 0.300 |" in text and "samples_grid.png" in text

@@ -1,4 +1,6 @@
-"""Parity with the authors' released encoder layout (reference-code.md section 1)."""
+"""Parity with the authors' released encoders (``UCSC-VLAA/openvision3-vit-*``): an open_clip
+``VisionTransformer`` on 16-channel latents (patch conv without bias, no ``ln_pre``, average
+pooling, LayerNorm eps 1e-6), loaded through ``pretrained.convert_released_state_dict``."""
 
 import json
 from functools import partial

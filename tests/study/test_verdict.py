@@ -149,7 +149,19 @@ def test_report_from_synthetic_curves(tmp_path):
         "claim 3": REPRODUCED,
         "claim 4": REPRODUCED,
     }
+    # One check per comparison, the control first: reproduced passes, inconclusive is undecided.
+    passed = [(c["check"], c["passed"]) for c in out["checks"]]
+    assert passed == [
+        ("positive control", True),
+        ("claim 1", None),
+        ("claim 2", False),
+        ("claim 3", True),
+        ("claim 4", True),
+        ("claim 4", True),
+    ]
+    assert out["passed"] is False
     text = report.read_text()
+    assert "## Verdicts" in text and "| claim 1 | 0 | < 0 | undecided |" in text
     for fig in ("claim1.png", "claim2.png", "claim3.png", "claim4.png", "control.png"):
         assert (report.parent / fig).is_file() and fig in text
     assert "## Rules" in text and "**underpowered**" not in text

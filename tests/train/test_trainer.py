@@ -105,8 +105,10 @@ def test_demo_command_writes_report(tmp_path):
     report = (run / "report.md").read_text()
     assert "## Learning checks" in report and "zero-shot top-1" in report
     assert "colour alone: 0.125" in report and "does not learn: shape" in report
-    checks = json.loads((run / "report.json").read_text())["learning_checks"]
-    assert "captions name the main object's colour" in [c["check"] for c in checks]
+    out = json.loads((run / "report.json").read_text())
+    assert "captions name the main object's colour" in [c["check"] for c in out["checks"]]
+    assert out["passed"] == all(c["passed"] for c in out["checks"])
+    assert {"metrics", "references"} <= set(out)
     assert (run / "loss_curves.png").stat().st_size > 1000
     assert (run / "eval" / "reconstructions.png").is_file()
 

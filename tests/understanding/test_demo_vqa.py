@@ -54,12 +54,41 @@ def test_gates():
     good = {"colour": 0.9, "position": 0.8, "presence": 0.9, "count": 0.5, "background": 0.6}
     good |= {"shape": 0.1, "gated_mean": float(np.mean(list(good.values())))}
     acc = {"vlm": good, "prior": prior, "shuffled": dict(prior)}
-    assert all(g["passed"] for g in gates(acc))
+    assert all(g.passed for g in gates(acc))
     acc["shuffled"] = good  # answers that do not depend on the image would fail
-    assert not gates(acc)[-1]["passed"]
+    assert gates(acc)[-1].passed is False
     acc["vlm"] = good | {"count": 0.2}
-    assert not [g for g in gates(acc) if g["check"].startswith("count")][0]["passed"]
+    assert [g for g in gates(acc) if g.name.startswith("count")][0].passed is False
 
 
 def test_answer_normalisation():
     assert _answer(" Top Left.") == "top left" and _answer("yes?") == "yes"
+
+
+def test_report_holds_the_gates_in_markdown_and_json(tmp_path):
+    import json
+
+    from openvision3.understanding.demo import write_report
+
+    good = {"colour": 0.9, "position": 0.8, "presence": 0.9, "count": 0.5, "background": 0.6}
+    good |= {"shape": 0.1, "gated_mean": 0.74}
+    prior = dict.fromkeys(good, 0.2) | {"presence": 0.5, "gated_mean": 0.28}
+    acc = {"vlm": good | {"position": 0.5}, "prior": prior, "shuffled": dict(prior)}
+    result = {
+        "accuracy": acc,
+        "count": dict.fromkeys(QUESTION_TYPES, 8),
+        "examples": [
+            {"image": 0, "type": "colour", "question": "q?", "answer": "red", "vlm": "red"}
+        ],
+        "seconds": dict.fromkeys(("cache", "stage1", "stage2", "eval", "total"), 1.0),
+        "val_size": 8,
+        "resolution": 64,
+    }
+    text = write_report(tmp_path, result, gates(acc)).read_text()
+    assert "| position accuracy | 0.5 | >= 0.556 | **no** |" in text
+    assert "| colour accuracy | 0.9 | >= 0.625 | yes |" in text
+    assert "All checks passed: **no**." in text and "| shape (not gated) |" in text
+    out = json.loads((tmp_path / "report.json").read_text())
+    assert out["passed"] is False and out["accuracy"] == acc
+    by = {c["check"]: c for c in out["checks"]}
+    assert by["position accuracy"]["passed"] is False and by["count above its prior"]["passed"]

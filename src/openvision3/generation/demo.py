@@ -35,6 +35,7 @@ from openvision3.data.synthetic.tokens import (
     run_world,
 )
 from openvision3.data.synthetic.world import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
+from openvision3.evaluation.checks import Check, write_json, write_markdown
 from openvision3.generation import flow
 
 log = logging.getLogger(__name__)
@@ -206,44 +207,62 @@ def run_generation_demo(
     grid_image(sets["cfg"][:NUM_CLASSES], out / "samples_grid.png")
     times["judge_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - start
-    guided = table[f"CFG samples (w = {cfg_scale:g})"]
-    checks = [
-        ("CFG colour >= 5x chance", guided["color"], GATES["color"], guided["color"] >= GATES["color"]),
-        ("CFG cell >= 3x chance", guided["cell"], GATES["cell"], guided["cell"] >= GATES["cell"]),
-    ]  # fmt: skip
-    for name in ("CFG samples vs a wrong label", "unconditional samples (w = 0)"):
-        for k in ("color", "cell"):
-            v = table[name][k]
-            checks.append((f"{name}: {k} <= 2x chance", v, 2 * CHANCE[k], v <= 2 * CHANCE[k]))
-    report = {
+    extra = {
         "judge": table,
-        "checks": [{"check": c, "value": v, "threshold": t, "passed": p} for c, v, t, p in checks],
-        "passed": all(c[3] for c in checks),
         "times": times,
         "cfg_scale": cfg_scale,
         "tuning": {f"{w:g}": v for w, v in tuning.items()},
         "sample_steps": sample_steps,
         "train_steps": cfg.train.stages[0].steps,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_markdown(report))
+    return write_report(out, demo_checks(table, cfg_scale), extra)
+
+
+def demo_checks(table: dict, cfg_scale: float) -> list[Check]:
+    """The judge's scores (``table``: image set -> colour and cell accuracy) against the gates:
+    guided samples well above chance, samples against a wrong label or without one near it."""
+    guided = table[f"CFG samples (w = {cfg_scale:g})"]
+    checks = [
+        Check.compare("CFG colour >= 5x chance", guided["color"], ">=", GATES["color"]),
+        Check.compare("CFG cell >= 3x chance", guided["cell"], ">=", GATES["cell"]),
+    ]
+    for name in ("CFG samples vs a wrong label", "unconditional samples (w = 0)"):
+        for k in ("color", "cell"):
+            checks.append(
+                Check.compare(f"{name}: {k} <= 2x chance", table[name][k], "<=", 2 * CHANCE[k])
+            )
+    return checks
+
+
+def write_report(out: Path, checks: list[Check], extra: dict) -> dict:
+    """Write ``report.json`` (the checks beside ``extra``: judge, times, cfg_scale, tuning,
+    sample_steps, train_steps) and ``report.md`` under ``out``; returns the JSON's dict."""
+    title, context = "Generation demo: DiT-DH on the frozen demo tokens", report_context(extra)
+    report = write_json(out / "report.json", title, context, checks, **extra)
+    write_markdown(
+        out / "report.md", title, context, checks, before=judge_section(extra),
+        after=["Guided samples, one per class (rows: colours; columns: cells):", "",
+               "![samples](samples_grid.png)"],
+    )  # fmt: skip
     return report
 
 
-def report_markdown(r: dict) -> str:
+def report_context(r: dict) -> list[str]:
+    """The report's context line: classes, chance, steps and wall times."""
     t = r["times"]
-    lines = [
-        "# Generation demo: DiT-DH on the frozen demo tokens",
-        "",
-        f"Class = main object colour x grid cell (72 classes; chance 0.125 colour, 0.111 cell). "
+    return [
+        f"Class = main object colour x grid cell ({NUM_CLASSES} classes; chance "
+        f"{CHANCE['color']:.3f} colour, {CHANCE['cell']:.3f} cell). "
         f"{r['train_steps']} training steps; Euler on {r['sample_steps']} shifted grid points. "
         f"Wall time {t['total_s'] / 60:.1f} min (cache {t['cache_s']:.0f} s, train "
         f"{t['train_s']:.0f} s, CFG tuning {t.get('tune_s', 0):.0f} s, sample "
-        f"{t['sample_s']:.0f} s, judge {t['judge_s']:.0f} s).",
-        "",
-        "| images | n | colour | cell |",
-        "|---|---|---|---|",
+        f"{t['sample_s']:.0f} s, judge {t['judge_s']:.0f} s)."
     ]
+
+
+def judge_section(r: dict) -> list[str]:
+    """The judge's table: colour and cell accuracy of each image set, and the CFG tuning."""
+    lines = ["## Pixel judge", "", "| images | n | colour | cell |", "|---|---|---|---|"]
     lines += [
         f"| {k} | {v['n']} | {v['color']:.3f} | {v['cell']:.3f} |" for k, v in r["judge"].items()
     ]
@@ -253,11 +272,4 @@ def report_markdown(r: dict) -> str:
         )
         lines += ["", f"CFG scale tuned on other samples (one per class, noise seed 2; colour / "
                   f"cell): {tried}; chosen w = {r['cfg_scale']:g}."]  # fmt: skip
-    lines += ["", "| check | value | threshold | passed |", "|---|---|---|---|"]
-    lines += [
-        f"| {c['check']} | {c['value']:.3f} | {c['threshold']:.3f} | {c['passed']} |"
-        for c in r["checks"]
-    ]
-    lines += ["", "Guided samples, one per class (rows: colours; columns: cells):", "",
-              "![samples](samples_grid.png)", ""]  # fmt: skip
-    return "\n".join(lines)
+    return lines

@@ -49,7 +49,7 @@ def demo_dit() -> DiTDHConfig:
     """DiT-DH-demo for the demo's 8x8x192 tokens: backbone 192 / 4 / 3, head 256 / 2 / 4, 72
     classes (main object colour x grid cell); widths >= the token dimension (RAE's rule). The
     label table starts at std 1 instead of RAE's 0.02: in a 400-step run the small rows barely
-    move and the generator ignores its labels (measured: guided samples at chance)."""
+    move and the generator ignores its labels (``docs/generation.md``)."""
     return DiTDHConfig(
         in_channels=192, input_size=8, width=192, depth=4, heads=3,
         head_width=256, head_depth=2, head_heads=4, num_classes=72, class_init_std=1.0,

@@ -10,10 +10,8 @@ Choices the paper leaves open:
   2-D sin-cos table of their grid, added after the projection and before keep-ratio dropping
   (so a kept subset keeps its positions). The encoder's own input positions fade in the
   residual stream of an unnormalised last block; without them the decoder reads *what* is in
-  the image much sooner than *where* (measured on the synthetic world: captions named the
-  grid cell of the main object at chance after 500 steps while a linear probe on the
-  flattened tokens found it 97 % of the time). ``image_pos="none"`` gives a decoder that is
-  blind to the token order.
+  the image much sooner than *where* (on the synthetic world: ``docs/demo-learning.md``).
+  ``image_pos="none"`` gives a decoder that is blind to the token order.
 - Image tokens are LayerNorm-ed before ``image_proj``: the unified tokens come without the
   encoder's final LayerNorm.
 - ``lm_head`` is untied from ``token_embed`` and has no bias: tying shares one parameter between

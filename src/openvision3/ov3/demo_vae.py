@@ -84,7 +84,7 @@ class VAETrainConfig:
     val_resolutions: tuple[int, ...] = (64, 128)  # validation render sizes
     seed: int = 0  # seeds initialisation and crops
     world_seed: int = 0  # the synthetic world (objects, colours) the images come from
-    num_threads: int = 1  # on a shared 2-core machine, 2 threads ran 10x slower than 1
+    num_threads: int = 1  # torch threads (more ran slower on 2 shared cores: docs/demo-learning.md)
     log_every: int = 100  # log every N steps
 
     def __post_init__(self):

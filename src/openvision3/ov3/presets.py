@@ -220,9 +220,9 @@ def demo_model() -> ModelConfig:
 def demo() -> ExperimentConfig:
     """`ov3 demo`: all losses, two resolution stages (96 then 128 px), synthetic data, CPU.
 
-    Sized to finish in under 15 minutes on 2 CPU cores with room to spare: 470 steps. (530 steps
-    took 936 s on a 2-core machine that trains the 128 px stage at 18 images/s.) Shapes are too small to tell apart at
-    64 px, so the first stage runs at 96 px. LPIPS stays off: its VGG weights cannot be
+    Sized to finish in under 15 minutes on 2 CPU cores with room to spare: 470 steps (wall
+    times: ``docs/demo-learning.md``). Shapes are too small to tell apart at 64 px, so the
+    first stage runs at 96 px. LPIPS stays off: its VGG weights cannot be
     downloaded offline (set objective.lpips_weights and the stage's lpips_weight).
     Peak LR = base LR x 32 / 256: 1e-3, then 7.5e-4.
     """

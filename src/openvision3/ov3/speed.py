@@ -7,10 +7,9 @@ The transformer blocks are compiled by ``distributed/parallelize.py``; the VAE i
   cuDNN autotuning on (``cudnn.benchmark``: each stage has one input shape, so the search pays
   once). CUDA only: on CPU it only adds layout conversions.
 - ``compile``: ``torch.compile`` of the VAE's encoder and decoder modules in place (parameter
-  names unchanged, and the frozen VAE never enters our checkpoints anyway). Measured by
-  ``scripts/anchor_bench.py`` on an NVIDIA H200 (FLUX.1 VAE, random weights, 256 px, batch
-  32, bf16 channels_last): encode 558 -> 1346 images/s, decode forward + backward 130 -> 198
-  images/s.
+  names unchanged, and the frozen VAE never enters our checkpoints anyway).
+
+What each option buys, timed by ``scripts/anchor_bench.py``: ``docs/performance.md``.
 """
 
 from __future__ import annotations

@@ -5,18 +5,15 @@ Negative and inconclusive results are reported as they come.
 
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from openvision3.files import write_json
+from openvision3.evaluation.checks import Check, machine_line, write_json, write_markdown
 from openvision3.ov3.config import base_lr
 from openvision3.study.config import ComparisonConfig, StudyConfig
-from openvision3.study.verdict import REPRODUCED, Outcome, decide
+from openvision3.study.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Outcome, decide
 
 METRICS = {
     "rec": "held-out reconstruction loss (pixel L1 + 0.4 latent L1; pixel arm: pixel L1)",
@@ -80,14 +77,20 @@ def plot_claim(path: Path, title: str, rules: list[ComparisonConfig], data: dict
     plt.close(fig)
 
 
-def _outcome_row(name: str, rule: ComparisonConfig, o: Outcome, data: dict) -> str:
+# A study verdict as a check's ``passed``: inconclusive is undecided, not failed.
+PASSED = {REPRODUCED: True, NOT_REPRODUCED: False, INCONCLUSIVE: None}
+
+
+def outcome_check(name: str, rule: ComparisonConfig, o: Outcome, data: dict) -> Check:
+    """One comparison as a check: the paired mean difference against 0 (or the +-delta band of
+    a "same" comparison); the note gives the rule, each side's mean +- std and the interval."""
     a = data.get(rule.arm, {}).get("finals", {}).get(rule.metric, [])
     b = data.get(rule.baseline, {}).get("finals", {}).get(rule.metric, [])
-    verdict = o.verdict if o.verdict != REPRODUCED else f"**{o.verdict}**"
-    return (
-        f"| {name} | {rule.text()} | {mean_std(a)} | {mean_std(b)} | "
-        f"{o.mean_diff:+.4g} [{o.low:+.4g}, {o.high:+.4g}] | {verdict} |"
+    op, target = {"lower": ("<", 0.0), "higher": (">", 0.0)}.get(
+        rule.direction, ("within", o.delta)
     )
+    note = f"{rule.text()}: {mean_std(a)} vs {mean_std(b)}; {o.why}"
+    return Check(name, o.mean_diff, target, PASSED[o.verdict], op, note)
 
 
 def write_report(study: StudyConfig, data: dict, realism_text: str, seconds: float) -> Path:
@@ -99,26 +102,20 @@ def write_report(study: StudyConfig, data: dict, realism_text: str, seconds: flo
     steps = study.base.train.total_steps
     walls = [w for d in data.values() for w in d["wall"]]
     runs_done = sum(len(d["curves"]) for d in data.values())
-    lines = [
-        f"# Study `{study.name}`: the paper's section-5 findings",
-        "",
-        f"Command: `ov3 study {study.name}`. Machine: {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Runs finished: {runs_done} of "
+    checks = [outcome_check("positive control", study.control, control, data)]
+    for claim, _, outcomes in verdicts:
+        checks += [
+            outcome_check(claim.name, r, o, data) for r, o in zip(claim.comparisons, outcomes)
+        ]
+    title = f"Study `{study.name}`: the paper's section-5 findings"
+    context = [
+        f"Command: `ov3 study {study.name}`. {machine_line()} Runs finished: {runs_done} of "
         f"{len(study.arms) * len(study.seeds)}. Training wall time of the runs: "
         f"{sum(walls):.0f} s ({len(walls)} timed); this invocation: {seconds:.0f} s.",
-        "",
-        "## Verdicts",
-        "",
-        "| claim | rule | arm (mean +- std) | baseline (mean +- std) | diff [2 SE interval] "
-        "| verdict |",
-        "|---|---|---|---|---|---|",
-        _outcome_row("positive control", study.control, control, data),
+        "A check passes when the paper's claim is reproduced; it is undecided when the study "
+        "is inconclusive (the 2 SE interval straddles the target).",
     ]
-    for claim, _, outcomes in verdicts:
-        for rule, o in zip(claim.comparisons, outcomes):
-            lines.append(_outcome_row(claim.name, rule, o, data))
-    lines += ["", "| claim | statement | verdict |", "|---|---|---|"]
+    lines = ["## Claims", "", "| claim | statement | verdict |", "|---|---|---|"]
     lines.append(f"| positive control | {study.control.text()} | {control.verdict} |")
     lines += [f"| {c.name} | {c.statement} | {v} |" for c, v, _ in verdicts]
     lines += ["", "## Positive control", ""]
@@ -149,21 +146,22 @@ def write_report(study: StudyConfig, data: dict, realism_text: str, seconds: flo
     lines += ["### positive control", "", "![positive control](control.png)", ""]
     lines += final_table(study, data)
     lines += arms_section(study)
-    path = root / "report.md"
-    path.write_text("\n".join(lines) + "\n")
     write_json(
         root / "report.json",
-        {
-            "control": asdict(control),
-            "claims": [
-                {"name": c.name, "verdict": v, "outcomes": [asdict(o) for o in os_]}
-                for c, v, os_ in verdicts
-            ],
-            "finals": finals,
-            "wall_seconds": walls,
-        },
+        title,
+        context,
+        checks,
+        control=asdict(control),
+        claims=[
+            {"name": c.name, "verdict": v, "outcomes": [asdict(o) for o in os_]}
+            for c, v, os_ in verdicts
+        ],
+        finals=finals,
+        wall_seconds=walls,
     )
-    return path
+    return write_markdown(
+        root / "report.md", title, context, checks, after=lines, heading="Verdicts"
+    )
 
 
 def compare_or_missing(rule: ComparisonConfig, finals: dict) -> Outcome:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openvision3.files import write_json
+from openvision3.evaluation.checks import Check, write_json, write_markdown
 from openvision3.understanding.synthetic_vqa import GATED_TYPES, QUESTION_TYPES, scene_questions
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,9 @@ class UnderstandingDemoConfig:
     hidden: int = 128  # the tiny language model's hidden size
     layers: int = 3  # its decoder layers
     heads: int = 4  # its attention heads
-    # Sized for about 10 minutes on two CPU cores (8.5 min with the cache in place where
-    # `ov3 demo` takes 12.7 min; 17.4 min on cores where it takes 23.6): a stage-2 step (batch
-    # 64 single-question conversations of about 80 tokens, 64 of them the image's) takes 0.3 to
-    # 0.63 s there, a third of a six-turn one (`vqa`). Measured: 300 six-turn steps left
-    # position at chance; 1200 single-question steps reach 0.74 to 0.95.
+    # Sized for a run of minutes on a few CPU cores (wall times and what fewer or six-turn
+    # steps reach: docs/understanding.md). A stage-2 step is 64 single-question conversations of
+    # about 80 tokens, 64 of them the image's: a third of a six-turn one (`vqa`).
     stage1_steps: int = 150  # stage 1 (the projector alone, on captions) steps
     stage2_steps: int = 1200  # stage 2 (projector + LM on questions) steps
     batch_size: int = 64  # conversations per step
@@ -172,85 +170,70 @@ def _save_examples(images: torch.Tensor, out: Path) -> None:
     Image.fromarray(np.concatenate(list(row), axis=1)).save(out / "examples.png")
 
 
-def gates(acc: dict) -> list[dict]:
+def gates(acc: dict) -> list[Check]:
+    """The demo's checks from ``evaluate_vqa``'s accuracies (``vlm``, ``prior``, ``shuffled``)."""
     vlm, prior, shuffled = acc["vlm"], acc["prior"], acc["shuffled"]
-    rows = [
-        {"check": f"{t} accuracy", "value": vlm[t], "target": v, "passed": vlm[t] >= v}
-        for t, v in ABSOLUTE_GATES.items()
-    ]
+    rows = [Check.compare(f"{t} accuracy", vlm[t], ">=", v) for t, v in ABSOLUTE_GATES.items()]
     rows += [
-        {
-            "check": f"{t} above its prior",
-            "value": vlm[t],
-            "target": prior[t],
-            "passed": vlm[t] > prior[t],
-        }
+        Check.compare(f"{t} above its prior", vlm[t], ">", prior[t], note="the answer prior")
         for t in ABOVE_PRIOR
     ]
-    target = prior["gated_mean"] + MEAN_MARGIN
     rows.append(
-        {
-            "check": "gated mean >= prior + 0.3",
-            "value": vlm["gated_mean"],
-            "target": target,
-            "passed": vlm["gated_mean"] >= target,
-        }
+        Check.compare(
+            f"gated mean >= prior + {MEAN_MARGIN:g}",
+            vlm["gated_mean"],
+            ">=",
+            prior["gated_mean"] + MEAN_MARGIN,
+            note=f"the prior's gated mean {prior['gated_mean']:.3f} + {MEAN_MARGIN:g}",
+        )
     )
-    target = prior["gated_mean"] + SHUFFLE_MARGIN
     rows.append(
-        {
-            "check": "shuffled images <= prior + 0.05",
-            "value": shuffled["gated_mean"],
-            "target": target,
-            "passed": shuffled["gated_mean"] <= target,
-        }
+        Check.compare(
+            f"shuffled images <= prior + {SHUFFLE_MARGIN:g}",
+            shuffled["gated_mean"],
+            "<=",
+            prior["gated_mean"] + SHUFFLE_MARGIN,
+            note="the answers must come from the image",
+        )
     )
-    for r in rows:
-        r["passed"] = bool(r["passed"])
     return rows
 
 
-def write_report(out: Path, result: dict) -> Path:
-    acc, lines = result["accuracy"], []
-    lines += ["# Understanding demo: a tiny LLaVA on the frozen demo model's tokens", ""]
-    lines += [
+def write_report(out: Path, result: dict, checks: list[Check]) -> Path:
+    """Write ``report.json`` (``result`` beside the checks) and ``report.md``."""
+    acc, t = result["accuracy"], result["seconds"]
+    title = "Understanding demo: a tiny LLaVA on the frozen demo model's tokens"
+    context = [
         f"Held-out questions on {result['val_size']} val scenes, answered by the saved VLM "
         "(reloaded with `from_pretrained`) through `generate` on the images.",
+        f"Wall time: cache {t['cache']:.0f} s, stage 1 {t['stage1']:.0f} s, stage 2 "
+        f"{t['stage2']:.0f} s, evaluation {t['eval']:.0f} s, total {t['total']:.0f} s.",
+    ]
+    write_json(out / "report.json", title, context, checks, **result)
+    before = [
+        "## Accuracy",
         "",
         "| type | VLM | shuffled images | answer prior |",
         "|---|---|---|---|",
     ]
-    for t in (*QUESTION_TYPES, "gated_mean"):
-        note = " (not gated)" if t == "shape" else ""
-        lines.append(
-            f"| {t}{note} | {acc['vlm'][t]:.3f} | {acc['shuffled'][t]:.3f} | {acc['prior'][t]:.3f} |"
+    for q in (*QUESTION_TYPES, "gated_mean"):
+        note = " (not gated)" if q == "shape" else ""
+        before.append(
+            f"| {q}{note} | {acc['vlm'][q]:.3f} | {acc['shuffled'][q]:.3f} | {acc['prior'][q]:.3f} |"
         )
-    lines += ["", "| check | value | target | passed |", "|---|---|---|---|"]
-    for g in result["checks"]:
-        lines.append(
-            f"| {g['check']} | {g['value']:.3f} | {g['target']:.3f} | {'yes' if g['passed'] else 'NO'} |"
-        )
-    lines += [
-        "",
+    after = [
         "Shape is not gated: the demo model's tokens carry the main object's shape poorly "
-        "(a linear probe reads it about a third of the time), so no model on top of them can "
+        "(`docs/demo-learning.md`), so no model on top of them can "
         "answer shape questions well.",
         "",
         "## Examples (images left to right in `examples.png`)",
         "",
     ]
     for e in result["examples"]:
-        lines.append(
+        after.append(
             f"- image {e['image']}, {e['type']}: {e['question']} -> {e['vlm']!r} (truth {e['answer']!r})"
         )
-    t = result["seconds"]
-    lines += [
-        "",
-        f"Wall time: cache {t['cache']:.0f} s, stage 1 {t['stage1']:.0f} s, stage 2 {t['stage2']:.0f} s, evaluation {t['eval']:.0f} s, total {t['total']:.0f} s.",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_markdown(out / "report.md", title, context, checks, before=before, after=after)
 
 
 def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
@@ -310,10 +293,6 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     result = evaluate_vqa(vlm, world, cfg, res, answer_prior(world, cfg.train_size, cfg.seed))
     seconds["eval"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    result.update(
-        checks=gates(result["accuracy"]), seconds=seconds, val_size=cfg.val_size, resolution=res
-    )
-    result["passed"] = all(g["passed"] for g in result["checks"])
-    write_json(out / "report.json", result)
+    result.update(seconds=seconds, val_size=cfg.val_size, resolution=res)
     log.info("understanding demo: %s", json.dumps(result["accuracy"]["vlm"]))
-    return write_report(out, result)
+    return write_report(out, result, gates(result["accuracy"]))
