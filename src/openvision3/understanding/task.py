@@ -218,21 +218,35 @@ class LlavaTask(Task):
     # ------------------------------------------------------------------ step
     @staticmethod
     def logits(train_model: nn.Module, model: nn.Module, mb: dict) -> torch.Tensor:
-        """(B, L, V) logits of a micro-batch: pixels through the tower, or cached unified
-        tokens (B, N, D) projected and placed at the image tokens."""
+        """(B, L, V) logits of a micro-batch through transformers' LLaVA forward: pixels through
+        the tower, or cached unified tokens (B, N, D) projected here and handed over as the
+        image encoder's output (``mm_encoder_outputs``), which ``LlavaModel.forward`` places
+        at the ``<image>`` tokens after checking their count (``get_placeholder_mask``)."""
+        inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"]}
         if "image_tokens" in mb:
-            embeds = model.get_input_embeddings()(mb["input_ids"])  # (B, L, H)
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
             feats = model.model.multi_modal_projector(mb["image_tokens"])  # (B, N, H)
-            mask = (mb["input_ids"] == model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-            out = train_model(inputs_embeds=embeds, attention_mask=mb["attention_mask"])
+            # One (N, H) per image, as ``LlavaModel.get_image_features`` returns them.
+            image = BaseModelOutputWithPooling(pooler_output=list(feats))
+            inputs["mm_encoder_outputs"] = {"image": image}
         else:
-            out = train_model(
-                input_ids=mb["input_ids"],
-                attention_mask=mb["attention_mask"],
-                pixel_values=mb.get("pixel_values"),
-            )
-        return out.logits
+            inputs["pixel_values"] = mb.get("pixel_values")
+        try:
+            return train_model(**inputs).logits
+        except ValueError as err:  # transformers' count check, on data a user can fix
+            if "image tokens do not match" not in str(err):
+                raise
+            found = int((mb["input_ids"] == model.config.image_token_id).sum())
+            given = mb.get("image_tokens", mb.get("pixel_values"))
+            images = 0 if given is None else len(given)
+            n = model.config.vision_config.num_image_tokens
+            n = mb["image_tokens"].shape[1] if "image_tokens" in mb else n
+            raise ConfigError(
+                f"a batch holds {found} <image> tokens for {images} images of {n} tokens: a "
+                "conversation cut inside its image (raise --data.max-length) or <image> in a "
+                f"record without an image (transformers: {err})"
+            ) from None
 
     def forward_backward(self, train_model, model, batch, accum_steps, autocast):
         """Cross-entropy summed over the answer tokens, divided by the global batch's count
