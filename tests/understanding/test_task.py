@@ -203,24 +203,56 @@ def test_transformers_checks_the_image_token_count(extra):
         _loss_and_grads(task, model, _cached(model, batch, tokens))
 
 
-def test_conversation_cut_inside_its_image_is_one_line(tmp_path, capsys):
-    """``ov3 train`` on LLaVA JSON whose --data.max-length cuts the image tokens: transformers'
-    count check, printed as one line naming the flag, exit status 2."""
+def _llava_json(root, images: list[bool]) -> None:
+    """``root/data.json``: one conversation per entry of ``images``, about ``root/images/0.png``
+    where True, text-only where False."""
     import json
 
     import numpy as np
     from PIL import Image
 
+    (root / "images").mkdir()
+    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(root / "images" / "0.png")
+    records = []
+    for i, image in enumerate(images):
+        q = "what colour is the large object?"
+        conv = [{"from": "human", "value": f"<image>\n{q}" if image else q}]
+        records.append({"id": i, "conversations": conv + [{"from": "gpt", "value": "red"}]})
+        if image:
+            records[-1]["image"] = "0.png"
+    (root / "data.json").write_text(json.dumps(records))
+
+
+def test_text_only_conversations_under_accumulation(tmp_path):
+    """LLaVA JSON mixing image and text-only conversations (the 665K mix holds both): every
+    micro-batch pairs its own conversations with their own pixels, so the loss and gradients
+    are the same at 1, 2 and 4 micro-batches."""
+    from openvision3.understanding.data import collate
+
+    _llava_json(tmp_path, [False, True, False, True])
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    cfg.data.source, cfg.data.json_path = "llava_json", str(tmp_path / "data.json")
+    cfg.data.image_folder = str(tmp_path / "images")
+    task = cfg.build_task()
+    data = task.dataset()
+    batch = collate([data[i] for i in range(4)], task.processor.tokenizer.pad_token_id)
+    assert batch["has_image"].tolist() == [False, True, False, True]
+    model = task.build_model()
+    loss1, grads1 = _loss_and_grads(task, model, batch, 1)
+    assert any(n.startswith("model.multi_modal_projector.") for n in grads1)
+    for k in (2, 4):
+        loss, grads = _loss_and_grads(task, model, batch, k)
+        torch.testing.assert_close(loss, loss1, rtol=1e-5, atol=1e-6)
+        for n in grads1:
+            torch.testing.assert_close(grads[n], grads1[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_conversation_cut_inside_its_image_is_one_line(tmp_path, capsys):
+    """``ov3 train`` on LLaVA JSON whose --data.max-length cuts the image tokens: transformers'
+    count check, printed as one line naming the flag, exit status 2."""
     from openvision3.cli import main
 
-    (tmp_path / "images").mkdir()
-    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(tmp_path / "images" / "0.png")
-    conv = [
-        {"from": "human", "value": "<image>\nwhat colour is the large object?"},
-        {"from": "gpt", "value": "red"},
-    ]
-    records = [{"id": i, "image": "0.png", "conversations": conv} for i in range(2)]
-    (tmp_path / "data.json").write_text(json.dumps(records))
+    _llava_json(tmp_path, [True, True])
     # vicuna_v1 puts 32 tokens (BOS, system prompt, "USER:") before the 4 image tokens.
     argv = ["train", "llava15_ov3_b2_stage2_smoke", "--run-dir", str(tmp_path / "run")]
     argv += ["--data.source", "llava_json", "--data.json-path", str(tmp_path / "data.json")]

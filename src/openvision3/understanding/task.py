@@ -251,15 +251,18 @@ class LlavaTask(Task):
             # One (N, H) per image, as ``LlavaModel.get_image_features`` returns them.
             image = BaseModelOutputWithPooling(pooler_output=list(feats))
             inputs["mm_encoder_outputs"] = {"image": image}
-        else:
-            inputs["pixel_values"] = mb.get("pixel_values")
+        elif "pixel_values" in mb:
+            # Text-only conversations (``has_image`` False) carry zero pixels the tower skips.
+            pixels, rows = mb["pixel_values"], mb.get("has_image")
+            pixels = pixels if rows is None else pixels[rows]  # (B', 3, R, R)
+            inputs["pixel_values"] = pixels if len(pixels) else None
         try:
             return train_model(**inputs).logits
         except ValueError as err:  # transformers' count check, on data a user can fix
             if "image tokens do not match" not in str(err):
                 raise
             found = int((mb["input_ids"] == model.config.image_token_id).sum())
-            given = mb.get("image_tokens", mb.get("pixel_values"))
+            given = mb.get("image_tokens", inputs.get("pixel_values"))
             images = 0 if given is None else len(given)
             n = model.config.vision_config.num_image_tokens
             n = mb["image_tokens"].shape[1] if "image_tokens" in mb else n
