@@ -81,9 +81,7 @@ def _training_items(root):
         template="vicuna_v1",
         data=VLMDataConfig(json_path=str(root / "data.json"), image_folder=str(root / "images")),
     )
-    task = cfg.build_task()
-    task.build_model()
-    data = task.dataset()
+    data = cfg.build_task().dataset()  # the folder's processor and config; no weights needed
     return [data[i] for i in range(len(data))]
 
 

@@ -101,14 +101,10 @@ def test_synthetic_questions_multi_turn_or_one_per_conversation():
     from openvision3.understanding.synthetic_vqa import QUESTION_TYPES
 
     cfg = get_preset("llava15_ov3_b2_stage2_smoke")
-    task = cfg.build_task()
-    task.build_model()
-    multi = task.dataset()
+    multi = cfg.build_task().dataset()
     cfg = get_preset("llava15_ov3_b2_stage2_smoke")
     cfg.data.questions = "vqa_single"
-    single = cfg.build_task()
-    single.processor, single._model_config = task.processor, task._model_config
-    one = single.dataset()
+    one = cfg.build_task().dataset()
     t = len(QUESTION_TYPES)
     assert len(one) == t * len(multi)
     for scene in range(3):
@@ -129,13 +125,8 @@ def test_repeated_question_types_draw_their_own_questions():
     from openvision3.understanding.task import VLMDataConfig
 
     cfg = get_preset("llava15_ov3_b2_stage2_smoke")
-    task = cfg.build_task()
-    task.build_model()
-    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
     cfg.data.questions, cfg.data.repeats = "vqa_single", {"presence": 4}
-    rep = cfg.build_task()
-    rep.processor, rep._model_config = task.processor, task._model_config
-    data = rep.dataset()
+    data = cfg.build_task().dataset()
     t, per = len(QUESTION_TYPES), len(QUESTION_TYPES) + 3
     assert data.per_scene == per and len(data) == per * cfg.data.synthetic_size
     asked = set()
@@ -156,3 +147,120 @@ def test_repeated_question_types_draw_their_own_questions():
             VLMDataConfig(source="synthetic", questions="vqa_single", repeats=bad)
     with pytest.raises(ValueError, match="vqa_single only"):
         VLMDataConfig(source="synthetic", questions="vqa", repeats={"presence": 2})
+
+
+def _task_batch(n: int = 4):
+    """The stage-2 smoke task, one batch of n synthetic conversations (read before the model
+    is built: the data needs only the model's processor and config) and the model."""
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    task = cfg.build_task()
+    batch = next(iter(task.build_loader(cfg.train.stages[0], n, 0, 1)))
+    return task, task.build_model(), batch
+
+
+def _loss_and_grads(task, model, batch, k: int = 1):
+    model.zero_grad()
+    loss = task.forward_backward(model, model, batch, k, contextlib.nullcontext)["loss"]
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _cached(model, batch, tokens=None):
+    """The batch with the tower's unified tokens (B, N, D) in place of its pixels."""
+    if tokens is None:
+        with torch.no_grad():
+            tokens = model.model.vision_tower.encode(batch["pixel_values"])
+    return {k: v for k, v in batch.items() if k != "pixel_values"} | {"image_tokens": tokens}
+
+
+def test_cached_tokens_train_as_pixels_do():
+    """Cached unified tokens, projected and handed to transformers' LLaVA forward as the image
+    encoder's output, give the pixel path's loss and gradients bit for bit."""
+    task, model, batch = _task_batch()
+    loss_p, grads_p = _loss_and_grads(task, model, batch)
+    loss_c, grads_c = _loss_and_grads(task, model, _cached(model, batch))
+    assert torch.equal(loss_c, loss_p)
+    assert grads_c.keys() == grads_p.keys()
+    assert any(n.startswith("model.multi_modal_projector.") for n in grads_c)
+    for n in grads_p:
+        assert torch.equal(grads_c[n], grads_p[n]), n
+
+
+@pytest.mark.parametrize("extra", [1, -1])
+def test_transformers_checks_the_image_token_count(extra):
+    """Cached tokens of another length than the run of <image> tokens: transformers' own check
+    (``LlavaModel.get_placeholder_mask``) refuses the batch, surfaced as a ConfigError; a longer
+    run is not silently cut to fit."""
+    from openvision3.errors import ConfigError
+
+    task, model, batch = _task_batch(2)
+    with torch.no_grad():
+        tokens = model.model.vision_tower.encode(batch["pixel_values"])  # (2, N, D)
+    n = tokens.shape[1]
+    tokens = torch.cat([tokens, tokens[:, :1]], 1) if extra > 0 else tokens[:, :-1]
+    with pytest.raises(
+        ConfigError, match=rf"holds {2 * n} <image> tokens for 2 images of {n + extra} tokens"
+    ):
+        _loss_and_grads(task, model, _cached(model, batch, tokens))
+
+
+def _llava_json(root, images: list[bool]) -> None:
+    """``root/data.json``: one conversation per entry of ``images``, about ``root/images/0.png``
+    where True, text-only where False."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir()
+    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(root / "images" / "0.png")
+    records = []
+    for i, image in enumerate(images):
+        q = "what colour is the large object?"
+        conv = [{"from": "human", "value": f"<image>\n{q}" if image else q}]
+        records.append({"id": i, "conversations": conv + [{"from": "gpt", "value": "red"}]})
+        if image:
+            records[-1]["image"] = "0.png"
+    (root / "data.json").write_text(json.dumps(records))
+
+
+def test_text_only_conversations_under_accumulation(tmp_path):
+    """LLaVA JSON mixing image and text-only conversations (the 665K mix holds both): every
+    micro-batch pairs its own conversations with their own pixels, so the loss and gradients
+    are the same at 1, 2 and 4 micro-batches."""
+    from openvision3.understanding.data import collate
+
+    _llava_json(tmp_path, [False, True, False, True])
+    cfg = get_preset("llava15_ov3_b2_stage2_smoke")
+    cfg.data.source, cfg.data.json_path = "llava_json", str(tmp_path / "data.json")
+    cfg.data.image_folder = str(tmp_path / "images")
+    task = cfg.build_task()
+    data = task.dataset()
+    batch = collate([data[i] for i in range(4)], task.processor.tokenizer.pad_token_id)
+    assert batch["has_image"].tolist() == [False, True, False, True]
+    model = task.build_model()
+    loss1, grads1 = _loss_and_grads(task, model, batch, 1)
+    assert any(n.startswith("model.multi_modal_projector.") for n in grads1)
+    for k in (2, 4):
+        loss, grads = _loss_and_grads(task, model, batch, k)
+        torch.testing.assert_close(loss, loss1, rtol=1e-5, atol=1e-6)
+        for n in grads1:
+            torch.testing.assert_close(grads[n], grads1[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_conversation_cut_inside_its_image_is_one_line(tmp_path, capsys):
+    """``ov3 train`` on LLaVA JSON whose --data.max-length cuts the image tokens: transformers'
+    count check, printed as one line naming the flag, exit status 2."""
+    from openvision3.cli import main
+
+    _llava_json(tmp_path, [True, True])
+    # vicuna_v1 puts 32 tokens (BOS, system prompt, "USER:") before the 4 image tokens.
+    argv = ["train", "llava15_ov3_b2_stage2_smoke", "--run-dir", str(tmp_path / "run")]
+    argv += ["--data.source", "llava_json", "--data.json-path", str(tmp_path / "data.json")]
+    argv += ["--data.image-folder", str(tmp_path / "images"), "--data.max-length", "34"]
+    argv += ["--train.stages.0.steps", "1", "--train.stages.0.batch-size", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ov3 train: error: a batch holds 4 <image> tokens for 2 images")
+    assert "--data.max-length" in last

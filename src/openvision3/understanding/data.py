@@ -86,13 +86,15 @@ class ConversationDataset(torch.utils.data.Dataset):
 
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (B, L); ``pixel_values``
-    (B', 3, R, R) of the samples with an image, or ``image_tokens`` (B', N, D) for cached
-    features."""
+    (B, 3, R, R) with ``has_image`` (B,) marking the rows whose pixels are read, or
+    ``image_tokens`` (B, N, D) for cached features. Every tensor keeps one row per sample, so
+    a micro-batch's slice of each belongs to the same conversations."""
     batch = pad_batch([(s["ids"], s["labels"]) for s in samples], pad_id)
     for key in ("pixel_values", "image_tokens"):
-        rows = [s[key] for s in samples if key in s and s.get("has_image", True)]
-        if rows:
-            batch[key] = torch.stack(rows)
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    if "has_image" in samples[0]:
+        batch["has_image"] = torch.tensor([bool(s["has_image"]) for s in samples])
     return batch
 
 

@@ -16,6 +16,7 @@ tokens; one process).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -109,20 +110,36 @@ class LlavaRunConfig(RunConfig):
         return LlavaTask(self)
 
 
-def load_vlm_parts(path: str):
-    """(model fp32, processor) of a VLM folder or ``tiny``."""
+def load_vlm_model(path: str) -> nn.Module:
+    """The VLM of a folder or ``tiny``, in fp32."""
     import openvision3.understanding  # noqa: F401  (registers the tower)
 
     if path == TINY:
         from openvision3.understanding.tiny import tiny_vlm
 
-        return tiny_vlm()
+        return tiny_vlm()[0]
     from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+
+
+def load_vlm_inputs(path: str) -> tuple:
+    """(processor, ``LlavaConfig``) of a VLM folder or ``tiny``, without its weights: what the
+    data reads (the chat template, the tokenizer, the tower's input size and token count)."""
+    import openvision3.understanding  # noqa: F401  (registers the tower's config)
+
+    if path == TINY:
+        from openvision3.understanding.tiny import tiny_vlm
+
+        # Deterministic in its seed: the model ``load_vlm_model`` builds has this config.
+        model, processor = tiny_vlm()
+        return processor, model.config
+    from transformers import AutoConfig
 
     from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
 
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    return model, load_processor(path, getattr(model.config, TEMPLATE_KEY, "vicuna_v1"))
+    config = AutoConfig.from_pretrained(path)
+    return load_processor(path, getattr(config, TEMPLATE_KEY, "vicuna_v1")), config
 
 
 def decoder_layer_names(model: nn.Module) -> list[str]:
@@ -136,15 +153,24 @@ def decoder_layer_names(model: nn.Module) -> list[str]:
 class LlavaTask(Task):
     cfg: LlavaRunConfig
 
-    def __init__(self, cfg: LlavaRunConfig):
-        super().__init__(cfg)
-        self.processor = None
+    @functools.cached_property
+    def _inputs(self) -> tuple:
+        return load_vlm_inputs(self.cfg.model)
+
+    @property
+    def processor(self):
+        """The processor of ``cfg.model``, read once on first use; ``export`` saves it with
+        the stage's template."""
+        return self._inputs[0]
+
+    @property
+    def model_config(self):
+        """The ``LlavaConfig`` of ``cfg.model``."""
+        return self._inputs[1]
 
     # ------------------------------------------------------------------ model
     def build_model(self, frozen_from: nn.Module | None = None) -> nn.Module:
-        model, processor = load_vlm_parts(self.cfg.model)
-        self.processor = self.processor or processor
-        self._model_config = model.config
+        model = load_vlm_model(self.cfg.model)
         # The engine shards and checkpoints the declared blocks: the LM's decoder layers (the
         # frozen tower stays whole on every rank, outside FSDP's groups).
         model._no_split_modules = decoder_layer_names(model)
@@ -172,7 +198,7 @@ class LlavaTask(Task):
 
     # ------------------------------------------------------------------ data
     def dataset(self, split: str = "train"):
-        d, model_cfg = self.cfg.data, self._config()
+        d, model_cfg = self.cfg.data, self.model_config
         size = model_cfg.vision_config.image_size
         if d.source == "llava_json":
             from openvision3.understanding.data import ConversationDataset, read_llava_json
@@ -197,11 +223,6 @@ class LlavaTask(Task):
             num_image_tokens=model_cfg.vision_config.num_image_tokens,
         )
 
-    def _config(self):
-        if self.processor is None:
-            raise RuntimeError("the task reads its model's config: build_model first")
-        return self._model_config
-
     def build_loader(self, stage, batch_size: int, rank: int, world: int):
         from openvision3.understanding.data import EpochLoader, collate
 
@@ -218,21 +239,38 @@ class LlavaTask(Task):
     # ------------------------------------------------------------------ step
     @staticmethod
     def logits(train_model: nn.Module, model: nn.Module, mb: dict) -> torch.Tensor:
-        """(B, L, V) logits of a micro-batch: pixels through the tower, or cached unified
-        tokens (B, N, D) projected and placed at the image tokens."""
+        """(B, L, V) logits of a micro-batch through transformers' LLaVA forward: pixels through
+        the tower, or cached unified tokens (B, N, D) projected here and handed over as the
+        image encoder's output (``mm_encoder_outputs``), which ``LlavaModel.forward`` places
+        at the ``<image>`` tokens after checking their count (``get_placeholder_mask``)."""
+        inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"]}
         if "image_tokens" in mb:
-            embeds = model.get_input_embeddings()(mb["input_ids"])  # (B, L, H)
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
             feats = model.model.multi_modal_projector(mb["image_tokens"])  # (B, N, H)
-            mask = (mb["input_ids"] == model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-            out = train_model(inputs_embeds=embeds, attention_mask=mb["attention_mask"])
-        else:
-            out = train_model(
-                input_ids=mb["input_ids"],
-                attention_mask=mb["attention_mask"],
-                pixel_values=mb.get("pixel_values"),
-            )
-        return out.logits
+            # One (N, H) per image, as ``LlavaModel.get_image_features`` returns them.
+            image = BaseModelOutputWithPooling(pooler_output=list(feats))
+            inputs["mm_encoder_outputs"] = {"image": image}
+        elif "pixel_values" in mb:
+            # Text-only conversations (``has_image`` False) carry zero pixels the tower skips.
+            pixels, rows = mb["pixel_values"], mb.get("has_image")
+            pixels = pixels if rows is None else pixels[rows]  # (B', 3, R, R)
+            inputs["pixel_values"] = pixels if len(pixels) else None
+        try:
+            return train_model(**inputs).logits
+        except ValueError as err:  # transformers' count check, on data a user can fix
+            if "image tokens do not match" not in str(err):
+                raise
+            found = int((mb["input_ids"] == model.config.image_token_id).sum())
+            given = mb.get("image_tokens", inputs.get("pixel_values"))
+            images = 0 if given is None else len(given)
+            n = model.config.vision_config.num_image_tokens
+            n = mb["image_tokens"].shape[1] if "image_tokens" in mb else n
+            raise ConfigError(
+                f"a batch holds {found} <image> tokens for {images} images of {n} tokens: a "
+                "conversation cut inside its image (raise --data.max-length) or <image> in a "
+                f"record without an image (transformers: {err})"
+            ) from None
 
     def forward_backward(self, train_model, model, batch, accum_steps, autocast):
         """Cross-entropy summed over the answer tokens, divided by the global batch's count
