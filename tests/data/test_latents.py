@@ -17,6 +17,7 @@ from openvision3.configs import get_preset
 from openvision3.data.latents import (
     LATENT_EXT,
     CacheLatentsConfig,
+    build_latent_loader,
     check_cache_vae,
     read_cache_meta,
     write_latent_cache,
@@ -108,7 +109,7 @@ def test_latent_loader_matches_image_loader_with_flips(tmp_path, images):
     vae = FrozenVAE(cfg.model.vae)
     on_the_fly = build_loader(cfg.data, "train", RES, 4, seed=cfg.train.seed)
     latent_cfg = DataConfig(**{**vars(cfg.data), "latents": str(tmp_path / "cache")})
-    cached = build_loader(latent_cfg, "train", RES, 4, seed=cfg.train.seed)
+    cached = build_latent_loader(latent_cfg, "train", RES, 4, 0, 1, cfg.train.seed)
     flipped, world = 0, SyntheticWorld(0)
     for a, b, _ in zip(on_the_fly, cached, range(6)):  # 1.5 epochs: flips re-drawn per epoch
         assert a["key"] == b["key"]
@@ -150,11 +151,13 @@ def test_latent_config_is_checked(tmp_path, images):
     cache(cfg, tmp_path / "cache", flip=False)
     data = DataConfig(**{**vars(cfg.data), "latents": str(tmp_path / "cache"), "hflip": 0.5})
     with pytest.raises(ValueError, match="written with flips"):
-        build_loader(data, "train", RES, 4, seed=cfg.train.seed)
+        build_latent_loader(data, "train", RES, 4, 0, 1, cfg.train.seed)
     with pytest.raises(ValueError, match="64 px"):
-        build_loader(data, "train", 64, 4)
+        build_latent_loader(data, "train", 64, 4, 0, 1, 0)
     with pytest.raises(FileNotFoundError, match="cache-latents"):
-        build_loader(data, "val", RES, 4)
+        build_latent_loader(data, "val", RES, 4, 0, 1, 0)
+    with pytest.raises(ValueError, match="build_latent_loader"):  # images only
+        build_loader(data, "train", RES, 4)
 
 
 def test_cli_cache_latents_then_train(tmp_path):
