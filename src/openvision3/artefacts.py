@@ -243,16 +243,23 @@ class Card:
         return "\n".join(lines)
 
 
+def users_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a README.md we did not write (the user's: never replaced)."""
+    path = Path(path)
+    if path.name != CARD_NAME or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return CARD_MARK not in f.read(4096)
+
+
 def write_card(folder: str | os.PathLike, card: Card) -> bool:
     """Write ``folder/README.md`` unless a README.md not written by us is there (kept: it is
     the user's). Returns whether it was written."""
     from openvision3.files import atomic_write
 
     path = Path(folder) / CARD_NAME
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            if CARD_MARK not in f.read(4096):
-                return False
+    if users_file(path):
+        return False
     text = card.render()
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return True
@@ -325,10 +332,11 @@ def generator_card(name: str, card: dict, tokens: tuple[int, int, int], classes:
         facts=_facts(card, _RUN_FACTS)
         | _facts(card, {"data": "token cache", "decoder": "decoder"}),
         python=f"""
-from openvision3.generation import load_generator
+import openvision3
 
-gen = load_generator("{name}")  # decoder="<OpenVision 3 export>" when it lies elsewhere
-images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)  # (3, 3, H, W) in [0, 1]
+gen = openvision3.load("{name}")  # a Generator; load_generator(..., decoder=) when it lies elsewhere
+images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)  # (3, 3, H, W) in [-1, 1]
+pngs = openvision3.to_pil(images)
 """,
         commands=[
             f"ov3 sample {name} --out samples/ --num 100",
@@ -348,10 +356,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 model = LlavaForConditionalGeneration.from_pretrained("{name}")
 processor = AutoProcessor.from_pretrained("{name}")
 
-from openvision3.understanding import load_vlm  # or OpenVision 3's wrapper
+import openvision3  # or OpenVision 3's wrapper, a VLM
 
-vlm = load_vlm("{name}")
-answers = vlm.generate([PIL.Image.open("cat.jpg")], ["What is in the image?"])
+vlm = openvision3.load("{name}")
+answers = vlm.generate(["cat.jpg"], ["What is in the image?"])  # paths, PIL, arrays, tensors
 """
     keys = {"vision": "vision encoder", "llm": "language model", "model": "trained from"}
     facts = _facts(card, keys) | _facts(card, _RUN_FACTS)

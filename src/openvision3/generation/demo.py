@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from openvision3.data.transforms import to_uint8
 from openvision3.demo.synthetic import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
 from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
 from openvision3.generation import flow
@@ -76,22 +77,16 @@ def score(images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded (not truncated)."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def pixels(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), the judge's layout (``to_uint8``: rounded)."""
+    return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def grid_image(images: np.ndarray, path: Path) -> None:
     """One image per class (B = 72, in class order) -> an 8 x 9 grid (colour rows, cell cols)."""
-    from PIL import Image
+    from openvision3.generation.sampling import write_grid
 
-    h, w = images.shape[1:3]
-    rows, cols = len(COLOR_NAMES), len(CELL_NAMES)
-    canvas = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
-    for k, img in enumerate(images[: rows * cols]):
-        r, c = divmod(k, cols)
-        canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
-    Image.fromarray(canvas).save(path)
+    write_grid(images[: len(COLOR_NAMES) * len(CELL_NAMES)], path, cols=len(CELL_NAMES), pad=2)
 
 
 def token_generator_config(
@@ -127,7 +122,7 @@ def tune_scale(gen, scales, sample_steps: int) -> tuple[float, dict]:
     scores = {}
     for w in scales:
         r = score(
-            to_uint8(gen.sample(labels, cfg_scale=w, steps=sample_steps, seed=2)), labels.numpy()
+            pixels(gen.sample(labels, cfg_scale=w, steps=sample_steps, seed=2)), labels.numpy()
         )
         scores[w] = {**r, "ratio": min(r["color"] / GATES["color"], r["cell"] / GATES["cell"])}
     return max(scales, key=lambda w: scores[w]["ratio"]), scores
@@ -181,7 +176,7 @@ def run_generation_demo(
     null = torch.full_like(labels, NUM_CLASSES)
     sets = {}
     for name, lab, w in (("cfg", labels, cfg_scale), ("w1", labels, 1.0), ("w0", null, 1.0)):
-        sets[name] = to_uint8(gen.sample(lab, cfg_scale=w, steps=sample_steps, seed=1))
+        sets[name] = pixels(gen.sample(lab, cfg_scale=w, steps=sample_steps, seed=1))
     times["sample_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -190,7 +185,7 @@ def run_generation_demo(
     val_labels = np.array([color_cell(world, s["key"]) for s in val])
     x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        recon = to_uint8((model.reconstruct(x).float() + 1) / 2)
+        recon = pixels(model.reconstruct(x).float())
     lab = labels.numpy()
     table = {
         "real val images": score(real, val_labels),

@@ -25,7 +25,7 @@ from tyro.conf import Positional, arg
 
 from openvision3.files import atomic_write
 from openvision3.generation.latent_stats import LatentStats, load_latent_stats, normalize
-from openvision3.inference.api import Pipeline, load
+from openvision3.inference.api import Pipeline, load_pipeline
 from openvision3.inference.inputs import Batch, batches, list_items
 from openvision3.inference.writers import JsonlWriter, TokenShardWriter, image_name, save_image
 from openvision3.outputs import OutputDir, file_stamp, model_identity
@@ -155,7 +155,7 @@ class LatentStatsConfig(RunConfig):
 # ---------------------------------------------------------------------- shared loop
 def _pipeline(cfg: RunConfig) -> Pipeline:
     autocast = {"auto": None, "fp32": False, "bf16": True}[cfg.precision]
-    return load(
+    return load_pipeline(
         cfg.model,
         device=None if cfg.device == "auto" else cfg.device,
         dtype=_DTYPES[cfg.weights_dtype],

@@ -11,7 +11,6 @@ a square of the mean colour (``LlavaImageProcessor(do_pad=True)``: LLaVA-1.5's
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from transformers import (
 
 from openvision3.artefacts import KIND_KEY, portable_name, vlm_card, write_card
 from openvision3.artefacts import VLM as VLM_KIND
+from openvision3.files import write_json
 from openvision3.understanding.templates import IMAGE, get_template
 from openvision3.understanding.tower import OpenVision3VisionModel
 
@@ -162,8 +162,7 @@ def save_vlm(vlm: LlavaForConditionalGeneration, processor, out: str, card: dict
     processor.save_pretrained(out)
     card = {KIND_KEY: VLM_KIND, **(card or {})}
     card.setdefault("template", getattr(vlm.config, TEMPLATE_KEY, None))
-    with open(os.path.join(out, "model_card.json"), "w") as f:
-        json.dump(card, f, indent=2)
+    write_json(os.path.join(out, "model_card.json"), card)
     vision, text = vlm.config.vision_config, vlm.config.text_config
     readme = vlm_card(
         portable_name(out), card, vision.image_size, vision.num_image_tokens, text.model_type
