@@ -96,12 +96,13 @@ def token_generator_config(
     (a demo token cache: another model's tokens have another shape), decoding through the
     OpenVision 3 export ``decoder``; ``steps`` / ``batch_size`` 0 keep the preset's (a new batch
     keeps its peak LR)."""
+    from openvision3.data.latents import read_cache_meta
     from openvision3.generation.presets import demo_generation
 
     cfg = demo_generation()
     cfg.run_dir, cfg.decoder, cfg.class_names = run_dir, decoder, CLASS_NAMES
     cfg.data.cache = cache
-    n, d = json.loads(Path(cache, "train-000.json").read_text())["tokens"]["shape"]
+    n, d = read_cache_meta(cache, "train")["tokens"]["shape"]
     cfg.model.in_channels, cfg.model.input_size = d, math.isqrt(n)
     if d * n < flow.SHIFT_BASE:
         cfg.flow.shift = 1.0  # RAE's shift is >= 1
@@ -136,8 +137,7 @@ def run_generation_demo(
     writes ``generation/report.md``, ``report.json`` and ``samples_grid.png`` under ``out``
     (default ``<run>/generation``). ``cfg_scale`` 0: tuned over ``TUNE_SCALES``
     (``tune_scale``)."""
-    from openvision3.dataclass_io import from_dict
-    from openvision3.demo.synthetic import SyntheticConfig
+    from openvision3.config import ExperimentConfig
     from openvision3.generation.pipeline import load_generator
     from openvision3.pretrained import load_pretrained
     from openvision3.train.trainer import Trainer
@@ -146,8 +146,7 @@ def run_generation_demo(
     final = os.path.join(run, "final")
     out = Path(out or os.path.join(run, "generation"))
     out.mkdir(parents=True, exist_ok=True)
-    run_cfg = json.loads(Path(run, "config.json").read_text())
-    synthetic = from_dict(SyntheticConfig, run_cfg["data"]["synthetic"])
+    synthetic = ExperimentConfig.from_run(run).data.synthetic
     model = load_pretrained(final, device="cpu")
     times = {}
 

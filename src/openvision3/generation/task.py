@@ -49,7 +49,7 @@ from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.config import StageConfig
 from openvision3.train.task import RunConfig, Task, register_task
 
-STATS_NAME = "latent_stats.safetensors"
+STATS_NAME = FeatureCache.STATS_NAME  # the cache's statistics; the export's copy too
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TokenDataConfig:
             raise ValueError(f"data.hflip must be in [0, 1], got {self.hflip}")
 
     def stats_path(self) -> str:
-        return self.stats or os.path.join(self.cache, STATS_NAME)
+        return self.stats or FeatureCache.stats_path(self.cache)
 
 
 @dataclass

@@ -362,7 +362,9 @@ def run_latent_stats(cfg: LatentStatsConfig) -> int:
 
     The statistics cover every input, so a rerun computes them again over all of them when any
     input is new, changed or was skipped, and does nothing otherwise."""
-    name = "latent_stats.safetensors"
+    from openvision3.data.latents import FeatureCache
+
+    name = FeatureCache.STATS_NAME  # the name a token cache gives its statistics
     pipe = _pipeline(cfg)
     run = _output(cfg, "latent-stats", _options(cfg, pipe), outputs=(name,))
     items, _ = list_items(cfg.input)

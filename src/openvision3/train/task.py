@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -86,6 +87,18 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str):
         return from_dict(cls, json.loads(text))
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike):
+        """The config a run directory was started with (``<run_dir>/config.json``, which the
+        trainer writes first); a folder without one -> ``ConfigError`` naming it."""
+        from openvision3.errors import ConfigError
+
+        path = os.path.join(os.fspath(run_dir), "config.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{os.fspath(run_dir)!r} is not a run directory (no config.json)")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())
 
 
 class Task(ABC):

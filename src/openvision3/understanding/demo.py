@@ -270,7 +270,7 @@ def run_understanding_demo(cfg: UnderstandingDemoConfig) -> Path:
     cfg.out = cfg.out or os.path.join(cfg.run, "understanding")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    synthetic = ExperimentConfig.from_json(Path(cfg.run, "config.json").read_text()).data.synthetic
+    synthetic = ExperimentConfig.from_run(cfg.run).data.synthetic
     world_seed = synthetic.seed
     res = trained_resolution(export) or 128
     seconds, t0 = {}, time.perf_counter()
