@@ -216,3 +216,20 @@ def test_a_run_config_is_read_by_one_helper(tmp_path):
     assert ExperimentConfig.from_run(tmp_path) == cfg
     with pytest.raises(ConfigError, match="not a run directory"):
         ExperimentConfig.from_run(tmp_path / "nothing")
+
+
+def test_an_interrupted_vlm_save_leaves_no_folder(loaded, tmp_path, monkeypatch):
+    from openvision3.understanding.assemble import save_vlm
+
+    vlm = loaded["vlm"]
+
+    def dies(*a, **kw):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(vlm.processor, "save_pretrained", dies)  # after the weights
+    with pytest.raises(KeyboardInterrupt):
+        save_vlm(vlm.model, vlm.processor, str(tmp_path / "vlm"))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    save_vlm(vlm.model, vlm.processor, str(tmp_path / "vlm"))
+    assert type(openvision3.load(str(tmp_path / "vlm"), device="cpu")) is openvision3.VLM

@@ -73,13 +73,13 @@ _KINDS = {
     GENERATOR: Kind(
         GENERATOR,
         "an OpenVision 3 generator export (DiT-DH)",
-        "`load_generator({path!r})`, `ov3 sample {path} --out DIR` and "
+        "`openvision3.load({path!r})`, `ov3 sample {path} --out DIR` and "
         "`ov3 serve MODEL --generator {path}` take it",
     ),
     VLM: Kind(
         VLM,
         "an OpenVision 3 LLaVA (VLM) folder",
-        "`load_vlm({path!r})`, `ov3 vlm chat {path} IMAGE QUESTION`, `ov3 vlm answer` and "
+        "`openvision3.load({path!r})`, `ov3 vlm chat {path} IMAGE QUESTION`, `ov3 vlm answer` and "
         "`ov3 serve MODEL --vlm {path}` take it",
     ),
     "checkpoint": Kind(
