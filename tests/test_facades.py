@@ -233,3 +233,17 @@ def test_an_interrupted_vlm_save_leaves_no_folder(loaded, tmp_path, monkeypatch)
     monkeypatch.undo()
     save_vlm(vlm.model, vlm.processor, str(tmp_path / "vlm"))
     assert type(openvision3.load(str(tmp_path / "vlm"), device="cpu")) is openvision3.VLM
+
+
+def test_the_one_grid_writer_gives_torchvisions_grid_bytes(tmp_path):
+    """``ov3 eval``'s reconstructions.png was torchvision's make_grid + save_image."""
+    from torchvision.utils import make_grid, save_image
+
+    from openvision3.data.transforms import write_grid
+
+    gen = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (8, 3, 10, 12), dtype=torch.uint8, generator=gen)
+    save_image(make_grid(tiles.float() / 255.0, nrow=2, padding=2), tmp_path / "tv.png")
+    arr = tiles.permute(0, 2, 3, 1).numpy()
+    write_grid(arr, tmp_path / "ours.png", cols=2, pad=2, fill=0, border=True)
+    assert (tmp_path / "ours.png").read_bytes() == (tmp_path / "tv.png").read_bytes()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openvision3.data.transforms import to_uint8
+from openvision3.data.transforms import to_uint8, write_grid
 from openvision3.demo.synthetic import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
 from openvision3.demo.tokens import NUM_COLOR_CELLS, cache_demo_tokens, color_cell, run_tokens
 from openvision3.generation import flow
@@ -84,8 +84,6 @@ def pixels(x: torch.Tensor) -> np.ndarray:
 
 def grid_image(images: np.ndarray, path: Path) -> None:
     """One image per class (B = 72, in class order) -> an 8 x 9 grid (colour rows, cell cols)."""
-    from openvision3.generation.sampling import write_grid
-
     write_grid(images[: len(COLOR_NAMES) * len(CELL_NAMES)], path, cols=len(CELL_NAMES), pad=2)
 
 

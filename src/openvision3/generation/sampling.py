@@ -12,20 +12,6 @@ import os
 import numpy as np
 
 
-def write_grid(images: np.ndarray, path: str | os.PathLike, cols: int = 8, pad: int = 0) -> None:
-    """uint8 (B, H, W, 3) -> a grid PNG on white, ``cols`` per row, each image followed by
-    ``pad`` white pixels to its right and below."""
-    from PIL import Image
-
-    b, h, w, _ = images.shape
-    rows = -(-b // cols)
-    canvas = np.full((rows * (h + pad), cols * (w + pad), 3), 255, np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
-    Image.fromarray(canvas).save(path)
-
-
 def sample_options(args) -> dict:
     """What shapes the samples (``--num`` and ``--batch-size`` do not: sample i is seeded by
     (seed, i), so a larger ``--num`` continues the same set)."""
