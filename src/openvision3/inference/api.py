@@ -10,8 +10,8 @@
 ``load`` reads the kind a folder records (``artefacts.folder_kind``) and hands it to that kind's
 loader (``LOADERS``): our tokenizer export, a released encoder or a hub id -> ``Pipeline``
 (``load_pipeline``); a generator export -> ``Generator`` (``load_generator``); a LLaVA folder ->
-``VLM`` (``load_vlm``). Every facade takes images as ``inputs.py`` does and returns images in
-[-1, 1].
+``VLM`` (``load_vlm``). Every facade that takes images takes them as ``inputs.py`` does, and
+every image one returns is a float tensor in [-1, 1] (``openvision3.to_pil`` for PIL images).
 
 A ``Pipeline`` holds the model, its device, the preprocessing (the training transform) and the
 fast path: bf16 autocast on GPU, channels_last for the VAE, optional ``torch.compile`` of the
