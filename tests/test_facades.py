@@ -135,11 +135,10 @@ def test_vlm_takes_every_input_kind_of_inputs_py(loaded, tmp_path):
     ref = vlm.pixel_values([pil])
     for x in inputs:
         torch.testing.assert_close(vlm.pixel_values([x]), ref, rtol=0, atol=0)
-    # a batch as one (B, 3, H, W) tensor, uint8 or float in [-1, 1], and a list of paths
+    # a batch as a list of paths, and as one (B, 3, H, W) uint8 tensor
     q = ["what colour is the large object?"] * 2
-    answers = vlm.generate([path, path], q, max_new_tokens=3)
-    assert vlm.generate(torch.stack([chw, chw]), q, max_new_tokens=3) == answers
-    assert vlm.generate(torch.stack([chw, chw]).float() / 127.5 - 1, q, max_new_tokens=3) == answers
+    answers = vlm.generate([path, path], q, max_new_tokens=2)
+    assert vlm.generate(torch.stack([chw, chw]), q, max_new_tokens=2) == answers
     with pytest.raises(ValueError, match="2 images but 1 questions"):
         vlm.generate([path, path], q[:1])
 

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import NoReturn
 
 from openvision3.errors import ConfigError, MissingWeightsError
 
@@ -166,9 +167,15 @@ def require_kind(path: str, wanted: str) -> Kind:
     kind = folder_kind(path)
     if kind.name == wanted or (wanted == TOKENIZER and kind.name == "released"):
         return kind
+    refuse(path, kind, _KINDS[wanted].what)
+
+
+def refuse(path: str, kind: Kind, expected: str) -> NoReturn:
+    """Raise the one line for the folder ``path`` of ``kind`` where ``expected`` was wanted:
+    ``MissingWeightsError`` for a folder with no model, ``WrongFolderError`` for another kind."""
     if kind.name == "missing":
-        raise MissingWeightsError(f"{path!r} does not exist (expected {_KINDS[wanted].what})")
-    message = kind.describe(path, not_=_KINDS[wanted].what)
+        raise MissingWeightsError(f"{path!r} does not exist (expected {expected})")
+    message = kind.describe(path, not_=expected)
     if kind.name in ("empty", "images", "other", "file"):
         raise MissingWeightsError(message)
     raise WrongFolderError(message)

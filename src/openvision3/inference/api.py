@@ -334,7 +334,7 @@ def load(name_or_path: str, device: str | torch.device | None = None, **kw):
     """
     import os
 
-    from openvision3.artefacts import folder_kind, require_kind
+    from openvision3.artefacts import folder_kind, refuse
     from openvision3.errors import ConfigError
 
     if not os.path.isdir(name_or_path):
@@ -342,8 +342,8 @@ def load(name_or_path: str, device: str | torch.device | None = None, **kw):
     else:
         kind = folder_kind(name_or_path)
         loader = LOADERS.get(kind.name)
-        if loader is None:
-            require_kind(name_or_path, TOKENIZER)  # raises: what the folder is, what takes it
+        if loader is None:  # one line: what the folder is, and what takes it
+            refuse(name_or_path, kind, "a model export (tokenizer, generator or VLM)")
     unknown = sorted(set(kw) - set(OPTIONS[loader]))
     if unknown:
         what = kind.what if kind is not None else "a tokenizer"
