@@ -246,3 +246,13 @@ def test_the_one_grid_writer_gives_torchvisions_grid_bytes(tmp_path):
     arr = tiles.permute(0, 2, 3, 1).numpy()
     write_grid(arr, tmp_path / "ours.png", cols=2, pad=2, fill=0, border=True)
     assert (tmp_path / "ours.png").read_bytes() == (tmp_path / "tv.png").read_bytes()
+
+
+def test_vlm_chat_names_an_undecodable_image_in_one_line(folders, tmp_path, capsys):
+    from openvision3.cli import main
+
+    bad = tmp_path / "cat.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["vlm", "chat", str(folders["vlm"]), str(bad), "what is it?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot decode image" in err and "cat.jpg" in err, err
