@@ -7,8 +7,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": "openvision3.inference.api",
+    "load_pipeline": "openvision3.inference.api",
     "Pipeline": "openvision3.inference.api",
     "PipelineConfig": "openvision3.inference.api",
+    "Generator": "openvision3.generation.pipeline",
+    "load_generator": "openvision3.generation.pipeline",
+    "VLM": "openvision3.understanding.inference",
+    "load_vlm": "openvision3.understanding.inference",
+    "to_pil": "openvision3.data.transforms",
     "OpenVision3": "openvision3.models.openvision3",
     "ModelConfig": "openvision3.models.openvision3",
     "save_pretrained": "openvision3.pretrained",

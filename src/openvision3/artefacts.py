@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import NoReturn
 
 from openvision3.errors import ConfigError, MissingWeightsError
 
@@ -73,13 +74,13 @@ _KINDS = {
     GENERATOR: Kind(
         GENERATOR,
         "an OpenVision 3 generator export (DiT-DH)",
-        "`load_generator({path!r})`, `ov3 sample {path} --out DIR` and "
+        "`openvision3.load({path!r})`, `ov3 sample {path} --out DIR` and "
         "`ov3 serve MODEL --generator {path}` take it",
     ),
     VLM: Kind(
         VLM,
         "an OpenVision 3 LLaVA (VLM) folder",
-        "`load_vlm({path!r})`, `ov3 vlm chat {path} IMAGE QUESTION`, `ov3 vlm answer` and "
+        "`openvision3.load({path!r})`, `ov3 vlm chat {path} IMAGE QUESTION`, `ov3 vlm answer` and "
         "`ov3 serve MODEL --vlm {path}` take it",
     ),
     "checkpoint": Kind(
@@ -166,9 +167,15 @@ def require_kind(path: str, wanted: str) -> Kind:
     kind = folder_kind(path)
     if kind.name == wanted or (wanted == TOKENIZER and kind.name == "released"):
         return kind
+    refuse(path, kind, _KINDS[wanted].what)
+
+
+def refuse(path: str, kind: Kind, expected: str) -> NoReturn:
+    """Raise the one line for the folder ``path`` of ``kind`` where ``expected`` was wanted:
+    ``MissingWeightsError`` for a folder with no model, ``WrongFolderError`` for another kind."""
     if kind.name == "missing":
-        raise MissingWeightsError(f"{path!r} does not exist (expected {_KINDS[wanted].what})")
-    message = kind.describe(path, not_=_KINDS[wanted].what)
+        raise MissingWeightsError(f"{path!r} does not exist (expected {expected})")
+    message = kind.describe(path, not_=expected)
     if kind.name in ("empty", "images", "other", "file"):
         raise MissingWeightsError(message)
     raise WrongFolderError(message)
@@ -243,16 +250,23 @@ class Card:
         return "\n".join(lines)
 
 
+def users_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a README.md we did not write (the user's: never replaced)."""
+    path = Path(path)
+    if path.name != CARD_NAME or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return CARD_MARK not in f.read(4096)
+
+
 def write_card(folder: str | os.PathLike, card: Card) -> bool:
     """Write ``folder/README.md`` unless a README.md not written by us is there (kept: it is
     the user's). Returns whether it was written."""
     from openvision3.files import atomic_write
 
     path = Path(folder) / CARD_NAME
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            if CARD_MARK not in f.read(4096):
-                return False
+    if users_file(path):
+        return False
     text = card.render()
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return True
@@ -325,10 +339,11 @@ def generator_card(name: str, card: dict, tokens: tuple[int, int, int], classes:
         facts=_facts(card, _RUN_FACTS)
         | _facts(card, {"data": "token cache", "decoder": "decoder"}),
         python=f"""
-from openvision3.generation import load_generator
+import openvision3
 
-gen = load_generator("{name}")  # decoder="<OpenVision 3 export>" when it lies elsewhere
-images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)  # (3, 3, H, W) in [0, 1]
+gen = openvision3.load("{name}")  # a Generator; load_generator(..., decoder=) when it lies elsewhere
+images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)  # (3, 3, H, W) in [-1, 1]
+pngs = openvision3.to_pil(images)
 """,
         commands=[
             f"ov3 sample {name} --out samples/ --num 100",
@@ -348,10 +363,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 model = LlavaForConditionalGeneration.from_pretrained("{name}")
 processor = AutoProcessor.from_pretrained("{name}")
 
-from openvision3.understanding import load_vlm  # or OpenVision 3's wrapper
+import openvision3  # or OpenVision 3's wrapper, a VLM
 
-vlm = load_vlm("{name}")
-answers = vlm.generate([PIL.Image.open("cat.jpg")], ["What is in the image?"])
+vlm = openvision3.load("{name}")
+answers = vlm.generate(["cat.jpg"], ["What is in the image?"])  # paths, PIL, arrays, tensors
 """
     keys = {"vision": "vision encoder", "llm": "language model", "model": "trained from"}
     facts = _facts(card, keys) | _facts(card, _RUN_FACTS)

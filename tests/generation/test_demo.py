@@ -48,7 +48,7 @@ class _FakeGenerator:
     def sample(self, labels, cfg_scale, steps, seed):
         shift = 0 if cfg_scale >= 4 else 1
         x = np.stack([self.pool[(int(y) + shift) % NUM_CLASSES] for y in labels])
-        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1  # as Generator: [-1, 1]
 
 
 def test_tune_scale_keeps_the_scale_whose_samples_follow_their_labels():

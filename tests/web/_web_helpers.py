@@ -20,7 +20,7 @@ class FakeGenerator:
         assert labels.ndim == 1 and int(labels.max()) < len(self.class_names), labels
         self.calls.append(dict(labels=labels, cfg_scale=cfg_scale, steps=steps, sampler=sampler))
         g = torch.Generator().manual_seed(seed)
-        return torch.rand(len(labels), 3, 32, 32, generator=g)  # (B, 3, H, W) in [0, 1]
+        return torch.rand(len(labels), 3, 32, 32, generator=g) * 2 - 1  # (B, 3, H, W) in [-1, 1]
 
 
 class FakeVLM:

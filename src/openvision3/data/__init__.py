@@ -6,6 +6,7 @@ from openvision3.data.transforms import (
     ImageTransformConfig,
     build_transform,
     from_uint8,
+    to_pil,
     to_uint8,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "build_transform",
     "decode_image",
     "from_uint8",
+    "to_pil",
     "to_uint8",
 ]

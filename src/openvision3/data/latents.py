@@ -333,7 +333,7 @@ def write_latent_cache(
     if encoder is not None:
         encoder = encoder.to(device).eval()
     out = resolve(cfg.out, cfg.resolution)
-    prefix = f"{cfg.split}-{cfg.part:03d}"
+    prefix = FeatureCache.part_prefix(cfg.split, cfg.part)
     run = OutputDir(
         out, "cache-latents", cache_options(cfg), (f"{prefix}-*.tar", f"{prefix}.json"),
         cfg.overwrite, record=f"{prefix}.progress.jsonl", flag="--out", summary=False,
@@ -402,7 +402,7 @@ def write_latent_cache(
         "skipped_keys": sorted(run.skipped)[:100],
         "shards": sink.shards,
     }
-    meta_name = f"{prefix}.json"
+    meta_name = FeatureCache.meta_name(cfg.split, cfg.part)
     write_json(run.target(meta_name), meta)
     run.record_done([], [meta_name])
     log.info("cached %d latents of %r in %s (%d skipped)", run.written, cfg.split, out, len(bad))
@@ -413,7 +413,7 @@ def write_latent_cache(
 def read_cache_meta(path: str, split: str) -> dict:
     """The merged meta of every written part of ``split`` under ``path`` (a cache directory)."""
     metas = []
-    for p in sorted(glob.glob(os.path.join(path, f"{split}-[0-9][0-9][0-9].json"))):
+    for p in sorted(glob.glob(os.path.join(path, FeatureCache.meta_glob(split)))):
         with open(p) as f:
             metas.append(json.load(f))
     if not metas:
@@ -572,7 +572,39 @@ class FeatureCache:
 
     The index holds each sample's byte range in its tar (``tarfile`` headers only), so
     ``cache[i]`` reads one sample; ``cache.meta`` is ``read_cache_meta``'s merged meta.
+
+    The cache's file names (the module docstring's layout) are the class methods below; every
+    reader and writer of a cache names its files through them.
     """
+
+    # Per-position token statistics of the train split (``generation.latent_stats``), beside
+    # the shards; a generator export carries its copy under the same name.
+    STATS_NAME = "latent_stats.safetensors"
+
+    @staticmethod
+    def part_prefix(split: str, part: int = 0) -> str:
+        """``{split}-{part:03d}``: the prefix of a part's shards, meta and record."""
+        return f"{split}-{part:03d}"
+
+    @classmethod
+    def meta_name(cls, split: str, part: int = 0) -> str:
+        """A part's meta file, written last: its presence marks the part finished."""
+        return f"{cls.part_prefix(split, part)}.json"
+
+    @staticmethod
+    def meta_glob(split: str) -> str:
+        """The glob of every part's meta file of ``split``."""
+        return f"{split}-[0-9][0-9][0-9].json"
+
+    @staticmethod
+    def split_files(split: str) -> str:
+        """The prefix every file of ``split`` starts with (shards, metas, records)."""
+        return f"{split}-"
+
+    @classmethod
+    def stats_path(cls, path: str | os.PathLike) -> str:
+        """The token statistics file of the cache at ``path``."""
+        return os.path.join(os.fspath(path), cls.STATS_NAME)
 
     def __init__(self, path: str, split: str):
         import tarfile

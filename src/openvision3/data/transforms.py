@@ -2,7 +2,9 @@
 
 ``build_transform(cfg, train)`` maps an RGB ``PIL.Image`` to a float tensor (3, H, W) in
 [-1, 1]; ``to_uint8`` maps such tensors back to uint8 by rounding (truncation would bias every
-pixel down by half a level, which shows up in PSNR).
+pixel down by half a level, which shows up in PSNR) and ``to_pil`` to PIL images: every image
+this package returns is in [-1, 1], and these two are the only ways back to pixels;
+``write_grid`` lays uint8 images out in one file.
 """
 
 from __future__ import annotations
@@ -98,6 +100,34 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (any shape) -> uint8 in [0, 255], ROUNDED to the nearest level."""
     return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> B RGB PIL images (through ``to_uint8``: rounded)."""
+    arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return [Image.fromarray(a) for a in arr]
+
+
+def write_grid(
+    images: np.ndarray,
+    path,
+    cols: int = 8,
+    pad: int = 0,
+    fill: int = 255,
+    border: bool = False,
+) -> None:
+    """uint8 (B, H, W, 3) -> one PNG (or any format PIL takes from ``path``'s suffix) of
+    ceil(B / cols) rows of ``cols`` images, in order; ``pad`` pixels of grey level ``fill``
+    after each image (right and below), and before the first row and column too with
+    ``border`` (torchvision's ``make_grid`` layout)."""
+    b, h, w, _ = images.shape
+    rows, edge = -(-b // cols), pad if border else 0
+    canvas = np.full((rows * (h + pad) + edge, cols * (w + pad) + edge, 3), fill, np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        y, x = edge + r * (h + pad), edge + c * (w + pad)
+        canvas[y : y + h, x : x + w] = img
+    Image.fromarray(canvas).save(path)
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:

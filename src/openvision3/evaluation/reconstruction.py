@@ -214,7 +214,7 @@ class ReconstructionEvaluator:
     def save_grid(self, path: str | os.PathLike, n: int = 8) -> None:
         """Save a PNG grid of the ``n`` best then the ``n`` worst images by PSNR: each group is
         a row of originals over a row of reconstructions. Call on every rank; rank 0 writes."""
-        from torchvision.utils import make_grid, save_image
+        from openvision3.data.transforms import write_grid
 
         shards = gather_objects_to_rank0((self.best, self.worst))
         if not is_main():
@@ -227,6 +227,7 @@ class ReconstructionEvaluator:
         tiles = []
         for group in (best, worst):
             tiles += [t[2] for t in group] + [t[3] for t in group]
-        grid = make_grid(torch.stack(tiles).float() / 255.0, nrow=len(best), padding=2)
+        arr = torch.stack(tiles).permute(0, 2, 3, 1).numpy()  # (4n, H, W, 3) uint8
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_image(grid, path)
+        # torchvision's make_grid layout: 2 black pixels around and between the images
+        write_grid(arr, path, cols=len(best), pad=2, fill=0, border=True)

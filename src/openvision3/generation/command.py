@@ -114,10 +114,10 @@ def eval_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import os
 
+    from openvision3.data.transforms import write_grid
     from openvision3.distributed.process import pick_device
     from openvision3.files import atomic_write, write_json
     from openvision3.generation.metrics import evaluate_generation, load_images
-    from openvision3.generation.sampling import write_grid
     from openvision3.outputs import OutputDir, model_identity
 
     out = args.out or (os.path.dirname(args.samples.rstrip("/")) or ".")

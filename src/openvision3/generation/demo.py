@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from openvision3.data.synthetic.tokens import (
     run_world,
 )
 from openvision3.data.synthetic.world import BACKGROUNDS, CELL_NAMES, COLORS, SyntheticWorld
+from openvision3.data.transforms import to_uint8, write_grid
 from openvision3.evaluation.checks import Check, write_json, write_markdown
 from openvision3.generation import flow
 
@@ -83,22 +83,14 @@ def score(images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded (not truncated)."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def pixels(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), the judge's layout (``to_uint8``: rounded)."""
+    return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def grid_image(images: np.ndarray, path: Path) -> None:
     """One image per class (B = 72, in class order) -> an 8 x 9 grid (colour rows, cell cols)."""
-    from PIL import Image
-
-    h, w = images.shape[1:3]
-    rows, cols = len(COLOR_NAMES), len(CELL_NAMES)
-    canvas = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
-    for k, img in enumerate(images[: rows * cols]):
-        r, c = divmod(k, cols)
-        canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
-    Image.fromarray(canvas).save(path)
+    write_grid(images[: len(COLOR_NAMES) * len(CELL_NAMES)], path, cols=len(CELL_NAMES), pad=2)
 
 
 def token_generator_config(
@@ -108,12 +100,13 @@ def token_generator_config(
     (a demo token cache: another model's tokens have another shape), decoding through the
     OpenVision 3 export ``decoder``; ``steps`` / ``batch_size`` 0 keep the preset's (a new batch
     keeps its peak LR)."""
+    from openvision3.data.latents import read_cache_meta
     from openvision3.generation.presets import demo_generation
 
     cfg = demo_generation()
     cfg.run_dir, cfg.decoder, cfg.class_names = run_dir, decoder, CLASS_NAMES
     cfg.data.cache = cache
-    n, d = json.loads(Path(cache, "train-000.json").read_text())["tokens"]["shape"]
+    n, d = read_cache_meta(cache, "train")["tokens"]["shape"]
     cfg.model.in_channels, cfg.model.input_size = d, math.isqrt(n)
     if d * n < flow.SHIFT_BASE:
         cfg.flow.shift = 1.0  # RAE's shift is >= 1
@@ -134,7 +127,7 @@ def tune_scale(gen, scales, sample_steps: int) -> tuple[float, dict]:
     scores = {}
     for w in scales:
         r = score(
-            to_uint8(gen.sample(labels, cfg_scale=w, steps=sample_steps, seed=2)), labels.numpy()
+            pixels(gen.sample(labels, cfg_scale=w, steps=sample_steps, seed=2)), labels.numpy()
         )
         scores[w] = {**r, "ratio": min(r["color"] / GATES["color"], r["cell"] / GATES["cell"])}
     return max(scales, key=lambda w: scores[w]["ratio"]), scores
@@ -185,7 +178,7 @@ def run_generation_demo(
     null = torch.full_like(labels, NUM_CLASSES)
     sets = {}
     for name, lab, w in (("cfg", labels, cfg_scale), ("w1", labels, 1.0), ("w0", null, 1.0)):
-        sets[name] = to_uint8(gen.sample(lab, cfg_scale=w, steps=sample_steps, seed=1))
+        sets[name] = pixels(gen.sample(lab, cfg_scale=w, steps=sample_steps, seed=1))
     times["sample_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -194,7 +187,7 @@ def run_generation_demo(
     val_labels = np.array([color_cell(world, s["key"]) for s in val])
     x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        recon = to_uint8((model.reconstruct(x).float() + 1) / 2)
+        recon = pixels(model.reconstruct(x).float())
     lab = labels.numpy()
     table = {
         "real val images": score(real, val_labels),

@@ -1,12 +1,14 @@
 """``load_generator(path)``: a trained DiT-DH export plus the OpenVision 3 decoder -> images.
 
     from openvision3.generation import load_generator
-    gen = load_generator("runs/dit/final", device="cuda")
-    images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)   # (3, 3, H, W) in [0, 1]
+    gen = load_generator("runs/dit/final", device="cuda")   # or openvision3.load(...)
+    images = gen.sample([0, 1, 2], cfg_scale=3.0, steps=50, seed=0)   # (3, 3, H, W) in [-1, 1]
+    openvision3.to_pil(images)[0].save("sample.png")
 
 Sampling path: noise -> DiT-DH (Euler / Heun, guidance) -> normalised tokens -> denormalise
-with the training statistics -> OpenVision 3 decoder (no noise) -> VAE decoder -> pixels.
-The noise of sample i of a call is seeded by (seed, i), so a batch split never changes it.
+with the training statistics -> OpenVision 3 decoder (no noise) -> VAE decoder -> pixels in
+[-1, 1], the range of every image this package returns. The noise of sample i of a call is
+seeded by ``seed_of(seed, i)``, so a batch split never changes it.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ from openvision3.dataclass_io import from_dict
 from openvision3.errors import ConfigError, MissingWeightsError
 from openvision3.generation.models import DiTDH
 from openvision3.generation.sampler import SamplerConfig, sample_tokens
-from openvision3.generation.task import STATS_NAME, GenerationConfig, grid_tokens
+from openvision3.generation.task import STATS_NAME, GenerationConfig, grid_tokens, seed_of
 
 
 def sample_noise(seed: int, ids, shape, device) -> torch.Tensor:
-    """(len(ids), *shape) noise, sample i's drawn from a generator seeded by (seed, i)."""
+    """(len(ids), *shape) noise, sample i's drawn from a generator seeded by ``seed_of(seed, i)``."""
     gen = torch.Generator()
     out = []
     for i in ids:
-        gen.manual_seed(seed * 1_000_003 + int(i))
+        gen.manual_seed(seed_of(seed, int(i)))
         out.append(torch.randn(tuple(shape), generator=gen))
     return torch.stack(out).to(device)
 
@@ -38,7 +40,7 @@ class Generator:
     """A DiT-DH, its token statistics and a decoder (an ``OpenVision3`` with decoder and VAE)."""
 
     def __init__(self, model: DiTDH, stats: dict, decoder, cfg: GenerationConfig, guide=None):
-        self.model, self.stats, self.decoder, self.cfg = model.eval(), stats, decoder, cfg
+        self.model, self.stats, self.decoder, self.cfg = model.eval(), stats, decoder.eval(), cfg
         self.guide = guide.eval() if guide is not None else None
         self.device = next(model.parameters()).device
         m = cfg.model
@@ -76,14 +78,15 @@ class Generator:
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, N, D) -> images (B, 3, H, W) in [0, 1]."""
+        """Tokens (B, N, D) -> images (B, 3, H, W) in [-1, 1] (clamped), float32, through the
+        OpenVision 3 decoder (clean tokens: it is in eval mode) and its VAE."""
         grid = (self.cfg.model.input_size, self.cfg.model.input_size)
-        latents = self.decoder.decoder(tokens, grid, noise=False)
-        return ((self.decoder.vae.decode(latents).float() + 1) / 2).clamp(0, 1)
+        return self.decoder.decode(tokens, grid).float().clamp(-1, 1)
 
     @torch.no_grad()
     def sample(self, labels, *, cfg_scale=1.0, steps=50, sampler="euler", seed=0, **kw):
-        """Labels (B,) -> images (B, 3, H, W) in [0, 1]; see ``tokens`` for the options."""
+        """Labels (B,) -> images (B, 3, H, W) in [-1, 1]; see ``tokens`` for the options.
+        ``openvision3.to_pil`` turns them into PIL images."""
         return self.decode(
             self.tokens(labels, cfg_scale=cfg_scale, steps=steps, sampler=sampler, seed=seed, **kw)
         )

@@ -10,25 +10,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
-
-
-def write_grid(images: np.ndarray, path: str, cols: int = 8) -> None:
-    """uint8 (B, H, W, 3) -> a grid PNG, ``cols`` per row."""
-    from PIL import Image
-
-    b, h, w, _ = images.shape
-    rows = -(-b // cols)
-    canvas = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    Image.fromarray(canvas).save(path)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded (RAE's ``sample_ddp.py`` truncates)."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def sample_options(args) -> dict:
@@ -54,6 +35,7 @@ def write_samples(args) -> dict:
     """Draw this rank's missing samples, then (rank 0, after every rank) pack the npz."""
     from PIL import Image
 
+    from openvision3.data.transforms import to_pil
     from openvision3.distributed.process import barrier, init_process
     from openvision3.files import atomic_write
     from openvision3.generation.pipeline import load_generator
@@ -87,8 +69,9 @@ def write_samples(args) -> dict:
             sampler=args.sampler, seed=args.seed, ids=ids, interval=tuple(args.interval),
             guidance=args.guidance,
         )  # fmt: skip
-        for i, a in zip(ids, to_uint8(images)):
-            atomic_write(png(i), lambda p, a=a: Image.fromarray(a).save(p))
+        # to_pil rounds (RAE's sample_ddp.py truncates, which darkens every pixel a half level)
+        for i, im in zip(ids, to_pil(images)):
+            atomic_write(png(i), lambda p, im=im: im.save(p))
     barrier()
     npz = os.path.join(args.out, "samples.npz")
     if proc.is_main:

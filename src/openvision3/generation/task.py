@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 from openvision3.artefacts import (
+    CARD_NAME,
     GENERATOR,
     KIND_KEY,
     generator_card,
     portable_name,
     relative_paths,
+    users_file,
     write_card,
 )
 from openvision3.data.latents import FeatureCache, read_cache_meta
@@ -47,7 +49,7 @@ from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.config import StageConfig
 from openvision3.train.task import RunConfig, Task, register_task
 
-STATS_NAME = "latent_stats.safetensors"
+STATS_NAME = FeatureCache.STATS_NAME  # the cache's statistics; the export's copy too
 
 
 @dataclass
@@ -73,7 +75,7 @@ class TokenDataConfig:
             raise ValueError(f"data.hflip must be in [0, 1], got {self.hflip}")
 
     def stats_path(self) -> str:
-        return self.stats or os.path.join(self.cache, STATS_NAME)
+        return self.stats or FeatureCache.stats_path(self.cache)
 
 
 @dataclass
@@ -180,9 +182,18 @@ def cache_stats(data: TokenDataConfig, cache: FeatureCache | None = None) -> dic
     return load_latent_stats(path)
 
 
+def seed_of(seed: int, key: int) -> int:
+    """The one per-sample seed formula: a seed per (run or call ``seed``, sample ``key``), so a
+    sample's draws never depend on the batch or the ranks it falls in. ``Generator``'s noise
+    uses the sample's number as ``key``; training hashes stream positions first
+    (``sample_seed``)."""
+    return (seed * 1_000_003 + key) % (2**63 - 1)
+
+
 def sample_seed(seed: int, index: int) -> int:
-    """One seed per (run seed, global stream position)."""
-    return (seed * 1_000_003 + index * 2_654_435_761) % (2**63 - 1)
+    """One seed per (run seed, global stream position): ``seed_of`` on the position times a
+    large odd constant (Knuth's multiplicative hash), which spreads neighbouring positions."""
+    return seed_of(seed, index * 2_654_435_761)
 
 
 class TokenLoader:
@@ -327,13 +338,11 @@ class GenerationTask(Task):
         ``load_generator`` resolves there)."""
         from safetensors.torch import save_file
 
+        from openvision3.files import staged_folder
         from openvision3.train.checkpoint import model_state_dict
 
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
-        save_file(weights, str(out / "model.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.stats.items()}, str(out / STATS_NAME))
         source = self.cfg.decoder or self._cache_source()
         decoder = source
         if os.path.exists(source):  # a local export: recorded relative to this one
@@ -347,10 +356,17 @@ class GenerationTask(Task):
             "decoder": decoder,
             "card": card,
         }
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
         m = self.cfg.model
         tokens = (m.in_channels, m.input_size, m.input_size)
-        write_card(out, generator_card(portable_name(path), card, tokens, m.num_classes))
+        readme = generator_card(portable_name(path), card, tokens, m.num_classes)
+        # Written whole beside ``path`` and moved in: an interrupted export leaves no half
+        # folder; config.json (what names the folder a generator) lands last.
+        with staged_folder(out, last="config.json", keep=users_file) as tmp:
+            save_file(weights, str(tmp / "model.safetensors"))
+            save_file({k: v.contiguous() for k, v in self.stats.items()}, str(tmp / STATS_NAME))
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+            if not users_file(out / CARD_NAME):
+                write_card(tmp, readme)
 
     def _cache_source(self) -> str:
         try:

@@ -1,10 +1,17 @@
-"""The friendly front door: ``openvision3.load(...) -> Pipeline``.
+"""The friendly front door: ``openvision3.load(path)`` -> the facade of what ``path`` holds.
 
     import openvision3
-    model = openvision3.load("path-or-hub-id", device="cuda")
+    model = openvision3.load("path-or-hub-id", device="cuda")   # a tokenizer: Pipeline
     tokens = model.encode("cat.jpg")              # (1, N, D) unified tokens
     images = model.decode(tokens)                 # (1, 3, H, W) in [-1, 1]
     probs = model.zero_shot("cat.jpg", ["cat", "dog"])   # (1, 2)
+    openvision3.to_pil(images)[0].save("cat-reconstructed.png")
+
+``load`` reads the kind a folder records (``artefacts.folder_kind``) and hands it to that kind's
+loader (``LOADERS``): our tokenizer export, a released encoder or a hub id -> ``Pipeline``
+(``load_pipeline``); a generator export -> ``Generator`` (``load_generator``); a LLaVA folder ->
+``VLM`` (``load_vlm``). Every facade that takes images takes them as ``inputs.py`` does, and
+every image one returns is a float tensor in [-1, 1] (``openvision3.to_pil`` for PIL images).
 
 A ``Pipeline`` holds the model, its device, the preprocessing (the training transform) and the
 fast path: bf16 autocast on GPU, channels_last for the VAE, optional ``torch.compile`` of the
@@ -21,7 +28,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, to_uint8
+from openvision3.artefacts import GENERATOR, TOKENIZER
+from openvision3.artefacts import VLM as VLM_KIND
+from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, to_pil
 from openvision3.inference.inputs import to_batch
 from openvision3.models.openvision3 import OpenVision3
 
@@ -189,9 +198,8 @@ class Pipeline:
 
     @staticmethod
     def to_pil(images: torch.Tensor) -> list[Image.Image]:
-        """(B, 3, H, W) in [-1, 1] -> B RGB PIL images (rounded, not truncated)."""
-        arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
+        """(B, 3, H, W) in [-1, 1] -> B RGB PIL images (``data.transforms.to_pil``)."""
+        return to_pil(images)
 
     # ------------------------------------------------------------------ understanding
     @torch.no_grad()
@@ -249,7 +257,7 @@ class Pipeline:
         return max(1, best * 3 // 4) if best < limit else best
 
 
-def load(
+def load_pipeline(
     name_or_path: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -259,8 +267,8 @@ def load(
     autocast: bool | None = None,
     compile: bool = False,
 ) -> Pipeline:
-    """Load a model for inference: our export, a Hugging Face repo id (offline-safe through the
-    hub cache) or a released OpenVision 3 encoder -> ``Pipeline``.
+    """Load a tokenizer for inference: our export, a Hugging Face repo id (offline-safe through
+    the hub cache) or a released OpenVision 3 encoder -> ``Pipeline``.
 
     ``device``: None = CUDA when available; ``dtype``: weights dtype (None = float32; the fast
     path is bf16 autocast, which keeps fp32 weights); ``vae``: see ``load_pretrained``;
@@ -277,3 +285,70 @@ def load(
         resolution = trained_resolution(local)
     cfg = PipelineConfig(resolution=resolution, resize=resize, autocast=autocast, compile=compile)
     return Pipeline(model, cfg)
+
+
+def _load_generator(path: str, device=None, **kw):
+    from openvision3.generation.pipeline import load_generator
+
+    return load_generator(path, device=str(device or default_device()), **kw)
+
+
+def _load_vlm(path: str, device=None, **kw):
+    from openvision3.errors import require
+
+    require("transformers", "understanding", "loading a VLM")
+    from openvision3.understanding.inference import load_vlm
+
+    if isinstance(kw.get("dtype"), str):
+        kw["dtype"] = getattr(torch, kw["dtype"])
+    return load_vlm(path, device=device or default_device(), **kw)
+
+
+# The folder kind (``artefacts.folder_kind(path).name``) -> its loader: one entry per kind of
+# model folder ``load`` opens. Hub ids (no local folder) go to ``load_pipeline``.
+LOADERS = {
+    TOKENIZER: load_pipeline,
+    "released": load_pipeline,
+    GENERATOR: _load_generator,
+    VLM_KIND: _load_vlm,
+}
+# The options each loader takes besides the path and the device, for a one-line refusal.
+OPTIONS = {
+    load_pipeline: ("dtype", "vae", "resolution", "resize", "autocast", "compile"),
+    _load_generator: ("decoder", "guide"),
+    _load_vlm: ("dtype",),
+}
+
+
+def load(name_or_path: str, device: str | torch.device | None = None, **kw):
+    """Load what ``name_or_path`` holds, by the kind its folder records:
+      - our tokenizer export, a released encoder, or a Hugging Face repo id -> ``Pipeline``
+        (options: ``dtype``, ``vae``, ``resolution``, ``resize``, ``autocast``, ``compile``;
+        see ``load_pipeline``);
+      - a generator export (``GenerationTask.export``, ``run/final``) -> ``Generator``
+        (options: ``decoder``, ``guide``; see ``generation.load_generator``);
+      - a LLaVA folder (``ov3 vlm build``, the LLaVA task's export) -> ``VLM`` (option
+        ``dtype``; see ``understanding.load_vlm``).
+    ``device``: None = CUDA when available. A local folder of no model kind, or an option its
+    loader does not take, is refused in one line (``ConfigError`` / ``MissingWeightsError``).
+    """
+    import os
+
+    from openvision3.artefacts import folder_kind, refuse
+    from openvision3.errors import ConfigError
+
+    if not os.path.isdir(name_or_path):
+        loader, kind = load_pipeline, None  # a hub id, or a missing path: resolve() says which
+    else:
+        kind = folder_kind(name_or_path)
+        loader = LOADERS.get(kind.name)
+        if loader is None:  # one line: what the folder is, and what takes it
+            refuse(name_or_path, kind, "a model export (tokenizer, generator or VLM)")
+    unknown = sorted(set(kw) - set(OPTIONS[loader]))
+    if unknown:
+        what = kind.what if kind is not None else "a tokenizer"
+        raise ConfigError(
+            f"{name_or_path!r} is {what}; its loader takes {', '.join(OPTIONS[loader])}, "
+            f"not {', '.join(unknown)}"
+        )
+    return loader(name_or_path, device=device, **kw)

@@ -7,7 +7,8 @@ path, its bytes, a uint8 array / tensor and the matching float tensor give the s
   - uint8 arrays / tensors, (H, W, 3) or (3, H, W), become PIL images losslessly;
   - float tensors (3, H, W) are in [-1, 1] (the model's convention); at the target size they
     pass through untouched, otherwise they are rounded to uint8 and transformed like the rest.
-Sources for the commands: one image file, a folder (recursive), or webdataset tar shards. Every
+``to_pil_images`` gives the same inputs as RGB PIL images, untransformed, for a VLM's own
+image processor. Sources for the commands: one image file, a folder (recursive), or webdataset tar shards. Every
 input a source lists either reaches the model or comes back in ``Batch.bad`` with its reason
 (an undecodable file, a dangling symlink, a fifo, a shard that breaks off), so a command can
 account for each one.
@@ -54,33 +55,54 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
 
 
+def _check_tensor(t: torch.Tensor) -> torch.Tensor:
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"image tensors must be (3, H, W), got {tuple(t.shape)}")
+    if t.dtype != torch.uint8 and not t.is_floating_point():
+        raise ValueError(f"image tensors must be uint8 or float in [-1, 1], got {t.dtype}")
+    return t
+
+
+def to_pil_image(image: ImageInput) -> Image.Image:
+    """One input -> an RGB PIL image, untransformed, for code with its own preprocessing (a
+    transformers image processor): PIL images as they are, paths and bytes decoded, uint8
+    arrays / tensors losslessly, float tensors (3, H, W) in [-1, 1] rounded to uint8.
+
+    Raises ``UnreadableImageError`` for files or bytes that do not decode, ``ValueError`` for
+    arrays of the wrong shape or dtype.
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        return decode_image(image)
+    if isinstance(image, torch.Tensor):
+        t = _check_tensor(image.detach().cpu())
+        if t.dtype != torch.uint8:
+            t = to_uint8(t.float().expand(3, -1, -1))
+        return _array_to_pil(t.numpy())
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 (H, W, 3), got {image.dtype}")
+        return _array_to_pil(image)
+    raise TypeError(f"unsupported image input of type {type(image).__name__}")
+
+
+def to_pil_images(images: ImageInput | Sequence[ImageInput]) -> list[Image.Image]:
+    """One input or a batch (see ``as_list``) -> RGB PIL images (``to_pil_image``)."""
+    return [to_pil_image(x) for x in as_list(images)]
+
+
 def to_pixels(image: ImageInput, cfg: ImageTransformConfig, transform: Callable) -> torch.Tensor:
     """One input -> float32 (3, R, R) in [-1, 1] (see the module docstring for the rules).
 
     Raises ``UnreadableImageError`` for files or bytes that do not decode, ``ValueError`` for
     arrays of the wrong shape or dtype.
     """
-    if isinstance(image, Image.Image):
-        return transform(image.convert("RGB") if image.mode != "RGB" else image)
-    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-        return transform(decode_image(image))
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"image tensors must be (3, H, W), got {tuple(t.shape)}")
-        if t.dtype == torch.uint8:
-            return transform(_array_to_pil(t.numpy()))
-        if not t.is_floating_point():
-            raise ValueError(f"image tensors must be uint8 or float in [-1, 1], got {t.dtype}")
-        t = t.float().expand(3, -1, -1)
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        t = _check_tensor(image.detach().cpu()).float().expand(3, -1, -1)
         if tuple(t.shape[1:]) == (cfg.resolution, cfg.resolution):
-            return t.contiguous()
-        return transform(_array_to_pil(to_uint8(t).numpy()))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 (H, W, 3), got {image.dtype}")
-        return transform(_array_to_pil(image))
-    raise TypeError(f"unsupported image input of type {type(image).__name__}")
+            return t.contiguous()  # already at the target size: untouched
+    return transform(to_pil_image(image))
 
 
 def to_batch(images, cfg: ImageTransformConfig) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tyro.conf import Positional, arg
 
 from openvision3.data.token_stats import LatentStats, load_latent_stats, normalize
 from openvision3.files import atomic_write
-from openvision3.inference.api import Pipeline, load
+from openvision3.inference.api import Pipeline, load_pipeline
 from openvision3.inference.inputs import Batch, batches, list_items
 from openvision3.inference.writers import JsonlWriter, TokenShardWriter, image_name, save_image
 from openvision3.outputs import OutputDir, file_stamp, model_identity
@@ -155,7 +155,7 @@ class LatentStatsConfig(InferenceConfig):
 # ---------------------------------------------------------------------- shared loop
 def _pipeline(cfg: InferenceConfig) -> Pipeline:
     autocast = {"auto": None, "fp32": False, "bf16": True}[cfg.precision]
-    return load(
+    return load_pipeline(
         cfg.model,
         device=None if cfg.device == "auto" else cfg.device,
         dtype=_DTYPES[cfg.weights_dtype],
@@ -362,7 +362,9 @@ def run_latent_stats(cfg: LatentStatsConfig) -> int:
 
     The statistics cover every input, so a rerun computes them again over all of them when any
     input is new, changed or was skipped, and does nothing otherwise."""
-    name = "latent_stats.safetensors"
+    from openvision3.data.latents import FeatureCache
+
+    name = FeatureCache.STATS_NAME  # the name a token cache gives its statistics
     pipe = _pipeline(cfg)
     run = _output(cfg, "latent-stats", _options(cfg, pipe), outputs=(name,))
     items, _ = list_items(cfg.input)

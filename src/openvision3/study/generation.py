@@ -74,7 +74,7 @@ def generate_for_run(study: StudyConfig, run: Path, seed: int, extractor, real_s
     gen = load_generator(str(out / "run" / "final"), device="cpu")
     labels = torch.arange(NUM_CLASSES).repeat(g.per_class)
     images = gen.sample(labels, cfg_scale=g.cfg_scale, steps=g.sample_steps, seed=seed)
-    fd = frechet_distance(*real_stats, *_features(extractor, images * 2 - 1))
+    fd = frechet_distance(*real_stats, *_features(extractor, images))  # both in [-1, 1]
     return {
         "metrics": {"generation_fd": float(fd)},
         "samples": len(labels),

@@ -11,7 +11,6 @@ a square of the mean colour (``LlavaImageProcessor(do_pad=True)``: LLaVA-1.5's
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,8 +26,16 @@ from transformers import (
     LlavaProcessor,
 )
 
-from openvision3.artefacts import KIND_KEY, portable_name, vlm_card, write_card
+from openvision3.artefacts import (
+    CARD_NAME,
+    KIND_KEY,
+    portable_name,
+    users_file,
+    vlm_card,
+    write_card,
+)
 from openvision3.artefacts import VLM as VLM_KIND
+from openvision3.files import staged_folder, write_json
 from openvision3.understanding.templates import IMAGE, get_template
 from openvision3.understanding.tower import OpenVision3VisionModel
 
@@ -155,19 +162,22 @@ def load_processor(path: str, template: str):
 
 def save_vlm(vlm: LlavaForConditionalGeneration, processor, out: str, card: dict | None = None):
     """The model and processor (transformers' layout), ``model_card.json`` (the kind and
-    ``card``: sources by hub id or folder name) and the ``README.md`` model card."""
-    os.makedirs(out, exist_ok=True)
-    vlm.save_pretrained(out)
-    processor.save_pretrained(out)
+    ``card``: sources by hub id or folder name) and the ``README.md`` model card, written into a
+    temporary folder and moved into ``out`` (``files.staged_folder``): an interrupted save
+    leaves no half folder, and a ``README.md`` of the user's in ``out`` is kept."""
     card = {KIND_KEY: VLM_KIND, **(card or {})}
     card.setdefault("template", getattr(vlm.config, TEMPLATE_KEY, None))
-    with open(os.path.join(out, "model_card.json"), "w") as f:
-        json.dump(card, f, indent=2)
     vision, text = vlm.config.vision_config, vlm.config.text_config
     readme = vlm_card(
         portable_name(out), card, vision.image_size, vision.num_image_tokens, text.model_type
     )
-    write_card(out, readme)
+    # config.json (what names the folder a VLM) lands last
+    with staged_folder(out, last="config.json", keep=users_file) as tmp:
+        vlm.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json(tmp / "model_card.json", card)
+        if not users_file(os.path.join(out, CARD_NAME)):
+            write_card(tmp, readme)
 
 
 def build_vlm(args: BuildArgs) -> str:

@@ -122,13 +122,16 @@ def read_questions(path: str, image_root: str = "") -> list[dict]:
 
 
 def answer_all(vlm, rows: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
-    from openvision3.understanding.inference import open_image
+    from openvision3.data.images import UnreadableImageError
 
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
-        images = [open_image(r["image_path"]) for r in chunk]
-        out += vlm.generate(images, [r["question"] for r in chunk], max_new_tokens)
+        images = [r["image_path"] for r in chunk]  # decoded by the VLM (inputs.py)
+        try:
+            out += vlm.generate(images, [r["question"] for r in chunk], max_new_tokens)
+        except UnreadableImageError as err:
+            raise ConfigError(str(err)) from None
     return out
 
 
@@ -156,12 +159,16 @@ def _vlm(model: str, device: str):
 
 
 def cmd_chat(args: ChatArgs) -> int:
-    from openvision3.understanding.inference import open_image
+    from openvision3.data.images import UnreadableImageError, decode_image
 
     if not os.path.isfile(args.image):
         raise ConfigError(f"image {args.image!r} does not exist")
+    try:
+        image = decode_image(args.image)  # before the model loads: a bad file fails at once
+    except UnreadableImageError as err:
+        raise ConfigError(str(err)) from None
     vlm = _vlm(args.model, args.device)
-    print(vlm.generate([open_image(args.image)], [args.question], args.max_new_tokens)[0])
+    print(vlm.generate([image], [args.question], args.max_new_tokens)[0])
     return 0
 
 

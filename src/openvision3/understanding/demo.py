@@ -133,12 +133,9 @@ def evaluate_vqa(vlm, world, cfg, res: int, prior: dict[str, str]) -> dict:
     for start in range(0, cfg.val_size, cfg.eval_batch):
         idx = list(range(start, min(start + cfg.eval_batch, cfg.val_size)))
         scenes = [world.scene("val", i) for i in idx]
-        images = (
-            torch.stack(
-                [torch.from_numpy(np.array(world.render(s, res))).permute(2, 0, 1) for s in scenes]
-            ).float()
-            / 255.0
-        )  # (B, 3, R, R) in [0, 1]
+        images = torch.stack(
+            [torch.from_numpy(np.array(world.render(s, res))).permute(2, 0, 1) for s in scenes]
+        )  # (B, 3, R, R) uint8, as the VLM takes images (inputs.py)
         qa = [scene_questions(s, "val", i, cfg.seed) for s, i in zip(scenes, idx)]
         for t, kind in enumerate(QUESTION_TYPES):
             questions = [row[t][1] for row in qa]
@@ -166,7 +163,7 @@ def evaluate_vqa(vlm, world, cfg, res: int, prior: dict[str, str]) -> dict:
 def _save_examples(images: torch.Tensor, out: Path) -> None:
     from PIL import Image
 
-    row = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    row = images.permute(0, 2, 3, 1).numpy()  # (B, R, R, 3) uint8
     Image.fromarray(np.concatenate(list(row), axis=1)).save(out / "examples.png")
 
 

@@ -1,7 +1,10 @@
 """Answer questions about images with a saved OpenVision 3 LLaVA: ``load_vlm(path).generate``.
 
-    vlm = load_vlm("runs/vlm", device="cpu")
-    vlm.generate([Image.open("cat.jpg")], ["what is in the image?"])  # -> ["a cat ..."]
+    vlm = load_vlm("runs/vlm", device="cpu")   # or openvision3.load("runs/vlm")
+    vlm.generate(["cat.jpg"], ["what is in the image?"])  # -> ["a cat ..."]
+
+Images are taken as everywhere in this package (``inference/inputs.py``): paths, PIL images,
+bytes, uint8 arrays / tensors, float tensors (3, H, W) in [-1, 1], or a batch of them.
 
 The processor saved in the folder defines the inputs, exactly as transformers'
 ``AutoProcessor`` / ``pipeline("image-text-to-text")`` read them: its chat template (the one the
@@ -13,19 +16,11 @@ LLaVA-1.5's ``pad``, resized to the tower's input, scaled to [-1, 1]). Decoding 
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
+from openvision3.inference.inputs import as_list, to_pil_images
 from openvision3.understanding.assemble import TEMPLATE_KEY, load_processor
 from openvision3.understanding.templates import prompt_inputs, template_name
-
-
-def _image_inputs(images) -> tuple[list, dict]:
-    """PIL images as they are; a (B, 3, H, W) tensor in [0, 1] as B images the processor takes
-    unscaled (``do_rescale=False``)."""
-    if torch.is_tensor(images):
-        return list(images.float()), {"do_rescale": False}
-    return [im.convert("RGB") for im in images], {}
 
 
 class VLM:
@@ -47,15 +42,15 @@ class VLM:
         return self.model.model.multi_modal_projector.linear_1.weight.dtype
 
     def pixel_values(self, images) -> torch.Tensor:
-        """PIL images, or a (B, 3, H, W) tensor in [0, 1] -> (B, 3, R, R) in [-1, 1]."""
-        images, kwargs = _image_inputs(images)
-        return self.processor.image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]
+        """Images (``inputs.py``: paths, PIL, bytes, arrays, tensors in [-1, 1]; one or a
+        batch) -> (B, 3, R, R) in [-1, 1], as the processor prepares them."""
+        pil = to_pil_images(images)
+        return self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
 
     def inputs(self, images, questions: list[str]) -> dict[str, torch.Tensor]:
         """The processor's ``input_ids``, ``attention_mask`` (left-padded) and
         ``pixel_values`` of (image, question) pairs, on the model's device."""
-        images, kwargs = _image_inputs(images)
-        batch = prompt_inputs(self.processor, questions, images, **kwargs)
+        batch = prompt_inputs(self.processor, questions, to_pil_images(images))
         batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -63,7 +58,9 @@ class VLM:
     def generate(
         self, images, questions: list[str], max_new_tokens: int = 32, **generate_kwargs
     ) -> list[str]:
-        """One greedy answer per (image, question) pair."""
+        """One greedy answer per (image, question) pair; ``images``: a batch as ``inputs.py``
+        takes it (a list, or a (B, 3, H, W) tensor in [-1, 1] / uint8)."""
+        images = as_list(images)
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if not len(questions):
@@ -92,8 +89,3 @@ def load_vlm(
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
     processor = load_processor(path, getattr(model.config, TEMPLATE_KEY, "vicuna_v1"))
     return VLM(model.to(device), processor)
-
-
-def open_image(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -30,6 +29,7 @@ from torch import nn
 from openvision3.artefacts import VLM, portable_name, relative_paths, require_kind
 from openvision3.dataclass_io import to_dict
 from openvision3.errors import ConfigError
+from openvision3.files import write_json
 from openvision3.train.accumulate import no_grad_sync, split_batch
 from openvision3.train.config import StageConfig
 from openvision3.train.task import RunConfig, Task, register_task
@@ -317,8 +317,8 @@ class LlavaTask(Task):
         names = {"model": portable_name(self.cfg.model), "template": self.cfg.template}
         names["data"] = portable_name(d.json_path or d.cache) or d.source
         save_vlm(merged(model), self.processor, path, {**card, **names, **lora})
-        with open(os.path.join(path, "run_config.json"), "w") as f:  # paths relative to it
-            json.dump(relative_paths(to_dict(self.cfg), os.path.abspath(path)), f, indent=2)
+        run_config = relative_paths(to_dict(self.cfg), os.path.abspath(path))  # relative to it
+        write_json(os.path.join(path, "run_config.json"), run_config)
 
 
 class SyntheticConversations(torch.utils.data.Dataset):

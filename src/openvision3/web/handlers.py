@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from openvision3.data.transforms import to_pil
 from openvision3.inference.api import Pipeline
 from openvision3.web.gallery import Gallery
 from openvision3.web.options import (
@@ -122,9 +123,9 @@ class Handlers:
             with decoder_noise(pipe.model.decoder, torch.tensor(levels), gen):
                 decoded = pipe.decode(batch, pipe.token_grid())  # (S, 3, R, R)
         x, decoded = x.float().cpu(), decoded.cpu()
-        pil = Pipeline.to_pil(decoded)
+        pil = to_pil(decoded)
         return Reconstruction(
-            input=Pipeline.to_pil(x)[0],
+            input=to_pil(x)[0],
             reconstruction=pil[0],
             psnr=float(psnr_uint8(x, decoded[:1])[0]),
             ssim=float(ssim(x, decoded[:1])[0]),
@@ -178,7 +179,7 @@ class Handlers:
             t = torch.linspace(0, 1, steps, device=tokens.device).view(-1, 1, 1)  # (S, 1, 1)
             path = (1 - t) * tokens[:1] + t * tokens[1:]  # (S, N, D)
             decoded = pipe.decode(path, pipe.token_grid())  # (S, 3, R, R)
-        return Pipeline.to_pil(decoded.cpu())
+        return to_pil(decoded)
 
     # ------------------------------------------------------------------ tab 4
     def generate(
@@ -198,8 +199,8 @@ class Handlers:
         with self.lock:
             images = gen.sample(
                 [index] * num, cfg_scale=cfg_scale, steps=steps, sampler=sampler, seed=seed
-            )  # (B, 3, H, W) in [0, 1]
-        return Pipeline.to_pil(images.float().cpu() * 2 - 1)
+            )  # (B, 3, H, W) in [-1, 1]
+        return to_pil(images)
 
     # ------------------------------------------------------------------ tab 5
     def ask(self, image: Image.Image, question: str, max_new_tokens: int = 32) -> str:

@@ -86,7 +86,7 @@ def ensure_model(path: str, interactive: bool | None = None) -> str:
         return path
     if os.path.normpath(path) != os.path.normpath(DEFAULT_MODEL):
         if _hub_id(path):
-            return path  # resolved through the hub cache by ``openvision3.load``
+            return path  # resolved through the hub cache by ``load_pipeline``
         raise ConfigError(f"MODEL {path!r} does not exist (an export folder or a hub id)")
     if interactive is None:
         interactive = sys.stdin is not None and sys.stdin.isatty()
@@ -187,10 +187,10 @@ def build(cfg: ServeConfig, workdir: str | None = None):
     device = None if cfg.device == "auto" else cfg.device
 
     def load(with_parts: bool = False):
-        import openvision3
+        from openvision3.inference.api import load_pipeline
         from openvision3.web.handlers import Handlers
 
-        pipe = openvision3.load(path, device=device, resolution=cfg.resolution)
+        pipe = load_pipeline(path, device=device, resolution=cfg.resolution)
         dev = str(pipe.device)
         gen = load_part("generator", cfg.generator, dev) if with_parts else None
         vlm = load_part("vlm", cfg.vlm, dev) if with_parts else None

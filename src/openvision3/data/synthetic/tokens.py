@@ -31,7 +31,9 @@ def color_cell(world: SyntheticWorld, key: str) -> int:
 def _cached(out: str, split: str, resolution: int, size: int) -> bool:
     """Whether ``out`` holds a finished ``split`` of ``size`` samples at ``resolution``; one
     of another size or resolution is removed (it is rebuilt)."""
-    meta_path = os.path.join(out, f"{split}-000.json")
+    from openvision3.data.latents import FeatureCache
+
+    meta_path = os.path.join(out, FeatureCache.meta_name(split))
     if not os.path.exists(meta_path):
         return False
     meta = json.loads(open(meta_path).read())
@@ -40,9 +42,9 @@ def _cached(out: str, split: str, resolution: int, size: int) -> bool:
     log.info("rebuilding the %s tokens in %s (%d cached at %s px, %d wanted at %d px)", split,
              out, meta.get("written", 0), meta.get("resolution"), size, resolution)  # fmt: skip
     for name in os.listdir(out):
-        if name.startswith(f"{split}-"):
+        if name.startswith(FeatureCache.split_files(split)):
             os.remove(os.path.join(out, name))
-    stats = os.path.join(out, "latent_stats.safetensors")  # computed from the train split
+    stats = FeatureCache.stats_path(out)  # computed from the train split
     if split == "train" and os.path.exists(stats):
         os.remove(stats)
     return False
@@ -85,8 +87,11 @@ def run_world(run: str) -> SyntheticConfig:
     """The synthetic world a finished demo run trained on: ``data.synthetic`` of the run's
     ``config.json``, the one part of an OpenVision 3 run config the downstream demos read."""
     from openvision3.dataclass_io import from_dict
+    from openvision3.errors import ConfigError
 
     path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{run!r} is not a run directory (no config.json)")
     with open(path) as f:
         data = json.load(f).get("data", {})
     if not isinstance(data.get("synthetic"), dict):
