@@ -11,6 +11,7 @@ _LAZY = {
     "PipelineConfig": "openvision3.inference.api",
     "OpenVision3": "openvision3.models.openvision3",
     "ModelConfig": "openvision3.models.openvision3",
+    "load_pretrained": "openvision3.pretrained",
     "save_pretrained": "openvision3.pretrained",
 }
 __all__ = sorted(_LAZY)
