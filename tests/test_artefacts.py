@@ -28,6 +28,7 @@ from openvision3.artefacts import (
     require_kind,
 )
 from openvision3.errors import USER_ERRORS
+from openvision3.pretrained import save_pretrained
 
 NUM_CLASSES = 3
 
@@ -43,7 +44,7 @@ def _tokenizer(out: Path) -> Path:
         model_config("ov3-mu"), vae=VAEConfig(pretrained="", arch=dict(TINY_VAE_ARCH))
     )
     card = {"experiment": "demo_smoke", "steps": 3, "data": "synthetic"}
-    OpenVision3(cfg).eval().save_pretrained(str(out), card=card, resolution=32)
+    save_pretrained(OpenVision3(cfg).eval(), str(out), card=card, resolution=32)
     return out
 
 

@@ -19,6 +19,7 @@ import torchvision
 
 from openvision3.cli import main
 from openvision3.extras import EXTRA_MODULES
+from openvision3.pretrained import save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name (pyproject.toml) -> import name, where they differ
@@ -96,7 +97,7 @@ def test_core_install_runs_inference_and_names_the_train_extra(tmp_path):
     from openvision3.models.presets import model_config
 
     model_dir = str(tmp_path / "export")  # ov3-mu, random weights, its tiny VAE in vae/
-    OpenVision3(model_config("ov3-mu")).save_pretrained(model_dir, card={"trained_on": "nothing"})
+    save_pretrained(OpenVision3(model_config("ov3-mu")), model_dir, card={"trained_on": "nothing"})
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]

@@ -17,6 +17,7 @@ _LAZY = {
     "to_pil": "openvision3.data.transforms",
     "OpenVision3": "openvision3.models.openvision3",
     "ModelConfig": "openvision3.models.openvision3",
+    "load_pretrained": "openvision3.pretrained",
     "save_pretrained": "openvision3.pretrained",
 }
 __all__ = sorted(_LAZY)

@@ -1,5 +1,6 @@
-"""Loading and saving OpenVision 3 models (``OpenVision3.from_pretrained`` / ``save_pretrained``
-call these; ``openvision3.load`` builds its pipeline on them).
+"""Loading and saving OpenVision 3 models: ``load_pretrained`` / ``save_pretrained`` (also
+``openvision3.load_pretrained`` / ``openvision3.save_pretrained``; the model class holds its
+architecture only). ``openvision3.load`` builds its pipeline on them.
 
 Two layouts are read:
   - ours: ``config.json`` (``{"format": "openvision3", "model": ModelConfig}``, and

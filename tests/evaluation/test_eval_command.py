@@ -10,6 +10,7 @@ from openvision3.evaluation.pairs import pair_batches, read_pairs
 from openvision3.evaluation.retrieval import MultiCaptionRetrievalEvaluator
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import save_pretrained
 from tests.evaluation._eval_fakes import TableModel, index_images
 
 
@@ -97,7 +98,7 @@ def test_multi_caption_retrieval_exact_on_identity_embeddings():
 
 def test_eval_all_end_to_end(tmp_path, random_inception):
     model_dir, out = tmp_path / "model", tmp_path / "out"
-    OpenVision3(model_config("ov3-mu")).save_pretrained(str(model_dir))
+    save_pretrained(OpenVision3(model_config("ov3-mu")), str(model_dir))
     argv = ["eval", "all", "--model", str(model_dir), "--device", "cpu",
             "--data.source", "synthetic", "--resolution", "32", "--batch-size", "3",
             "--num-images", "6", "--out-dir", str(out),
@@ -137,7 +138,7 @@ def test_eval_all_end_to_end(tmp_path, random_inception):
 def test_named_task_the_model_cannot_do_is_an_error(tmp_path):
     cfg = model_config("ov3-mu")
     cfg.decoder = None
-    OpenVision3(cfg).save_pretrained(str(tmp_path / "model"))
+    save_pretrained(OpenVision3(cfg), str(tmp_path / "model"))
     argv = ["eval", "reconstruction", "--model", str(tmp_path / "model"), "--device", "cpu",
             "--resolution", "32", "--num-images", "2", "--out-dir", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(ValueError, match="no decoder"):
@@ -147,7 +148,7 @@ def test_named_task_the_model_cannot_do_is_an_error(tmp_path):
 def test_eval_reruns_into_one_out_dir(tmp_path, capsys):
     """Same options: replaced; other options or the user's file: refused in one line."""
     model_dir, out = tmp_path / "model", tmp_path / "out"
-    OpenVision3(model_config("ov3-mu")).save_pretrained(str(model_dir))
+    save_pretrained(OpenVision3(model_config("ov3-mu")), str(model_dir))
     argv = ["eval", "zero-shot", "--model", str(model_dir), "--device", "cpu",
             "--data.source", "synthetic", "--batch-size", "3", "--num-images", "3",
             "--out-dir", str(out)]  # fmt: skip

@@ -24,6 +24,7 @@ from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
 from openvision3.ov3.config import OV3StageConfig, peak_lr
 from openvision3.ov3.task import OpenVision3Task
+from openvision3.pretrained import save_pretrained
 from openvision3.train.trainer import Trainer
 
 NUM_IMAGES, BATCH = 6, 4  # 4 + 2: a short last batch
@@ -139,7 +140,7 @@ def test_folder_zero_shot_uses_ov3_evals_names_and_templates(tmp_path):
     use ``ov3 eval``'s ("golden retriever", OpenAI's 80 templates) and skip the text tasks."""
     _image_folder(tmp_path / "data", ["golden_retriever", "tabby_cat", "tree_frog"])
     model = OpenVision3(model_config("ov3-mu"))
-    model.save_pretrained(str(tmp_path / "model"), resolution=32)
+    save_pretrained(model, str(tmp_path / "model"), resolution=32)
     cfg = get_preset("demo_smoke").eval
     cfg.num_images, cfg.batch_size = 0, BATCH
     data = DataConfig(source="folder", path=str(tmp_path / "data"))

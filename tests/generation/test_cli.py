@@ -14,6 +14,7 @@ from openvision3.data.transforms import to_pil
 from openvision3.generation import load_generator
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import save_pretrained
 from tests.evaluation._fid_fakes import save_random_inception
 from tests.generation.conftest import tiny_vae, write_cache
 
@@ -23,7 +24,7 @@ def generator(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     torch.manual_seed(0)
     ov3 = OpenVision3(model_config("ov3-mu"), vae=tiny_vae()).eval()
-    ov3.save_pretrained(str(root / "ov3"))
+    save_pretrained(ov3, str(root / "ov3"))
     write_cache(root / "tokens", encoder=ov3.encoder)  # 32 px: 2 x 2 tokens of 32
     args = [
         "train", "demo_generation_smoke", "--data.cache", str(root / "tokens"),

@@ -7,6 +7,7 @@ from PIL import Image
 
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import save_pretrained
 from tests.inference._inference_helpers import random_image
 
 
@@ -15,7 +16,7 @@ def model_dir(tmp_path_factory):
     """An ``ov3-mu`` export (random weights, tiny VAE saved in vae/)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ov3mu")
-    OpenVision3(model_config("ov3-mu")).save_pretrained(str(path), card={"trained_on": "nothing"})
+    save_pretrained(OpenVision3(model_config("ov3-mu")), str(path), card={"trained_on": "nothing"})
     return str(path)
 
 

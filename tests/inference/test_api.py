@@ -12,8 +12,8 @@ from openvision3.data.transforms import from_uint8
 from openvision3.inference.api import Pipeline, PipelineConfig, load
 from openvision3.inference.bench import open_clip_vit
 from openvision3.models.encoder import Encoder, EncoderConfig
-from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import MissingWeightsError
+from openvision3.pretrained import load_pretrained, save_pretrained
 from tests.inference._inference_helpers import RES, random_image
 
 
@@ -85,10 +85,10 @@ def test_methods(pipe):
 
 def test_export_load_round_trip_offline(tmp_path, model_dir):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    original = OpenVision3.from_pretrained(model_dir)
+    original = load_pretrained(model_dir)
     x = torch.rand(2, 3, RES, RES) * 2 - 1
     out = tmp_path / "export"
-    original.save_pretrained(str(out), card={"dataset": "synthetic"})
+    save_pretrained(original, str(out), card={"dataset": "synthetic"})
     card = json.loads((out / "model_card.json").read_text())
     assert card["dataset"] == "synthetic" and card["vae"]["convention"] == "ov3"
     loaded = load(str(out), device="cpu", resolution=RES)
@@ -102,25 +102,25 @@ def test_export_load_round_trip_offline(tmp_path, model_dir):
 def test_version_1_exports_keep_their_caption_decoder(tmp_path, model_dir):
     """Exports written before caption.image_pos existed load with the prefix they were
     trained with ("none"), not the newer default."""
-    original = OpenVision3.from_pretrained(model_dir)
+    original = load_pretrained(model_dir)
     assert original.cfg.caption is not None
     out = tmp_path / "export"
-    original.save_pretrained(str(out))
+    save_pretrained(original, str(out))
     config = json.loads((out / "config.json").read_text())
     assert config["version"] == 2
-    assert OpenVision3.from_pretrained(str(out)).cfg.caption.image_pos == "sincos"
+    assert load_pretrained(str(out)).cfg.caption.image_pos == "sincos"
     config["version"] = 1
     del config["model"]["caption"]["image_pos"]
     (out / "config.json").write_text(json.dumps(config))
-    assert OpenVision3.from_pretrained(str(out)).cfg.caption.image_pos == "none"
+    assert load_pretrained(str(out)).cfg.caption.image_pos == "none"
 
 
 def test_load_runs_at_the_resolution_the_export_was_trained_at(tmp_path, model_dir):
     """``save_pretrained(resolution=...)`` records it; ``load`` defaults to it. Exports
     without it (written before it existed) keep the position grid's default (256 px)."""
-    model = OpenVision3.from_pretrained(model_dir)
+    model = load_pretrained(model_dir)
     out = tmp_path / "export"
-    model.save_pretrained(str(out), resolution=64)
+    save_pretrained(model, str(out), resolution=64)
     assert json.loads((out / "config.json").read_text())["resolution"] == 64
     assert json.loads((out / "model_card.json").read_text())["resolution"] == 64
     pipe = load(str(out), device="cpu")
@@ -130,7 +130,7 @@ def test_load_runs_at_the_resolution_the_export_was_trained_at(tmp_path, model_d
     assert "resolution" not in json.loads(open(os.path.join(model_dir, "config.json")).read())
     assert load(model_dir, device="cpu").resolution == 16 * 16
     with pytest.raises(ValueError, match="multiple of 16"):
-        model.save_pretrained(str(tmp_path / "bad"), resolution=40)
+        save_pretrained(model, str(tmp_path / "bad"), resolution=40)
 
 
 def test_open_clip_reference_matches_our_encoder():

@@ -6,6 +6,7 @@ import torch
 from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import load_pretrained, save_pretrained
 from openvision3.tokenizer import Tokenizer
 
 
@@ -92,7 +93,7 @@ def test_overfits_one_batch():
 
 def test_save_pretrained_round_trip(tmp_path, model):
     model.eval()
-    model.save_pretrained(str(tmp_path / "export"))
+    save_pretrained(model, str(tmp_path / "export"))
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
         "README.md",
         "config.json",
@@ -100,7 +101,7 @@ def test_save_pretrained_round_trip(tmp_path, model):
         "model_card.json",
         "vae",
     ]
-    loaded = OpenVision3.from_pretrained(str(tmp_path / "export"))
+    loaded = load_pretrained(str(tmp_path / "export"))
     batch = tiny_batch()
     with torch.no_grad():
         assert torch.equal(model.encode(batch["images"]), loaded.encode(batch["images"]))
@@ -110,7 +111,7 @@ def test_save_pretrained_round_trip(tmp_path, model):
         batch["images"][:2], max_len=6
     )
     # latent-only loading
-    latent_only = OpenVision3.from_pretrained(str(tmp_path / "export"), vae=None)
+    latent_only = load_pretrained(str(tmp_path / "export"), vae=None)
     z = torch.randn(1, 16, 4, 4)
     assert torch.equal(latent_only.encode_latents(z), model.encode_latents(z))
 

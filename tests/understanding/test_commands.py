@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
 from openvision3.cli import main  # noqa: E402
+from openvision3.pretrained import save_pretrained
 from openvision3.understanding.command import vqa_scores  # noqa: E402
 
 
@@ -17,7 +18,7 @@ def vlm_dir(tmp_path_factory):
     from openvision3.understanding.tiny import mu_openvision3
 
     root = tmp_path_factory.mktemp("vlm")
-    mu_openvision3().save_pretrained(str(root / "ov3"))
+    save_pretrained(mu_openvision3(), str(root / "ov3"))
     assert (
         main(
             [

@@ -8,6 +8,7 @@ from PIL import Image
 
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.presets import model_config
+from openvision3.pretrained import save_pretrained
 from tests.web._web_helpers import RESOLUTION, FakeGenerator, FakeVLM
 
 
@@ -16,7 +17,7 @@ def tiny_model(tmp_path_factory):
     """An ``ov3-mu`` export (random weights, tiny VAE in vae/)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ov3mu_web")
-    OpenVision3(model_config("ov3-mu")).save_pretrained(str(path), card={"trained_on": "nothing"})
+    save_pretrained(OpenVision3(model_config("ov3-mu")), str(path), card={"trained_on": "nothing"})
     return str(path)
 
 

@@ -237,19 +237,3 @@ class OpenVision3(nn.Module):
             out["images"] = batch["images"][:n]  # (n, 3, H, W)
             out["images_hat"] = self._need("vae").decode(latents_hat[:n])
         return out
-
-    # ------------------------------------------------------------------ I/O
-    @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> OpenVision3:
-        """Our exports (``config.json`` + ``model.safetensors``) or the released encoder layout
-        (``open_clip_config.json`` + ``open_clip_pytorch_model.bin``); see
-        ``openvision3.pretrained``."""
-        from openvision3.pretrained import load_pretrained
-
-        return load_pretrained(path, **kwargs)
-
-    def save_pretrained(self, path: str, **kwargs) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``vae/`` for config-built VAEs)."""
-        from openvision3.pretrained import save_pretrained
-
-        save_pretrained(self, path, **kwargs)

@@ -24,6 +24,7 @@ from openvision3.losses.objective import Objective, ObjectiveConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.ov3.accumulate import forward_backward
 from openvision3.ov3.speed import speed_up_vae
+from openvision3.pretrained import save_pretrained
 from openvision3.train.task import Task
 
 if TYPE_CHECKING:  # annotations only: ov3/config.py builds this task
@@ -140,4 +141,4 @@ class OpenVision3Task(Task):
         data = {"data": self.cfg.data.source}
         if self.cfg.data.path:  # by its name: the card travels with the folder
             data["data_path"] = portable_name(self.cfg.data.path)
-        model.save_pretrained(path, resolution=stage.resolution, card={**card, **data})
+        save_pretrained(model, path, resolution=stage.resolution, card={**card, **data})

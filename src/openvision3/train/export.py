@@ -4,7 +4,7 @@
 ``run_dir/final`` (for OpenVision 3 runs ``config.json`` + ``model.safetensors`` +
 ``model_card.json`` + the ``README.md`` model card, and ``vae/`` for config-built VAEs; other
 tasks write their own export), in one process and without a process group: DCP reads every
-rank's shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result. Both record
+rank's shards into full tensors. ``openvision3.load_pretrained(out_dir)`` loads the result. Both record
 the resolution of the stage that ran the last step, the one ``openvision3.load`` runs at.
 """
 
