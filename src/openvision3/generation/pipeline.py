@@ -101,12 +101,18 @@ def _read_model(path: str, device) -> tuple[DiTDH, GenerationConfig, dict, dict]
 
 
 def load_generator(path: str, device: str = "cpu", decoder: str = "", guide: str = "") -> Generator:
-    """A generator export (``run/final``) -> ``Generator``. ``decoder``: the OpenVision 3 export
+    """A generator export (``run/final``), or its diffusers folder, -> ``Generator``.
+    ``decoder``: the OpenVision 3 export
     with the decoder ("" = the one recorded at training); ``guide``: a second (smaller or
     earlier) generator export for AutoGuidance."""
     from openvision3.artefacts import GENERATOR, require_kind
     from openvision3.pretrained import load_pretrained
 
+    if not (decoder or guide) and os.path.isfile(os.path.join(path, "model_index.json")):
+        from openvision3.diffusers.export import is_diffusers_folder, load_diffusers_generator
+
+        if is_diffusers_folder(path):  # ``ov3 export --format diffusers`` of a generator
+            return load_diffusers_generator(path, device)
     for folder in (path, guide) if guide else (path,):  # one line for a folder of another kind
         require_kind(folder, GENERATOR)
     model, cfg, stats, meta = _read_model(path, device)
