@@ -6,6 +6,7 @@
 tasks write their own export), in one process and without a process group: DCP reads every
 rank's shards into full tensors. ``OpenVision3.from_pretrained(out_dir)`` loads the result. Both record
 the resolution of the stage that ran the last step, the one ``openvision3.load`` runs at.
+``--format diffusers`` writes diffusers' layout instead (``openvision3/diffusers/export.py``).
 """
 
 from __future__ import annotations
@@ -88,3 +89,32 @@ class ExportArgs:
     checkpoint: Annotated[str, arg(metavar="CHECKPOINT")]
     out: Annotated[str, arg(metavar="OUT")]  # output directory
     weights: Literal["auto", "ema", "live"] = "auto"  # auto: EMA when the run kept one
+    # ov3: our layout; diffusers: an OpenVision3Autoencoder folder for a tokenizer, an
+    # OpenVision3DiTPipeline folder for a generator (CHECKPOINT may then be an export folder)
+    format: Literal["ov3", "diffusers"] = "ov3"
+    # the diffusers pipeline's scheduler: euler (diffusers' FlowMatchEulerDiscreteScheduler on
+    # RAE's grid) or heun (OpenVision3FlowScheduler)
+    scheduler: Literal["euler", "heun"] = "euler"
+
+
+def export_diffusers(
+    checkpoint: str | Path, out_dir: str | Path, weights: str = "auto", scheduler: str = "euler"
+) -> Path:
+    """``ov3 export --format diffusers``: ``checkpoint`` (a checkpoint, a run, or already a
+    tokenizer / generator export) -> the diffusers folder ``out_dir``
+    (``openvision3.diffusers.to_diffusers``). A checkpoint is exported first into a sibling
+    folder of ``out_dir`` (a generator records its decoder relative to it), then removed."""
+    import shutil
+
+    from openvision3.artefacts import GENERATOR, TOKENIZER
+    from openvision3.diffusers.export import to_diffusers
+
+    out = Path(out_dir)
+    if folder_kind(checkpoint).name in (TOKENIZER, GENERATOR):
+        return Path(to_diffusers(str(checkpoint), str(out), scheduler))
+    native = out.with_name(out.name + ".ov3-export")
+    try:
+        export_checkpoint(checkpoint, native, weights)
+        return Path(to_diffusers(str(native), str(out), scheduler))
+    finally:
+        shutil.rmtree(native, ignore_errors=True)
