@@ -31,7 +31,9 @@ def write_generator(out, decoder: str, seed: int = 1, names=("a", "b", "c", "d",
     for p in model.parameters():  # RAE's zero-init adaLN would make every velocity 0
         p.data.add_(torch.randn_like(p) * 0.05)
     out.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
+    )
     stats = {"mean": torch.randn(32, 2, 2), "var": torch.rand(32, 2, 2) + 0.25}
     save_file(stats, str(out / STATS_NAME))
     # s = sqrt(C h w / 32) = 2: a real time shift on the tiny grid

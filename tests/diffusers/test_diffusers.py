@@ -128,7 +128,7 @@ def test_pipeline_images_equal_load_generator_samples(exports, folders, solver):
     gen = load_generator(exports["generator"])
     pipe = OpenVision3DiTPipeline.from_pretrained(folders[solver])
     noise = sample_noise(3, range(len(LABELS)), gen.shape, "cpu")  # load_generator's seeds
-    for steps, w, interval in ((12, 1.0, (0.0, 1.0)), (9, 3.0, (0.3, 0.8))):
+    for steps, w, interval in ((7, 1.0, (0.0, 1.0)), (6, 3.0, (0.3, 0.8))):
         kw = dict(cfg_scale=w, steps=steps, sampler=solver, seed=3, interval=interval)
         ref = as_pipeline_range(gen.sample(LABELS, **kw))
         out = pipe(LABELS, guidance_scale=w, num_inference_steps=steps - 1,
@@ -136,7 +136,7 @@ def test_pipeline_images_equal_load_generator_samples(exports, folders, solver):
         assert out.shape == ref.shape == (len(LABELS), 3, RES, RES)
         assert (out - ref).abs().max() <= (1e-5 if solver == "euler" else 1e-6)
     # guidance inside the interval changes the images; w = 1 does not use the null class
-    unguided = pipe(LABELS, num_inference_steps=8, latents=noise, output_type="pt").images
+    unguided = pipe(LABELS, num_inference_steps=5, latents=noise, output_type="pt").images
     assert (out - unguided).abs().max() > 1e-3
 
 
@@ -187,41 +187,38 @@ def test_a_save_from_the_pipeline_reloads_to_identical_weights(folders, tmp_path
     assert dict(again.scheduler.config) == dict(pipe.scheduler.config)
 
 
-def test_fresh_process_loads_offline_with_one_import(folders, tmp_path):
-    """The documented load in a new interpreter, offline: same images as this process."""
-    noise = torch.randn(2, 32, 2, 2, generator=torch.Generator().manual_seed(5))
-    torch.save(noise, tmp_path / "noise.pt")
-    pipe = OpenVision3DiTPipeline.from_pretrained(folders["euler"])
-    ref = pipe([2, 0], guidance_scale=2.0, num_inference_steps=4, latents=noise, output_type="np")
-    x = torch.rand(1, 3, RES, RES) * 2 - 1
-    torch.save(x, tmp_path / "x.pt")
-    ae_ref = OpenVision3Autoencoder.from_pretrained(folders["autoencoder"]).encode(x).latent
-    run_offline(f"""
-        import numpy as np, torch
-        import openvision3.diffusers  # the one import
-        from openvision3.diffusers import OpenVision3Autoencoder, OpenVision3DiTPipeline
-        pipe = OpenVision3DiTPipeline.from_pretrained({folders["euler"]!r})
-        noise = torch.load("noise.pt")
-        out = pipe([2, 0], guidance_scale=2.0, num_inference_steps=4, latents=noise,
-                   output_type="np").images
-        np.save("images.npy", out)
-        ae = OpenVision3Autoencoder.from_pretrained({folders["autoencoder"]!r})
-        torch.save(ae.encode(torch.load("x.pt")).latent, "z.pt")
-    """, tmp_path)  # fmt: skip
-    assert np.array_equal(np.load(tmp_path / "images.npy"), ref.images)
-    assert torch.equal(torch.load(tmp_path / "z.pt"), ae_ref)
-
-
 # ---------------------------------------------------------------------- export and facades
-def test_ov3_export_format_diffusers_and_the_cards_run(exports, tmp_path):
+def test_export_then_a_fresh_process_loads_offline_with_one_import(exports, tmp_path):
+    """``ov3 export --format diffusers`` of both exports; then, in one new interpreter offline,
+    each model card's usage lines, and the documented load gives this process's images."""
     for src, name in ((exports["generator"], "pipe"), (exports["tokenizer"], "ae")):
         assert main(["export", src, str(tmp_path / name), "--format", "diffusers"]) == 0
-    assert is_diffusers_folder(str(tmp_path / "pipe"))
+    assert is_diffusers_folder(str(tmp_path / "pipe")) and is_diffusers_folder(str(tmp_path / "ae"))
+    cards = []
     for name in ("pipe", "ae"):
         card = (tmp_path / name / "README.md").read_text()
-        assert "library_name: \"diffusers\"" in card
-        code = card.split("```python\n", 1)[1].split("```", 1)[0]
-        run_offline(code, tmp_path)  # the card's usage lines, as a user runs them
+        assert 'library_name: "diffusers"' in card
+        cards.append(card.split("```python\n", 1)[1].split("```", 1)[0])
+    noise = torch.randn(2, 32, 2, 2, generator=torch.Generator().manual_seed(5))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    torch.save({"noise": noise, "x": x}, tmp_path / "inputs.pt")
+    pipe = OpenVision3DiTPipeline.from_pretrained(str(tmp_path / "pipe"))
+    ref = pipe([2, 0], guidance_scale=2.0, num_inference_steps=4, latents=noise, output_type="np")
+    ae_ref = OpenVision3Autoencoder.from_pretrained(str(tmp_path / "ae")).encode(x).latent
+    check = """
+import numpy as np, torch
+import openvision3.diffusers  # the one import
+from openvision3.diffusers import OpenVision3Autoencoder, OpenVision3DiTPipeline
+inputs = torch.load("inputs.pt")
+pipe = OpenVision3DiTPipeline.from_pretrained("pipe")
+np.save("images.npy", pipe([2, 0], guidance_scale=2.0, num_inference_steps=4,
+                           latents=inputs["noise"], output_type="np").images)
+ae = OpenVision3Autoencoder.from_pretrained("ae")
+torch.save(ae.encode(inputs["x"]).latent, "z.pt")
+"""
+    run_offline("\n".join([*cards, check]), tmp_path)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), ref.images)
+    assert torch.equal(torch.load(tmp_path / "z.pt"), ae_ref)
     assert main(["export", str(tmp_path), str(tmp_path / "x"), "--format", "diffusers"]) == 1
 
 
@@ -229,7 +226,7 @@ def test_facades_load_the_diffusers_folders(exports, folders):
     gen = load_generator(folders["euler"])  # what `ov3 serve --generator DIR` calls
     ref = load_generator(exports["generator"])
     assert gen.class_names == ref.class_names == ["a", "b", "c", "d", "e"]
-    kw = dict(cfg_scale=2.0, steps=5, seed=1, interval=(0.1, 0.9))
+    kw = dict(cfg_scale=2.0, steps=4, seed=1, interval=(0.1, 0.9))
     assert torch.equal(gen.sample(LABELS, **kw), ref.sample(LABELS, **kw))
     model = load_diffusers_folder(folders["autoencoder"], "cpu", resolution=RES)
     x = torch.rand(2, 3, RES, RES) * 2 - 1

@@ -61,7 +61,10 @@ class OpenVision3Autoencoder(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(
-        self, ov3_config: dict | None = None, token_grid: tuple[int, int] = (16, 16), has_stats=False
+        self,
+        ov3_config: dict | None = None,
+        token_grid: tuple[int, int] = (16, 16),
+        has_stats=False,
     ):
         super().__init__()
         cfg = from_dict(ModelConfig, ov3_config or {})

@@ -36,7 +36,7 @@ def _json(path: str) -> dict:
 
 
 def diffusers_kind(path: str) -> str:
-    """"pipeline", "autoencoder", or "" for a folder that is neither of ours."""
+    """ "pipeline", "autoencoder", or "" for a folder that is neither of ours."""
     if _json(os.path.join(path, "model_index.json")).get("_class_name") == PIPELINE_CLASS:
         return "pipeline"
     if _json(os.path.join(path, "config.json")).get("_class_name") == AUTOENCODER_CLASS:
@@ -69,12 +69,14 @@ def _autoencoder_folder(export: str, out: str, stats: dict | None = None) -> str
     from openvision3.diffusers.autoencoder import OpenVision3Autoencoder
     from openvision3.generation.latent_stats import load_latent_stats
     from openvision3.generation.task import STATS_NAME
-    from openvision3.pretrained import load_pretrained
+    from openvision3.pretrained import load_pretrained, trained_resolution
 
     ov3 = load_pretrained(export, device="cpu")
     if stats is None and os.path.isfile(os.path.join(export, STATS_NAME)):
         stats = load_latent_stats(os.path.join(export, STATS_NAME))
-    ae = OpenVision3Autoencoder.from_openvision3(ov3, stats)
+    res = trained_resolution(export)  # the grid the card shows; statistics fix it
+    grid = (res // ov3.cfg.pixel_patch,) * 2 if res else None
+    ae = OpenVision3Autoencoder.from_openvision3(ov3, stats, token_grid=grid)
     ae.save_pretrained(out)
     write_card(out, _autoencoder_card(portable_name(out), ae))
     return out
@@ -118,7 +120,7 @@ def _autoencoder_card(name: str, ae) -> Card:
             + ("" if ae.config.has_stats else " (this folder stores none: raw tokens)")
             + "; `decode` returns images in [-1, 1] in `.sample`."
         ),
-        kind="diffusers autoencoder",
+        kind=AUTOENCODER_CLASS,
         facts={"token grid": f"({d}, {h}, {w}) at {res} px"},
         python=f"""
 import torch
@@ -147,7 +149,7 @@ def _pipeline_card(name: str, cfg, shift: float) -> Card:
             f"`scheduler` (time shift {shift:.4g}). `num_inference_steps` counts steps: RAE's "
             "50-point grid is 49."
         ),
-        kind="diffusers pipeline",
+        kind=PIPELINE_CLASS,
         facts={"classes": ", ".join(cfg.class_names or []) or cfg.num_classes},
         python=f"""
 import openvision3.diffusers  # registers the OpenVision 3 classes with diffusers

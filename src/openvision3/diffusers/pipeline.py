@@ -46,7 +46,10 @@ class OpenVision3DiTPipeline(DiffusionPipeline):
     def __init__(self, transformer, vae, scheduler, guide_transformer=None):
         super().__init__()
         self.register_modules(
-            transformer=transformer, vae=vae, scheduler=scheduler, guide_transformer=guide_transformer
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            guide_transformer=guide_transformer,
         )
         patch = vae.model.cfg.pixel_patch if vae is not None else 16
         self.image_processor = VaeImageProcessor(vae_scale_factor=patch, do_normalize=True)
@@ -79,7 +82,9 @@ class OpenVision3DiTPipeline(DiffusionPipeline):
         s = self.scheduler
         if isinstance(s, FlowMatchEulerDiscreteScheduler):
             if s.config.use_dynamic_shifting or s.config.shift_terminal:
-                raise ValueError("the Euler scheduler needs a fixed shift (RAE's), no dynamic shift")
+                raise ValueError(
+                    "the Euler scheduler needs a fixed shift (RAE's), no dynamic shift"
+                )
             u = 1 - torch.linspace(0, 1 - T_END, num_inference_steps + 1, dtype=torch.float64)
             s.set_timesteps(sigmas=u.tolist(), device=device)
             return s.timesteps[:-1]  # the step to the appended sigma 0 is not RAE's

@@ -101,10 +101,10 @@ def _read_model(path: str, device) -> tuple[DiTDH, GenerationConfig, dict, dict]
 
 
 def load_generator(path: str, device: str = "cpu", decoder: str = "", guide: str = "") -> Generator:
-    """A generator export (``run/final``), or its diffusers folder, -> ``Generator``.
-    ``decoder``: the OpenVision 3 export
-    with the decoder ("" = the one recorded at training); ``guide``: a second (smaller or
-    earlier) generator export for AutoGuidance."""
+    """A generator export (``run/final``), or its diffusers folder (``ov3 export --format
+    diffusers``), -> ``Generator``. ``decoder``: the OpenVision 3 export with the decoder
+    ("" = the one recorded at training); ``guide``: a second (smaller or earlier) generator
+    export for AutoGuidance."""
     from openvision3.artefacts import GENERATOR, require_kind
     from openvision3.pretrained import load_pretrained
 
