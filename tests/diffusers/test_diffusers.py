@@ -153,15 +153,20 @@ def test_pipeline_output_types_follow_diffusers(folders):
     assert pipe.get_label_ids(["b", "e"]) == [1, 4]
 
 
-def test_autoguidance_with_a_guide_transformer(exports, folders):
+def test_autoguidance_with_a_guide_transformer(exports, tmp_path):
     gen = load_generator(exports["generator"], guide=exports["guide"])
-    pipe = OpenVision3DiTPipeline.from_pretrained(folders["euler"])
-    pipe.register_modules(guide_transformer=DiTDHTransformer2DModel.from_dit(gen.guide))
+    folder = to_diffusers(exports["generator"], str(tmp_path / "ag"), guide=exports["guide"])
+    index = json.loads(open(os.path.join(folder, "model_index.json")).read())
+    assert index["guide_transformer"] == ["openvision3.diffusers", "DiTDHTransformer2DModel"]
+    pipe = OpenVision3DiTPipeline.from_pretrained(folder)
     noise = sample_noise(0, range(len(LABELS)), gen.shape, "cpu")
     ref = gen.sample(LABELS, cfg_scale=1.42, steps=6, guidance="autoguidance", interval=(0, 0.7))
     out = pipe(LABELS, guidance_scale=1.42, num_inference_steps=5, guidance_interval=(0, 0.7),
                latents=noise, output_type="pt").images  # fmt: skip
     assert (out - as_pipeline_range(ref)).abs().max() <= 1e-5
+    again = load_generator(folder)  # the facade reads the guide from the folder too
+    assert torch.equal(again.sample(LABELS, cfg_scale=1.42, steps=6, guidance="autoguidance",
+                                    interval=(0, 0.7)), ref)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- folders

@@ -50,15 +50,16 @@ def is_diffusers_folder(path: str) -> bool:
 
 
 # ---------------------------------------------------------------------- writing
-def to_diffusers(export: str, out: str, solver: str = "euler") -> str:
+def to_diffusers(export: str, out: str, solver: str = "euler", guide: str = "") -> str:
     """Write the diffusers folder of ``export`` (a tokenizer or generator export) to ``out``;
     ``solver``: the pipeline's scheduler, euler (diffusers' ``FlowMatchEulerDiscreteScheduler``)
-    or heun (``OpenVision3FlowScheduler``). Returns ``out``."""
+    or heun (``OpenVision3FlowScheduler``); ``guide``: a second generator export, AutoGuidance's
+    weaker model, saved as the pipeline's ``guide_transformer``. Returns ``out``."""
     kind = folder_kind(export).name
     if kind == TOKENIZER:
         return _autoencoder_folder(export, out)
     if kind == GENERATOR:
-        return _pipeline_folder(export, out, solver)
+        return _pipeline_folder(export, out, solver, guide)
     raise ConfigError(
         f"{export!r} is {folder_kind(export).what}, not an OpenVision 3 tokenizer or generator "
         "export: --format diffusers converts those"
@@ -82,7 +83,7 @@ def _autoencoder_folder(export: str, out: str, stats: dict | None = None) -> str
     return out
 
 
-def _pipeline_folder(export: str, out: str, solver: str) -> str:
+def _pipeline_folder(export: str, out: str, solver: str, guide: str = "") -> str:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from openvision3.diffusers.autoencoder import OpenVision3Autoencoder
@@ -91,8 +92,9 @@ def _pipeline_folder(export: str, out: str, solver: str) -> str:
     from openvision3.diffusers.transformer import DiTDHTransformer2DModel
     from openvision3.generation.pipeline import load_generator
 
-    gen = load_generator(export, device="cpu")
+    gen = load_generator(export, device="cpu", guide=guide)
     transformer = DiTDHTransformer2DModel.from_dit(gen.model, gen.cfg.class_names)
+    weak = DiTDHTransformer2DModel.from_dit(gen.guide) if gen.guide is not None else None
     vae = OpenVision3Autoencoder.from_openvision3(gen.decoder, gen.stats)
     if solver == "euler":  # RAE's fixed shift; the pipeline passes RAE's grid as sigmas
         scheduler = FlowMatchEulerDiscreteScheduler(shift=gen.shift, use_dynamic_shifting=False)
@@ -100,7 +102,7 @@ def _pipeline_folder(export: str, out: str, solver: str) -> str:
         scheduler = OpenVision3FlowScheduler(shift=gen.shift, solver="heun")
     else:
         raise ConfigError(f"solver must be euler or heun, got {solver!r}")
-    pipe = OpenVision3DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe = OpenVision3DiTPipeline(transformer, vae, scheduler, guide_transformer=weak)
     pipe.save_pretrained(out)
     card = _pipeline_card(portable_name(out), transformer.config, gen.shift)
     write_card(out, card)
