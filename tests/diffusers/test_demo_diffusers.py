@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from openvision3.cli import main
-from openvision3.diffusers import OpenVision3DiTPipeline, to_diffusers
+from openvision3.diffusers import OpenVision3Autoencoder, OpenVision3DiTPipeline, to_diffusers
 from openvision3.generation.demo import NUM_CLASSES, score, to_uint8
 from openvision3.generation.pipeline import load_generator, sample_noise
+from openvision3.pretrained import load_pretrained
 from tests.diffusers.test_diffusers import as_pipeline_range
 
 # the README test's shrunk demo (tests/test_readme.py, _GEN_DEMO)
@@ -36,3 +37,16 @@ def test_demo_generator_in_diffusers_gives_the_demos_samples(tmp_path):
     want = report["judge"][f"CFG samples (w = {w:g})"]
     for k in ("color", "cell"):  # the judge's figures, within one sample of the demo's
         assert abs(got[k] - want[k]) <= 1 / want["n"] + 1e-9
+    # `ov3 export RUN OUT --format diffusers` from the runs' checkpoints: the same folders
+    gen_run = str(run / "generation" / "run")
+    assert main(["export", gen_run, str(tmp_path / "ckpt"), "--format", "diffusers"]) == 0
+    assert not (tmp_path / "ckpt.ov3-export").exists()  # the intermediate export is removed
+    again = OpenVision3DiTPipeline.from_pretrained(str(tmp_path / "ckpt"))
+    for name in ("transformer", "vae"):
+        a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["export", str(run), str(tmp_path / "ae"), "--format", "diffusers"]) == 0
+    ae = OpenVision3Autoencoder.from_pretrained(str(tmp_path / "ae"))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    ref_tokens = load_pretrained(str(run / "final")).encode(x)  # (B, N, D)
+    assert torch.equal(ae.encode(x).latent.flatten(2).transpose(1, 2), ref_tokens)
