@@ -55,6 +55,7 @@ FLOORS = (
     ("inference",),
     ("configs",),
     ("ov3", "generation", "understanding"),
+    ("diffusers",),
     ("study",),
     ("web",),
     ("cli",),

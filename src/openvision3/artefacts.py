@@ -31,6 +31,10 @@ from openvision3.errors import ConfigError, MissingWeightsError
 
 KIND_KEY = "task"  # the key of our config.json / model_card.json that names the kind
 TOKENIZER, GENERATOR, VLM = "openvision3", "generation", "llava"
+# The diffusers folders of a tokenizer and a generator (``ov3 export --format diffusers``),
+# recognised by the class diffusers records in them (``_class_name``).
+DIFFUSERS_AUTOENCODER, DIFFUSERS_PIPELINE = "diffusers-autoencoder", "diffusers-pipeline"
+AUTOENCODER_CLASS, PIPELINE_CLASS = "OpenVision3Autoencoder", "OpenVision3DiTPipeline"
 CARD_NAME = "README.md"
 # The first line of every card we write: a README.md without it is the user's, never replaced.
 CARD_MARK = "<!-- model card written by openvision3 -->"
@@ -83,6 +87,19 @@ _KINDS = {
         "`openvision3.load({path!r})`, `ov3 vlm chat {path} IMAGE QUESTION`, `ov3 vlm answer` and "
         "`ov3 serve MODEL --vlm {path}` take it",
     ),
+    DIFFUSERS_AUTOENCODER: Kind(
+        DIFFUSERS_AUTOENCODER,
+        "an OpenVision 3 tokenizer in diffusers' format (OpenVision3Autoencoder)",
+        "`openvision3.load({path!r})` and, after `import openvision3.diffusers`, "
+        "`OpenVision3Autoencoder.from_pretrained({path!r})` take it",
+    ),
+    DIFFUSERS_PIPELINE: Kind(
+        DIFFUSERS_PIPELINE,
+        "an OpenVision 3 generator in diffusers' format (OpenVision3DiTPipeline)",
+        "`openvision3.load({path!r})`, `ov3 sample {path} --out DIR`, `ov3 serve MODEL "
+        "--generator {path}` and, after `import openvision3.diffusers`, "
+        "`OpenVision3DiTPipeline.from_pretrained({path!r})` take it",
+    ),
     "checkpoint": Kind(
         "checkpoint",
         "a training checkpoint",
@@ -123,6 +140,10 @@ def folder_kind(path: str | os.PathLike) -> Kind:
     if not p.is_dir():
         return Kind("file", "a file") if p.exists() else Kind("missing", "missing")
     config = _json(p / "config.json")
+    if (_json(p / "model_index.json") or {}).get("_class_name") == PIPELINE_CLASS:
+        return _KINDS[DIFFUSERS_PIPELINE]
+    if config is not None and config.get("_class_name") == AUTOENCODER_CLASS:
+        return _KINDS[DIFFUSERS_AUTOENCODER]
     if config is not None:
         if config.get("format") == TOKENIZER or config.get(KIND_KEY) == TOKENIZER:
             return _KINDS[TOKENIZER]
@@ -158,6 +179,28 @@ def folder_kind(path: str | os.PathLike) -> Kind:
     if any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries if e.is_file()):
         return _KINDS["images"]
     return Kind("other", "a folder without a model's config.json")
+
+
+# Folder kind -> the function that opens it ("module:function"), imported when a folder of
+# that kind is opened, as transformers' Auto classes map a model type to its module: so
+# ``openvision3.load`` (and ``load_generator`` for a diffusers pipeline) open every kind
+# without importing the families above them. Each takes (path, device=..., **options).
+LOADERS = {
+    TOKENIZER: "openvision3.inference.api:load_pipeline",
+    "released": "openvision3.inference.api:load_pipeline",
+    GENERATOR: "openvision3.generation.pipeline:load_generator",
+    VLM: "openvision3.understanding:load_vlm",
+    DIFFUSERS_AUTOENCODER: "openvision3.diffusers.export:load_diffusers_folder",
+    DIFFUSERS_PIPELINE: "openvision3.diffusers.export:load_diffusers_generator",
+}
+
+
+def loader(kind: str):
+    """The function that opens a folder of ``kind`` (``LOADERS``)."""
+    import importlib
+
+    module, name = LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def require_kind(path: str, wanted: str) -> Kind:

@@ -208,6 +208,11 @@ def cmd_export(argv: list[str]) -> int:
     args = tyro.cli(
         ExportArgs, args=argv, prog="ov3 export", config=(tyro.conf.PositionalRequiredArgs,)
     )
+    if args.format == "diffusers":
+        from openvision3.diffusers.export import export_diffusers
+
+        print(export_diffusers(args.checkpoint, args.out, args.weights, args.scheduler))
+        return 0
     print(export_checkpoint(args.checkpoint, args.out, args.weights))
     return 0
 
@@ -321,7 +326,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "train-vae": Command(cmd_train_vae, "[--FIELD VALUE ...]", "train the small VAE of the demo"),
     "export": Command(cmd_export, "CHECKPOINT OUT",
-                      "a training checkpoint or run -> config.json + model.safetensors"),
+                      "a training checkpoint or run -> config.json + model.safetensors "
+                      "(--format diffusers: diffusers' layout)"),
     "cache-latents": Command(cmd_cache_latents, "PRESET --out DIR",
                              "write the frozen VAE's latents (and tokens) of a split once",
                              choices=image_presets),

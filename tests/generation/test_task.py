@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from openvision3.data.token_stats import load_latent_stats
+from openvision3.data.token_stats import load_token_stats
 from openvision3.generation.presets import PRESETS
 from openvision3.generation.task import GenerationConfig, sample_draws
 from openvision3.train.trainer import Trainer
@@ -46,7 +46,7 @@ def test_trains_resumes_exactly_and_exports(tmp_path, token_cache):
     changed = [k for k, v in ref["model"].items() if not torch.equal(v, init[k])]
     # adaLN-Zero: the output layer learns first, then the head's blocks (their gates open).
     assert "final_layer.linear.weight" in changed and "blocks.2.attn.qkv.weight" in changed
-    stats = load_latent_stats(ref_stats)
+    stats = load_token_stats(ref_stats)
     assert stats["mean"].shape == (16, 4, 4) and (stats["var"] > 0).all()
     meta = json.loads((tmp_path / "a" / "run" / "final" / "config.json").read_text())
     assert meta["task"] == "generation" and meta["config"]["class_names"][1] == "b"

@@ -577,7 +577,7 @@ class FeatureCache:
     reader and writer of a cache names its files through them.
     """
 
-    # Per-position token statistics of the train split (``generation.latent_stats``), beside
+    # Per-position token statistics of the train split (``data.token_stats``), beside
     # the shards; a generator export carries its copy under the same name.
     STATS_NAME = "latent_stats.safetensors"
 

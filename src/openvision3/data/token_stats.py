@@ -15,7 +15,7 @@ import torch
 EPS = 1e-5
 
 
-class LatentStats:
+class TokenStats:
     """Running per-position mean and variance of tokens (B, N, D), merged per batch in float64
     with Chan et al.'s parallel update (stable for millions of images)."""
 
@@ -63,7 +63,7 @@ class LatentStats:
         save_file(self.compute(grid), path, metadata=info)
 
 
-def load_latent_stats(path: str) -> dict[str, torch.Tensor]:
+def load_token_stats(path: str) -> dict[str, torch.Tensor]:
     """Read a ``latent-stats`` file -> {"mean": (D, h, w), "var": (D, h, w)}."""
     from safetensors.torch import load_file
 

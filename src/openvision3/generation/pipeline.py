@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from openvision3.data.token_stats import denormalize, load_latent_stats
+from openvision3.data.token_stats import denormalize, load_token_stats
 from openvision3.dataclass_io import from_dict
 from openvision3.errors import ConfigError, MissingWeightsError
 from openvision3.generation.models import DiTDH
@@ -99,17 +99,26 @@ def _read_model(path: str, device) -> tuple[DiTDH, GenerationConfig, dict, dict]
     cfg = from_dict(GenerationConfig, meta["config"])
     model = DiTDH(cfg.model)
     model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))  # strict
-    stats = load_latent_stats(os.path.join(path, STATS_NAME))
+    stats = load_token_stats(os.path.join(path, STATS_NAME))
     return model.to(device), cfg, stats, meta
 
 
 def load_generator(path: str, device: str = "cpu", decoder: str = "", guide: str = "") -> Generator:
-    """A generator export (``run/final``) -> ``Generator``. ``decoder``: the OpenVision 3 export
-    with the decoder ("" = the one recorded at training); ``guide``: a second (smaller or
-    earlier) generator export for AutoGuidance."""
-    from openvision3.artefacts import GENERATOR, require_kind
+    """A generator export (``run/final``), or its diffusers folder (``ov3 export --format
+    diffusers``), -> ``Generator``. ``decoder``: the OpenVision 3 export with the decoder
+    ("" = the one recorded at training); ``guide``: a second (smaller or earlier) generator
+    export for AutoGuidance."""
+    from openvision3.artefacts import (
+        DIFFUSERS_PIPELINE,
+        GENERATOR,
+        folder_kind,
+        loader,
+        require_kind,
+    )
     from openvision3.pretrained import load_pretrained
 
+    if not (decoder or guide) and folder_kind(path).name == DIFFUSERS_PIPELINE:
+        return loader(DIFFUSERS_PIPELINE)(path, device)  # ``ov3 export --format diffusers``
     for folder in (path, guide) if guide else (path,):  # one line for a folder of another kind
         require_kind(folder, GENERATOR)
     model, cfg, stats, meta = _read_model(path, device)

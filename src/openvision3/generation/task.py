@@ -37,8 +37,8 @@ from openvision3.artefacts import (
 )
 from openvision3.data.latents import FeatureCache, read_cache_meta
 from openvision3.data.token_stats import (
-    LatentStats,
-    load_latent_stats,
+    TokenStats,
+    load_token_stats,
     normalize,
 )
 from openvision3.dataclass_io import to_dict
@@ -166,12 +166,12 @@ def cache_stats(data: TokenDataConfig, cache: FeatureCache | None = None) -> dic
     split and write them there (exact per-position mean and variance, float64)."""
     path = data.stats_path()
     if os.path.exists(path):
-        return load_latent_stats(path)
+        return load_token_stats(path)
     cache = cache or FeatureCache(data.cache, data.split)
     meta = cache.meta.get("tokens")
     if not meta:
         raise ConfigError(f"--data.cache {data.cache!r} stores no tokens: cache them first")
-    stats = LatentStats()
+    stats = TokenStats()
     batch = []
     for i in range(len(cache)):
         batch.append(cache[i]["tokens"])
@@ -179,7 +179,7 @@ def cache_stats(data: TokenDataConfig, cache: FeatureCache | None = None) -> dic
             stats.update(torch.stack(batch))
             batch = []
     stats.save(path, tuple(meta["grid"]), {"cache": data.cache, "split": data.split})
-    return load_latent_stats(path)
+    return load_token_stats(path)
 
 
 def seed_of(seed: int, key: int) -> int:

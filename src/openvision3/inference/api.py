@@ -8,9 +8,10 @@
     openvision3.to_pil(images)[0].save("cat-reconstructed.png")
 
 ``load`` reads the kind a folder records (``artefacts.folder_kind``) and hands it to that kind's
-loader (``LOADERS``): our tokenizer export, a released encoder or a hub id -> ``Pipeline``
-(``load_pipeline``); a generator export -> ``Generator`` (``load_generator``); a LLaVA folder ->
-``VLM`` (``load_vlm``). Every facade that takes images takes them as ``inputs.py`` does, and
+loader (``artefacts.LOADERS``): our tokenizer export, a released encoder or a hub id ->
+``Pipeline`` (``load_pipeline``); a generator export -> ``Generator`` (``load_generator``); a
+LLaVA folder -> ``VLM`` (``load_vlm``); the diffusers folders of a tokenizer and a generator
+(``ov3 export --format diffusers``) -> ``Pipeline`` and ``Generator``. Every facade that takes images takes them as ``inputs.py`` does, and
 every image one returns is a float tensor in [-1, 1] (``openvision3.to_pil`` for PIL images).
 
 A ``Pipeline`` holds the model, its device, the preprocessing (the training transform) and the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from openvision3.artefacts import GENERATOR, TOKENIZER
+from openvision3.artefacts import DIFFUSERS_AUTOENCODER, DIFFUSERS_PIPELINE, GENERATOR, TOKENIZER
 from openvision3.artefacts import VLM as VLM_KIND
 from openvision3.data.transforms import RESIZE_POLICIES, ImageTransformConfig, to_pil
 from openvision3.inference.inputs import to_batch
@@ -287,36 +288,16 @@ def load_pipeline(
     return Pipeline(model, cfg)
 
 
-def _load_generator(path: str, device=None, **kw):
-    from openvision3.generation.pipeline import load_generator
-
-    return load_generator(path, device=str(device or default_device()), **kw)
-
-
-def _load_vlm(path: str, device=None, **kw):
-    from openvision3.errors import require
-
-    require("transformers", "understanding", "loading a VLM")
-    from openvision3.understanding.inference import load_vlm
-
-    if isinstance(kw.get("dtype"), str):
-        kw["dtype"] = getattr(torch, kw["dtype"])
-    return load_vlm(path, device=device or default_device(), **kw)
-
-
-# The folder kind (``artefacts.folder_kind(path).name``) -> its loader: one entry per kind of
-# model folder ``load`` opens. Hub ids (no local folder) go to ``load_pipeline``.
-LOADERS = {
-    TOKENIZER: load_pipeline,
-    "released": load_pipeline,
-    GENERATOR: _load_generator,
-    VLM_KIND: _load_vlm,
-}
-# The options each loader takes besides the path and the device, for a one-line refusal.
+# The options each kind's loader (``artefacts.LOADERS``) takes besides the path and the
+# device, for a one-line refusal of any other.
+_PIPELINE_OPTIONS = ("dtype", "vae", "resolution", "resize", "autocast", "compile")
 OPTIONS = {
-    load_pipeline: ("dtype", "vae", "resolution", "resize", "autocast", "compile"),
-    _load_generator: ("decoder", "guide"),
-    _load_vlm: ("dtype",),
+    TOKENIZER: _PIPELINE_OPTIONS,
+    "released": _PIPELINE_OPTIONS,
+    GENERATOR: ("decoder", "guide"),
+    VLM_KIND: ("dtype",),
+    DIFFUSERS_AUTOENCODER: ("resolution", "resize", "autocast", "compile"),
+    DIFFUSERS_PIPELINE: (),
 }
 
 
@@ -328,27 +309,30 @@ def load(name_or_path: str, device: str | torch.device | None = None, **kw):
       - a generator export (``GenerationTask.export``, ``run/final``) -> ``Generator``
         (options: ``decoder``, ``guide``; see ``generation.load_generator``);
       - a LLaVA folder (``ov3 vlm build``, the LLaVA task's export) -> ``VLM`` (option
-        ``dtype``; see ``understanding.load_vlm``).
+        ``dtype``; see ``understanding.load_vlm``);
+      - a diffusers folder of ours (``ov3 export --format diffusers``): a pipeline ->
+        ``Generator``, an autoencoder -> ``Pipeline`` (options: ``resolution``, ``resize``,
+        ``autocast``, ``compile``).
     ``device``: None = CUDA when available. A local folder of no model kind, or an option its
     loader does not take, is refused in one line (``ConfigError`` / ``MissingWeightsError``).
     """
     import os
 
-    from openvision3.artefacts import folder_kind, refuse
+    from openvision3.artefacts import folder_kind, loader, refuse
     from openvision3.errors import ConfigError
 
     if not os.path.isdir(name_or_path):
-        loader, kind = load_pipeline, None  # a hub id, or a missing path: resolve() says which
+        kind = None  # a hub id, or a missing path: resolve() says which
+        name, what = TOKENIZER, "a tokenizer"
     else:
         kind = folder_kind(name_or_path)
-        loader = LOADERS.get(kind.name)
-        if loader is None:  # one line: what the folder is, and what takes it
+        if kind.name not in OPTIONS:  # one line: what the folder is, and what takes it
             refuse(name_or_path, kind, "a model export (tokenizer, generator or VLM)")
-    unknown = sorted(set(kw) - set(OPTIONS[loader]))
+        name, what = kind.name, kind.what
+    unknown = sorted(set(kw) - set(OPTIONS[name]))
     if unknown:
-        what = kind.what if kind is not None else "a tokenizer"
+        takes = ", ".join(OPTIONS[name]) or "no options"
         raise ConfigError(
-            f"{name_or_path!r} is {what}; its loader takes {', '.join(OPTIONS[loader])}, "
-            f"not {', '.join(unknown)}"
+            f"{name_or_path!r} is {what}; its loader takes {takes}, not {', '.join(unknown)}"
         )
-    return loader(name_or_path, device=device, **kw)
+    return loader(name)(name_or_path, device=device or default_device(), **kw)

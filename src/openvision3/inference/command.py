@@ -22,7 +22,7 @@ def _commands() -> dict:
         "reconstruct": (runs.ReconstructConfig, runs.run_reconstruct),
         "caption": (runs.CaptionConfig, runs.run_caption),
         "classify": (runs.ClassifyConfig, runs.run_classify),
-        "latent-stats": (runs.LatentStatsConfig, runs.run_latent_stats),
+        "latent-stats": (runs.TokenStatsConfig, runs.run_token_stats),
         "bench encode": (bench.BenchConfig, _bench_encode),
     }
 

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import torch
 from tyro.conf import Positional, arg
 
-from openvision3.data.token_stats import LatentStats, load_latent_stats, normalize
+from openvision3.data.token_stats import TokenStats, load_token_stats, normalize
 from openvision3.files import atomic_write
 from openvision3.inference.api import Pipeline, load_pipeline
 from openvision3.inference.inputs import Batch, batches, list_items
@@ -148,7 +148,7 @@ class ClassifyConfig(InferenceConfig):
 
 
 @dataclass
-class LatentStatsConfig(InferenceConfig):
+class TokenStatsConfig(InferenceConfig):
     """Writes `latent_stats.safetensors` (`mean` / `var` (D, h, w)) into --output."""
 
 
@@ -269,7 +269,7 @@ def run_encode(cfg: EncodeConfig) -> int:
         save_dtype=cfg.save_dtype,
     )  # fmt: skip
     run = _output(cfg, "encode", options, outputs=("tokens-*",))
-    stats = load_latent_stats(cfg.normalize) if cfg.normalize else None
+    stats = load_token_stats(cfg.normalize) if cfg.normalize else None
     meta = {
         "model": cfg.model,
         "resolution": pipe.resolution,
@@ -357,7 +357,7 @@ def run_classify(cfg: ClassifyConfig) -> int:
     return _run("classify", cfg, pipe, run, handle)
 
 
-def run_latent_stats(cfg: LatentStatsConfig) -> int:
+def run_token_stats(cfg: TokenStatsConfig) -> int:
     """Per-position mean / variance of the tokens over the input images (RAE normalisation).
 
     The statistics cover every input, so a rerun computes them again over all of them when any
@@ -370,7 +370,7 @@ def run_latent_stats(cfg: LatentStatsConfig) -> int:
     items, _ = list_items(cfg.input)
     complete = (run.path / name).exists() and not any(run.needs(i.key, _stamp(i)) for i in items)
     todo = iter(()) if complete else _todo(run, list_items(cfg.input)[0], every=True)
-    stats, keys = LatentStats(), []
+    stats, keys = TokenStats(), []
 
     def handle(batch: Batch) -> None:
         stats.update(pipe.encode(batch.pixels))

@@ -6,6 +6,8 @@
 tasks write their own export), in one process and without a process group: DCP reads every
 rank's shards into full tensors. ``openvision3.load_pretrained(out_dir)`` loads the result. Both record
 the resolution of the stage that ran the last step, the one ``openvision3.load`` runs at.
+``--format diffusers`` writes diffusers' layout instead (``diffusers/export.py``'s
+``export_diffusers``).
 """
 
 from __future__ import annotations
@@ -88,3 +90,9 @@ class ExportArgs:
     checkpoint: Annotated[str, arg(metavar="CHECKPOINT")]
     out: Annotated[str, arg(metavar="OUT")]  # output directory
     weights: Literal["auto", "ema", "live"] = "auto"  # auto: EMA when the run kept one
+    # ov3: our layout; diffusers: an OpenVision3Autoencoder folder for a tokenizer, an
+    # OpenVision3DiTPipeline folder for a generator (CHECKPOINT may then be an export folder)
+    format: Literal["ov3", "diffusers"] = "ov3"
+    # the diffusers pipeline's scheduler: euler (diffusers' FlowMatchEulerDiscreteScheduler on
+    # RAE's grid) or heun (OpenVision3FlowScheduler)
+    scheduler: Literal["euler", "heun"] = "euler"

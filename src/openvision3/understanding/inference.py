@@ -79,13 +79,15 @@ class VLM:
 
 
 def load_vlm(
-    path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> VLM:
     """A saved VLM folder (``ov3 vlm build``, a training export, the demo's) -> ``VLM``."""
     from openvision3.artefacts import VLM as VLM_KIND
     from openvision3.artefacts import require_kind
 
     require_kind(path, VLM_KIND)  # one line, before anything is built, for another kind
+    if isinstance(dtype, str):  # "bfloat16"
+        dtype = getattr(torch, dtype)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
     processor = load_processor(path, getattr(model.config, TEMPLATE_KEY, "vicuna_v1"))
     return VLM(model.to(device), processor)
