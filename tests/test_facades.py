@@ -261,3 +261,36 @@ def test_vlm_chat_names_an_undecodable_image_in_one_line(folders, tmp_path, caps
     assert main(["vlm", "chat", str(folders["vlm"]), str(bad), "what is it?"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "cannot decode image" in err and "cat.jpg" in err, err
+
+
+def test_an_interrupted_tokenizer_export_keeps_the_old_folder(tmp_path, monkeypatch):
+    """``save_pretrained`` writes the whole folder beside the target and moves it in: a kill
+    after the new weights and config are written leaves a first export as it was, the user's
+    README included."""
+    import openvision3.pretrained as pretrained
+    from openvision3.models.openvision3 import OpenVision3
+    from openvision3.models.presets import model_config
+
+    out = tmp_path / "ov3"
+    model = OpenVision3(model_config("ov3-mu")).eval()
+    pretrained.save_pretrained(model, str(out), resolution=32)
+    (out / "README.md").write_text("my notes")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = OpenVision3(model_config("ov3-mu")).eval()  # other random weights
+    real = pretrained.write_json
+
+    def killed_at_the_card(path, value):
+        if str(path).endswith("model_card.json"):
+            raise KeyboardInterrupt("killed")
+        return real(path, value)
+
+    monkeypatch.setattr(pretrained, "write_json", killed_at_the_card)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.save_pretrained(other, str(out), resolution=64)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ov3"]  # no temporary folder left
+    monkeypatch.undo()
+    pretrained.save_pretrained(other, str(out), resolution=64)  # finished: new files, same README
+    assert (out / "README.md").read_text() == "my notes"
+    assert json.loads((out / "config.json").read_text())["resolution"] == 64

@@ -28,11 +28,12 @@ from openvision3.artefacts import (
     portable_name,
     require_kind,
     tokenizer_card,
+    users_file,
     write_card,
 )
 from openvision3.dataclass_io import from_dict, to_dict
 from openvision3.errors import MissingWeightsError
-from openvision3.files import atomic_write, write_json
+from openvision3.files import staged_folder, write_json
 from openvision3.models.encoder import EncoderConfig
 from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import FrozenVAE, VAEConfig
@@ -90,7 +91,6 @@ def save_pretrained(
             f"resolution {resolution} must be a positive multiple of {cfg.pixel_patch} "
             "(pixels per token)"
         )
-    os.makedirs(path, exist_ok=True)
     has_vae = model.vae is not None
     # A VAE from this machine's own folder travels in vae/ (its absolute path would not).
     local_vae = os.path.isabs(cfg.vae.pretrained)
@@ -106,20 +106,21 @@ def save_pretrained(
         config["model"]["vae"]["pretrained"] = portable_name(cfg.vae.pretrained)
     if resolution is not None:
         config["resolution"] = resolution
-    if has_vae and include_vae:
-        model.vae.save_pretrained(os.path.join(path, "vae"))
-        config["vae_subfolder"] = "vae"
-    weights = os.path.join(path, WEIGHTS_NAME)
-    atomic_write(
-        weights, lambda tmp: save_model(unwrap_model(model), str(tmp), metadata={"format": "pt"})
-    )
-    write_json(os.path.join(path, CONFIG_NAME), config)
     card = _card(model, card, resolution)
-    write_json(os.path.join(path, CARD_NAME), card)
     parts = [p for p in ("decoder", "text", "captioner") if getattr(model, p) is not None]
     parts = [{"text": "text tower", "captioner": "caption decoder"}.get(p, p) for p in parts]
     readme = tokenizer_card(portable_name(path), card, cfg.encoder.width, cfg.pixel_patch, parts)
-    write_card(path, readme)
+    # Written whole beside ``path`` and moved in: an interrupted export leaves no half folder
+    # and replaces no file; config.json (what names the folder an export) lands last.
+    with staged_folder(path, last=CONFIG_NAME, keep=users_file) as tmp:
+        if has_vae and include_vae:
+            model.vae.save_pretrained(os.path.join(tmp, "vae"))
+            config["vae_subfolder"] = "vae"
+        save_model(unwrap_model(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_json(os.path.join(tmp, CONFIG_NAME), config)
+        write_json(os.path.join(tmp, CARD_NAME), card)
+        if not users_file(os.path.join(path, "README.md")):
+            write_card(tmp, readme)
 
 
 def _card(model: OpenVision3, extra: dict | None, resolution: int | None) -> dict:
