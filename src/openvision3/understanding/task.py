@@ -212,6 +212,35 @@ class LlavaTask(Task):
             self.dataset(), batch_size, rank, world, lambda s: collate(s, pad), self.cfg.train.seed
         )
 
+    def synthetic_batch(self, stage, batch_size=None, *, device="cpu", seed=0) -> dict:
+        """``collate``'s batch (``understanding/data.py``) of conversations that fill
+        ``data.max_length`` (no padding: the costliest case): ``input_ids`` (B, L) int64 =
+        [BOS, the image token x N, random text], ``attention_mask`` (B, L) ones, ``labels``
+        (B, L) the text (the prompt ignored); ``pixel_values`` (B, 3, R, R) in the
+        processor's range, or ``image_tokens`` (B, N, D) for ``synthetic_cache``. Reads the
+        model's config: call ``build_model`` first."""
+        config, b = self._config(), batch_size or stage.batch_size
+        vision, n = config.vision_config, config.vision_config.num_image_tokens
+        length = self.cfg.data.max_length
+        if length < n + 2:
+            raise ConfigError(f"--data.max-length {length} cannot hold the {n} image tokens")
+        gen = torch.Generator().manual_seed(seed)
+        vocab = config.text_config.vocab_size
+        ids = torch.randint(0, vocab, (b, length), generator=gen)
+        ids = ids.masked_fill(ids == config.image_token_id, 0)
+        bos = self.processor.tokenizer.bos_token_id
+        ids[:, 0] = 0 if bos is None else bos
+        ids[:, 1 : 1 + n] = config.image_token_id
+        labels = ids.clone()
+        labels[:, : 1 + n] = IGNORE_INDEX
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if self.cfg.data.source == "synthetic_cache":
+            batch["image_tokens"] = torch.randn(b, n, vision.hidden_size, generator=gen)
+        else:
+            r = vision.image_size
+            batch["pixel_values"] = torch.rand(b, 3, r, r, generator=gen) * 2 - 1
+        return {k: v.to(device) for k, v in batch.items()}
+
     def describe_stage(self, stage) -> str:
         return f"{self.cfg.data.source} ({self.cfg.data.questions if self.cfg.data.source != 'llava_json' else self.cfg.template})"
 
