@@ -87,10 +87,12 @@ class Trainer:
     ``synthetic_batch``.
     """
 
-    def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None, *, synthetic=False):
+    def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None, *, synthetic: bool = False):
         cfg.resolve_inputs()  # e.g. a released encoder's architecture, before the model is built
-        # synthetic batches: the engine's own checks, not the task's checks of its data
-        RunConfig.validate(cfg) if synthetic else cfg.validate()
+        if synthetic:  # the engine's own checks; the task's are about its data
+            RunConfig.validate(cfg)
+        else:
+            cfg.validate()
         self.cfg = cfg
         self.task = cfg.build_task()
         tc = cfg.train
@@ -256,7 +258,6 @@ class Trainer:
                 stage.lr,
                 f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "",
             )
-        self.train_model.train()
         # Terms stay on the device; the host syncs once per log / checkpoint / eval step.
         window, t0, n0 = StepTerms(), time.perf_counter(), 0
         for batch in loader:
@@ -302,6 +303,7 @@ class Trainer:
         stage = self.cfg.train.stages[index]
         self._freeze(self.frozen[index])
         self.task.begin_stage(stage, self.model, loader)
+        self.train_model.train()
         return stage
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -408,3 +410,14 @@ class Trainer:
         if self.proc.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         return results
+
+
+def synthetic_engine(cfg: RunConfig, device: torch.device | str) -> tuple[Trainer, dict]:
+    """The engine of ``cfg`` in this one process on ``device``, for synthetic batches (the
+    benchmarks): the ``Trainer`` at the start of its first stage, and its task's
+    ``synthetic_batch`` of that stage (drawn from ``train.seed``)."""
+    device = torch.device(device)
+    proc = ProcessInfo(rank=0, world_size=1, local_rank=0, device=device)
+    trainer = Trainer(cfg, proc, synthetic=True)
+    stage = trainer.begin_stage(0)
+    return trainer, trainer.task.synthetic_batch(stage, device=device, seed=cfg.train.seed)
