@@ -139,10 +139,15 @@ class LlavaTask(Task):
     def __init__(self, cfg: LlavaRunConfig):
         super().__init__(cfg)
         self.processor = None
+        self._model_config = None
 
     # ------------------------------------------------------------------ model
+    def load_parts(self):
+        """(model fp32, processor) of ``cfg.model``: a VLM folder or ``tiny``."""
+        return load_vlm_parts(self.cfg.model)
+
     def build_model(self, frozen_from: nn.Module | None = None) -> nn.Module:
-        model, processor = load_vlm_parts(self.cfg.model)
+        model, processor = self.load_parts()
         self.processor = self.processor or processor
         self._model_config = model.config
         # The engine shards and checkpoints the declared blocks: the LM's decoder layers (the
@@ -198,7 +203,7 @@ class LlavaTask(Task):
         )
 
     def _config(self):
-        if self.processor is None:
+        if self._model_config is None:
             raise RuntimeError("the task reads its model's config: build_model first")
         return self._model_config
 
@@ -228,7 +233,7 @@ class LlavaTask(Task):
         vocab = config.text_config.vocab_size
         ids = torch.randint(0, vocab, (b, length), generator=gen)
         ids = ids.masked_fill(ids == config.image_token_id, 0)
-        bos = self.processor.tokenizer.bos_token_id
+        bos = config.text_config.bos_token_id
         ids[:, 0] = 0 if bos is None else bos
         ids[:, 1 : 1 + n] = config.image_token_id
         labels = ids.clone()
