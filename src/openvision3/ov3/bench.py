@@ -215,7 +215,7 @@ def bench_run(
     compile_ = cfg.compile if cfg.compile is not None else _device(cfg).type == "cuda"
     tc = exp.train
     tc.stages = [dataclasses.replace(stage, steps=1_000_000, warmup_steps=0)]
-    tc.device, tc.seed, tc.init_from, tc.parallel = cfg.device, cfg.seed, "", "auto"
+    tc.device, tc.seed, tc.init_from = cfg.device, cfg.seed, ""
     if cfg.precision != "auto":
         tc.precision = cfg.precision
     tc.compile = tc.compile_vae = fast and compile_
