@@ -141,13 +141,12 @@ def recipe_gpu_hours(images_per_s: float, resolution: int, lpips: bool) -> dict[
 def experiment_config(preset: str) -> ExperimentConfig:
     from openvision3.configs import PRESETS, get_preset
     from openvision3.models.presets import PRESETS as MODEL_PRESETS
-    from openvision3.models.presets import model_config
 
     if preset in PRESETS:
         return get_preset(preset)
-    if preset in MODEL_PRESETS:
-        exp = get_preset("ov3_b2")
-        exp.name, exp.model = preset, model_config(preset)
+    if preset in MODEL_PRESETS:  # as `ov3 train ov3_b2 --model-preset` (text contexts fit)
+        exp = get_preset("ov3_b2", model_preset=preset)
+        exp.name = preset
         return exp
     raise ValueError(
         f"unknown preset {preset!r}: an experiment preset {sorted(PRESETS)} "
