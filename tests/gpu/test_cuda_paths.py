@@ -4,17 +4,17 @@ Tiny models (``ov3-mu``, the tiny VAE) so the whole file takes about a minute wi
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from openvision3.configs import get_preset
-from openvision3.losses.objective import Objective
-from openvision3.models.openvision3 import OpenVision3
 from openvision3.models.vae import FrozenVAE
-from openvision3.ov3.bench import TrainBenchConfig, TrainStep, bench_train, random_batch
+from openvision3.ov3.bench import TrainBenchConfig, bench_train
 from openvision3.ov3.speed import channels_last_vae, compile_vae
 from openvision3.train.optim import OptimConfig, build_optimizer
+from openvision3.train.trainer import synthetic_engine
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -53,18 +53,16 @@ def _decode_fwd_bwd(vae: FrozenVAE, latents: torch.Tensor) -> tuple[torch.Tensor
 
 
 def test_bf16_training_step_is_finite():
+    """The engine's step (``Trainer.train_step``) in bf16 autocast on the task's batch."""
     exp = get_preset("demo_smoke")
-    torch.manual_seed(0)
-    model = OpenVision3(exp.model).to(CUDA).train()
-    objective = Objective(exp.objective).to(CUDA)
-    batch = random_batch(exp.model, exp, 4, 64, CUDA)
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    step = TrainStep(model, objective, batch, autocast, grad_clip=1.0)
-    step.optimizer = build_optimizer(model, OptimConfig(), lr=1e-4)
+    exp.train.stages = [dataclasses.replace(exp.train.stages[-1], resolution=64, batch_size=4)]
+    exp.train.device, exp.train.precision, exp.train.optim.grad_clip = "cuda", "auto", 1.0
+    trainer, batch = synthetic_engine(exp, CUDA)
+    assert trainer._bf16()  # precision auto: bf16 autocast on CUDA
     for _ in range(2):
-        loss = step()
+        loss = trainer.train_step(batch)["loss"]
         assert torch.isfinite(loss)
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 

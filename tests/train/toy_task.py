@@ -112,6 +112,12 @@ class ToyTask(Task):
     def build_loader(self, stage, batch_size: int, rank: int, world: int) -> PairLoader:
         return PairLoader(*regression_pairs(self.cfg), batch_size, rank, world)
 
+    def synthetic_batch(self, stage, batch_size=None, *, device="cpu", seed=0) -> dict:
+        b, gen = batch_size or stage.batch_size, torch.Generator().manual_seed(seed)
+        x = torch.randn(b, self.cfg.in_dim, generator=gen)
+        y = torch.rand(b, self.cfg.out_dim, generator=gen) * 2 - 1  # tanh's range
+        return {"x": x.to(device), "y": y.to(device)}
+
     def describe_stage(self, stage) -> str:
         return f"batch {stage.batch_size}"
 

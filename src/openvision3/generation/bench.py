@@ -1,8 +1,10 @@
 """``ov3 bench generation``: DiT-DH training step and sampling speed, in ``ov3 bench train``'s
 JSON form (modes eager / fast, step_ms, images_per_s, tflop_per_s, mfu, memory, targets).
 
-Training: one step of the generation task's work on a random batch of (C, H, W) tokens (flow
-forward, MSE, backward, clip, AdamW): ``eager`` = bf16 autocast on CUDA (fp32 on CPU), no
+Training: the engine's own step (``Trainer.train_step``) of the generation task with RAE's
+recipe (``dit_dh_xl_ov3_b2``: AdamW betas (0.9, 0.95) without weight decay, lr 2e-4, clip 1,
+EMA 0.9995) on the task's synthetic batch of (C, H, W) tokens: per-sample flow draws, forward,
+MSE, backward, clip, AdamW, schedule, EMA. ``eager`` = bf16 autocast on CUDA (fp32 on CPU), no
 compile, foreach AdamW; ``fast`` = the trainer's options (compile per block, fused AdamW).
 Sampling: one Euler step with CFG (a doubled batch) per image, timed and scaled to a 50-point
 grid: ``eager`` in fp32 without compile, ``fast`` in bf16 autocast with the compiled blocks.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import sys
 from pathlib import Path
@@ -24,9 +27,9 @@ import torch
 
 from openvision3 import perf
 from openvision3.configs.parse import DefaultsFormatter
-from openvision3.generation import flow
-from openvision3.generation.presets import MODEL_PRESETS
-from openvision3.train.optim import OptimConfig, build_optimizer
+from openvision3.generation.presets import MODEL_PRESETS, dit_dh_xl_ov3_b2
+from openvision3.generation.task import GenerationConfig
+from openvision3.train.config import StageConfig
 
 TARGETS = {"mfu_fast": 0.40, "sampling_speedup": 1.5}
 
@@ -37,18 +40,19 @@ def _autocast(device, bf16: bool):
     return contextlib.nullcontext()
 
 
-def _train_step(model, opt, x, y, t, noise, bf16, device):
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with _autocast(device, bf16):
-            v = model(flow.interpolate(x, noise, t), t, y)
-        loss = flow.flow_loss(v, x, noise).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.detach()
-
-    return step
+def bench_run(args, mode: str, device: torch.device) -> GenerationConfig:
+    """RAE's run (``dit_dh_xl_ov3_b2``) with the ``--model`` preset, one stage of ``--batch``
+    at the recipe's peak LR (no warm-up, steps enough for any benchmark) and the mode's
+    speed options."""
+    run = dit_dh_xl_ov3_b2()
+    run.model = MODEL_PRESETS[args.model]()
+    tc = run.train
+    tc.stages = [StageConfig(steps=1_000_000, batch_size=args.batch, lr=tc.stages[0].lr)]
+    tc.device, tc.seed = str(device), 0
+    fast = mode == "fast"
+    tc.compile = fast and device.type == "cuda" and not args.no_compile
+    tc.optim = dataclasses.replace(tc.optim, fused=None if fast else False)
+    return run
 
 
 def _sample_step(model, x, y, bf16, device):
@@ -64,33 +68,22 @@ def _sample_step(model, x, y, bf16, device):
 
 
 def bench_generation(args) -> dict:
-    from openvision3.distributed.parallelize import parallelize
     from openvision3.distributed.process import pick_device
-    from openvision3.generation.models import DiTDH
+    from openvision3.train.trainer import synthetic_engine
 
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    torch.manual_seed(0)
-    cfg = MODEL_PRESETS[args.model]()
-    model = DiTDH(cfg).to(device)
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    b = args.batch
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(b, *shape, device=device, generator=g)
-    noise = torch.randn(b, *shape, device=device, generator=g)
-    y = torch.randint(0, cfg.num_classes, (b,), device=device, generator=g)
-    t = flow.sample_times(b, flow.shift_factor(shape), device=device)
+    trainer, batch = synthetic_engine(bench_run(args, "eager", device), device)
+    model, b = trainer.model, args.batch
     ceiling = perf.matmul_ceiling(device, torch.bfloat16 if cuda else torch.float32)
-    optim = OptimConfig(betas=(0.9, 0.95), weight_decay=0.0)  # the generation presets' AdamW
-    train = _train_step(model, build_optimizer(model, optim, 2e-4), x, y, t, noise, cuda, device)
-    _, train_flops = perf.count_flops(train)
+    _, train_flops = perf.count_flops(lambda: trainer.train_step(batch))
     sample_b = args.sample_batch
-    sample_eager = _sample_step(model, x[:sample_b], y[:sample_b], False, device)
-    _, sample_flops = perf.count_flops(sample_eager)
+    x, y = batch["x"][:sample_b], batch["y"][:sample_b]
+    _, sample_flops = perf.count_flops(_sample_step(model, x, y, False, device))
     result = {
         "model": args.model,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-        "tokens": list(shape),
+        "tokens": list(batch["x"].shape[1:]),
         "device": perf.device_name(device),
         "batch": b,
         "matmul_ceiling_tflop_per_s": round(ceiling / 1e12, 2),
@@ -100,13 +93,14 @@ def bench_generation(args) -> dict:
     }
     grid = args.grid_points - 1  # Euler steps a sample takes
     for mode in ("eager", "fast"):
-        if mode == "fast":
-            parallelize(model, 1, device, compile=cuda and not args.no_compile)
-            fused = None
-        else:
-            fused = False
-        opt = build_optimizer(model, dataclasses.replace(optim, fused=fused), 2e-4)
-        step = _train_step(model, opt, x, y, t, noise, cuda, device)
+        if mode == "fast":  # its own engine (compiled blocks, fused AdamW), the same weights
+            trainer = batch = model = None
+            gc.collect()
+            trainer, batch = synthetic_engine(bench_run(args, mode, device), device)
+            model = trainer.model
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        step = lambda t=trainer, d=batch: t.train_step(d)["loss"]  # noqa: E731
         loss, times, warm = perf.benchmark(step, args.steps, args.warmup, device)
         sec = perf.median(times)
         result["modes"][mode] = {
@@ -121,7 +115,7 @@ def bench_generation(args) -> dict:
             "loss_finite": bool(torch.isfinite(loss)),
         }
         bf16 = mode == "fast" and cuda
-        fn = _sample_step(model, x[:sample_b], y[:sample_b], bf16, device)
+        fn = _sample_step(model, batch["x"][:sample_b], batch["y"][:sample_b], bf16, device)
         _, times, _ = perf.benchmark(fn, args.steps, args.warmup, device)
         sec = perf.median(times)
         result["sampling"][mode] = {

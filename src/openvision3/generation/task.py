@@ -308,6 +308,19 @@ class GenerationTask(Task):
             )
         return loader
 
+    def synthetic_batch(self, stage, batch_size=None, *, device="cpu", seed=0) -> dict:
+        """``TokenLoader``'s batch: "x" (B, D, h, w) float32 normalised tokens (standard
+        normal, as ``normalize`` makes them), "y" (B,) int64 labels, "index" (B,) int64 stream
+        positions (which seed each sample's time, noise and label dropping)."""
+        b, m = batch_size or stage.batch_size, self.cfg.model
+        gen = torch.Generator().manual_seed(seed)
+        batch = {
+            "x": torch.randn(b, m.in_channels, m.input_size, m.input_size, generator=gen),
+            "y": torch.randint(0, m.num_classes, (b,), generator=gen),
+            "index": torch.arange(b),
+        }
+        return {k: v.to(device) for k, v in batch.items()}
+
     def describe_stage(self, stage) -> str:
         return f"batch {stage.batch_size}"
 

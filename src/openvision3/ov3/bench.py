@@ -1,10 +1,13 @@
 """``ov3 bench train``: images/s, FLOPs, MFU and peak memory of one training step, eager vs fast.
 
 For an experiment preset (``ov3 presets``; a model preset such as ``ov3-B/2`` takes the paper's
-recipe ``ov3_b2``) at one resolution, the benchmark builds what the trainer builds (heads of
-zero-weight losses pruned; LPIPS on when the recipe's stage at this resolution has it), feeds
-one random batch of the recipe's shapes and times the whole training step: forward, objective,
-backward, gradient clipping, optimizer step. Two modes, on the same weights and batch, in order:
+recipe ``ov3_b2``) at one resolution, the benchmark builds the run as the trainer does, through
+the engine itself (``Trainer(..., synthetic=True)``: the task's model with the heads of
+zero-weight losses pruned, its parallelism and speed options, optimiser, schedule and EMA; the
+recipe's stage at this resolution, with its LPIPS weight and frozen modules), feeds the task's
+``synthetic_batch`` of that stage and times the engine's own step, ``Trainer.train_step``:
+forward, objective, backward, gradient clipping, optimizer step, schedule, temperature clamp,
+EMA. Two modes, on the same initial weights and batch, in order:
 
   eager  bf16 autocast on CUDA (fp32 on CPU), no compile, default memory format, foreach AdamW:
          our own baseline;
@@ -15,7 +18,7 @@ backward, gradient clipping, optimizer step. Two modes, on the same weights and 
 Per component (VAE encode, encoder, decoder, VAE decode, LPIPS, text tower, caption decoder)
 the calls of one step are captured and replayed alone (forward, plus backward where the step
 has one) to time and count them; ``optimizer`` times ``optimizer.step()``; ``unattributed`` is
-the rest of the step (losses, pooling, clipping, launch gaps). FLOPs come from
+the rest of the step (losses, pooling, clipping, schedule, EMA, launch gaps). FLOPs come from
 ``FlopCounterMode`` on the eager model (``perf.py``); MFU divides FLOP/s by the matmul ceiling
 (bf16 on CUDA, fp32 on CPU) measured in the same process. Weights are random (speed does not
 depend on them): a hub VAE (FLUX.1, gated) is built from its architecture, and LPIPS gets a
@@ -24,7 +27,7 @@ random backbone unless the real one is on disk.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import gc
 import json
@@ -42,18 +45,15 @@ import torch
 from torch import nn
 
 from openvision3 import perf
-from openvision3.losses.objective import Objective, ObjectiveConfig
+from openvision3.losses.objective import ObjectiveConfig
 from openvision3.losses.reconstruction import BACKBONE_URLS
-from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import PACKAGED_VAES, VAEConfig
-from openvision3.ov3.accumulate import forward_backward
-from openvision3.ov3.config import ExperimentConfig, StageConfig
-from openvision3.ov3.speed import speed_up_vae
-from openvision3.ov3.task import prune_model_config, stage_objective
-from openvision3.tokenizer import EOT_ID, SOT_ID
-from openvision3.train.optim import build_optimizer
+from openvision3.ov3.config import ExperimentConfig, OV3StageConfig
+from openvision3.ov3.task import stage_objective
+from openvision3.train.trainer import Trainer, synthetic_engine
 
 MODES = ("eager", "fast")
+BRANCHES = ("reconstruction", "contrastive", "caption")
 COMPONENTS = ("vae_encode", "encoder", "decoder", "vae_decode", "lpips", "text", "caption")
 # The speed this project aims at on a GPU (docs/performance.md): the fast mode 1.8x eager for
 # the 256 px step with all losses, and 35% MFU in the fast mode.
@@ -140,14 +140,13 @@ def recipe_gpu_hours(images_per_s: float, resolution: int, lpips: bool) -> dict[
 # ---------------------------------------------------------------------- set-up
 def experiment_config(preset: str) -> ExperimentConfig:
     from openvision3.models.presets import PRESETS as MODEL_PRESETS
-    from openvision3.models.presets import model_config
-    from openvision3.ov3.presets import PRESETS
+    from openvision3.ov3.presets import PRESETS, apply_model_preset
 
     if preset in PRESETS:
         return PRESETS[preset]()
-    if preset in MODEL_PRESETS:
-        exp = PRESETS["ov3_b2"]()
-        exp.name, exp.model = preset, model_config(preset)
+    if preset in MODEL_PRESETS:  # as `ov3 train ov3_b2 --model-preset` (text contexts fit)
+        exp = apply_model_preset(PRESETS["ov3_b2"](), preset)
+        exp.name = preset
         return exp
     raise ValueError(
         f"unknown preset {preset!r}: an experiment preset {sorted(PRESETS)} "
@@ -204,61 +203,38 @@ def lpips_source(obj: ObjectiveConfig, directory: str) -> tuple[ObjectiveConfig,
     return dataclasses.replace(obj, lpips_weights=path), f"random {obj.lpips_net} backbone"
 
 
-def _ids(batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, L) full-length rows [SOT, random tokens, EOT]: no padding, the costliest case."""
-    ids = torch.randint(1, SOT_ID, (batch, length), generator=gen)
-    ids[:, 0], ids[:, -1] = SOT_ID, EOT_ID
-    return ids
+def bench_run(
+    exp: ExperimentConfig, cfg: TrainBenchConfig, mode: str, stage: OV3StageConfig, run_dir: str
+) -> ExperimentConfig:
+    """The run the engine builds for ``mode``: ``exp`` with one stage (``stage``: its
+    resolution, per-device batch, LR, LPIPS weight and frozen modules, no warm-up, steps
+    enough for any benchmark), random initial weights, and the mode's speed options."""
+    exp = copy.deepcopy(exp)
+    fast = mode == "fast"
+    compile_ = cfg.compile if cfg.compile is not None else _device(cfg).type == "cuda"
+    tc = exp.train
+    tc.stages = [dataclasses.replace(stage, steps=1_000_000, warmup_steps=0)]
+    tc.device, tc.seed, tc.init_from = cfg.device, cfg.seed, ""
+    if cfg.precision != "auto":
+        tc.precision = cfg.precision
+    tc.compile = tc.compile_vae = fast and compile_
+    tc.channels_last_vae = fast
+    tc.optim = dataclasses.replace(tc.optim, fused=None if fast else False)
+    exp.data = dataclasses.replace(exp.data, latents="")  # images through the VAE, as in training
+    exp.run_dir = run_dir
+    return exp
 
 
-def random_batch(
-    model: ModelConfig, exp: ExperimentConfig, batch: int, resolution: int, device
-) -> dict[str, torch.Tensor]:
-    """Images (B, 3, R, R) in [-1, 1] and, for the towers present, text, text_2 (the second
-    contrastive view of the paper's data) and caption ids at the recipe's context lengths."""
-    gen = torch.Generator().manual_seed(0)
-    out = {"images": torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1}
-    if model.text is not None:
-        length = min(exp.data.text_context, model.text.context_length)
-        out["text"], out["text_2"] = _ids(batch, length, gen), _ids(batch, length, gen)
-    if model.caption is not None:
-        out["caption"] = _ids(
-            batch, min(exp.data.caption_context, model.caption.context_length), gen
-        )
-    return {k: v.to(device) for k, v in out.items()}
+def forward(trainer: Trainer, batch: dict) -> Callable[[], torch.Tensor]:
+    """The step's forward and objective alone (what ``capture_components`` records)."""
+    task = trainer.task
 
-
-class TrainStep:
-    """The trainer's step: forward, objective, backward, clip, optimizer step."""
-
-    def __init__(self, model, objective, batch, autocast: Callable, grad_clip: float | None):
-        self.model, self.objective, self.batch = model, objective, batch
-        self.autocast, self.grad_clip = autocast, grad_clip
-        cfg = objective.cfg
-        self.branches = dict(  # the trainer's
-            reconstruction=cfg.needs_reconstruction,
-            contrastive=cfg.needs_contrastive,
-            caption=cfg.needs_caption,
-            pixel_fraction=cfg.pixel_loss_fraction,
-        )
-        self.optimizer = None
-
-    def forward(self) -> torch.Tensor:
-        with self.autocast():
-            loss, _ = self.objective(self.model(self.batch, **self.branches))
+    def run() -> torch.Tensor:
+        with trainer.autocast():
+            loss, _ = task.objective(trainer.train_model(batch, **task.branches))
         return loss
 
-    def forward_backward(self) -> torch.Tensor:
-        self.model.zero_grad(set_to_none=True)
-        m, obj = self.model, self.objective
-        return forward_backward(m, m, obj, self.batch, 1, self.branches, self.autocast)["loss"]
-
-    def __call__(self) -> torch.Tensor:
-        loss = self.forward_backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        return loss
+    return run
 
 
 # ---------------------------------------------------------------------- components
@@ -267,24 +243,28 @@ def _is_lpips(module: nn.Module) -> str | None:
     return "lpips" if lpips else None
 
 
-def capture_components(step: TrainStep) -> dict[str, list[tuple]]:
+def capture_components(trainer: Trainer, batch: dict) -> dict[str, list[tuple]]:
     """Component name -> the calls of one step's forward (see ``perf.capture_calls``), in
     ``COMPONENTS`` order. Run with gradients: which inputs need one is part of a call."""
-    model = step.model
+    model = trainer.model
     parts = {"encoder": model.encoder, "decoder": model.decoder}
     parts.update(text=model.text, caption=model.captioner)
     if model.vae is not None:
         parts.update(vae_encode=model.vae.vae.encoder, vae_decode=model.vae.vae.decoder)
     parts = {name: m for name, m in parts.items() if m is not None}
-    calls = perf.capture_calls(step.forward, parts, match=_is_lpips)
+    calls = perf.capture_calls(forward(trainer, batch), parts, match=_is_lpips)
     return {name: calls[name] for name in COMPONENTS if name in calls}
 
 
 # ---------------------------------------------------------------------- measuring
-def _resolve(cfg: TrainBenchConfig, exp: ExperimentConfig):
+def _device(cfg: TrainBenchConfig) -> torch.device:
     from openvision3.inference.api import default_device
 
-    device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
+    return torch.device(default_device() if cfg.device == "auto" else cfg.device)
+
+
+def _resolve(cfg: TrainBenchConfig, exp: ExperimentConfig):
+    device = _device(cfg)
     precision = cfg.precision if cfg.precision != "auto" else exp.train.precision
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     resolution = cfg.resolution or exp.train.stages[-1].resolution
@@ -294,7 +274,7 @@ def _resolve(cfg: TrainBenchConfig, exp: ExperimentConfig):
     return device, (torch.bfloat16 if bf16 else torch.float32), resolution, batch
 
 
-def _stage(exp: ExperimentConfig, resolution: int) -> StageConfig | None:
+def _stage(exp: ExperimentConfig, resolution: int) -> OV3StageConfig | None:
     return next((s for s in exp.train.stages if s.resolution == resolution), None)
 
 
@@ -319,44 +299,45 @@ def _rate(flops: int | None, seconds: float, ceiling: float) -> dict:
     }
 
 
-def _run_mode(mode, step, setup, cfg, device, ceiling) -> dict:
-    model = step.model
-    fast = mode == "fast"
-    compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    options = {"autocast": "bf16" if setup["dtype"] == torch.bfloat16 else "off"}
-    if fast:
-        from openvision3.distributed.parallelize import parallelize
+def _options(trainer: Trainer, dtype: torch.dtype) -> dict:
+    """The speed options the engine applied (``speed_up_vae``'s rules for the VAE)."""
+    tc, vae = trainer.cfg.train, trainer.model.vae is not None
+    return {
+        "autocast": "bf16" if dtype == torch.bfloat16 else "off",
+        "compile_blocks": tc.compile,
+        "compile_vae": vae and tc.compile_vae,
+        "channels_last_vae": vae and tc.channels_last_vae and trainer.device.type == "cuda",
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused")),
+    }
 
-        parallelize(model, 1, device, compile=compile_)
-        applied = speed_up_vae(model.vae, device, compile=compile_, channels_last=True)
-        options.update(compile_blocks=compile_, compile_vae="compile" in applied)
-        options["channels_last_vae"] = "channels_last" in applied
-    else:
-        torch.backends.cudnn.benchmark = False  # the plain baseline, also after an OOM retry
-        options.update(compile_blocks=False, compile_vae=False, channels_last_vae=False)
-    options["cudnn_benchmark"] = torch.backends.cudnn.benchmark
-    optim_cfg = dataclasses.replace(setup["optim"], fused=None if fast else False)
-    step.optimizer = build_optimizer(model, optim_cfg, lr=setup["lr"])
-    options["fused_adamw"] = bool(step.optimizer.param_groups[0].get("fused"))
+
+def _run_mode(trainer, batch, calls, setup, cfg, device, ceiling) -> dict:
+    """Time the engine's step (``Trainer.train_step``) on ``batch``, then each component."""
+    options = _options(trainer, setup["dtype"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loss, times, warm = perf.benchmark(step, cfg.steps, cfg.warmup, device)
-    seconds, batch = perf.median(times), setup["batch"]
+    loss, times, warm = perf.benchmark(
+        lambda: trainer.train_step(batch)["loss"], cfg.steps, cfg.warmup, device
+    )
+    seconds, b = perf.median(times), setup["batch"]
     row = {
         "options": options,
         "step_ms": round(seconds * 1e3, 3),
         "step_ms_min": round(min(times) * 1e3, 3),
         "first_step_s": round(warm[0], 2) if warm else None,
-        "images_per_s": round(batch / seconds, 2),
+        "images_per_s": round(b / seconds, 2),
         **_rate(setup["step_flops"], seconds, ceiling),
         **_memory(device),
         "loss_finite": bool(torch.isfinite(loss)),
     }
+    if calls is None:  # another mode's model: its own calls, captured after its warm-up
+        calls = capture_components(trainer, batch)
     components, warmup = [], min(cfg.warmup, 2)
-    _, t, _ = perf.benchmark(step.optimizer.step, cfg.component_steps, warmup, device)
+    _, t, _ = perf.benchmark(trainer.optimizer.step, cfg.component_steps, warmup, device)
     timed = {"optimizer": (perf.median(t), None, "step")}
-    for name, calls in setup["calls"].items():
-        run = perf.replay(calls, setup["autocast"], model)
+    for name, c in calls.items():
+        run = perf.replay(c, trainer.autocast, trainer.model)
         _, t, _ = perf.benchmark(run, cfg.component_steps, warmup, device)
         timed[name] = (perf.median(t), *setup["component_flops"][name])
     for name, (sec, flops, kind) in timed.items():
@@ -364,18 +345,18 @@ def _run_mode(mode, step, setup, cfg, device, ceiling) -> dict:
             {
                 "name": name,
                 "pass": kind,
-                "calls": len(setup["calls"].get(name, [None])),
+                "calls": len(calls.get(name, [None])),
                 "flops": flops,
-                "gflop_per_image": round(flops / batch / 1e9, 4) if flops else None,
+                "gflop_per_image": round(flops / b / 1e9, 4) if flops else None,
                 "ms": round(sec * 1e3, 3),
-                "images_per_s": round(batch / sec, 2),
+                "images_per_s": round(b / sec, 2),
                 **_rate(flops, sec, ceiling),
                 "share_of_step": round(sec / seconds, 4),
             }
         )
     row["components"] = components
     row["unattributed_ms"] = round((seconds - sum(v[0] for v in timed.values())) * 1e3, 3)
-    row["gpu_hours"] = recipe_gpu_hours(batch / seconds, setup["resolution"], setup["lpips"])
+    row["gpu_hours"] = recipe_gpu_hours(b / seconds, setup["resolution"], setup["lpips"])
     return row
 
 
@@ -391,32 +372,32 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
         objective_cfg = dataclasses.replace(exp.objective, lpips_weight=lpips)
         objective_cfg, lpips_from = lpips_source(objective_cfg, tmp)
         vae_cfg, vae_from = offline_vae(exp.model.vae)
-        model_cfg = prune_model_config(dataclasses.replace(exp.model, vae=vae_cfg), objective_cfg)
-        if resolution % model_cfg.pixel_patch:
+        exp = dataclasses.replace(
+            exp, model=dataclasses.replace(exp.model, vae=vae_cfg), objective=objective_cfg
+        )
+        if resolution % exp.model.pixel_patch:
             raise ValueError(
-                f"--resolution {resolution} is not a multiple of {model_cfg.pixel_patch} px"
+                f"--resolution {resolution} is not a multiple of {exp.model.pixel_patch} px"
             )
-        torch.manual_seed(cfg.seed)
-        model = OpenVision3(model_cfg).to(device).train()
-        objective = Objective(objective_cfg).to(device)
-        if dtype == torch.bfloat16:
-            autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-        else:
-            autocast = contextlib.nullcontext
-        data = random_batch(model_cfg, exp, batch, resolution, device)
-        step = TrainStep(model, objective, data, autocast, exp.train.optim.grad_clip)
-        calls = capture_components(step)  # its forward also builds LPIPS (lazy)
-        _, step_flops = perf.count_flops(step.forward_backward)
+        stage = dataclasses.replace(
+            stage or exp.train.stages[-1], resolution=resolution, batch_size=batch,
+            lpips_weight=lpips,
+        )  # fmt: skip
+        # The eager engine counts the FLOPs (compiled code hides its ops) and, in the eager
+        # mode, is the one timed; the fast mode builds its own.
+        torch.backends.cudnn.benchmark = False  # the plain baseline, also after an OOM retry
+        trainer, data = synthetic_engine(bench_run(exp, cfg, "eager", stage, tmp), device)
+        calls = capture_components(trainer, data)  # its forward also builds LPIPS (lazy)
+        _, step_flops = perf.count_flops(lambda: trainer.train_step(data))
         component_flops = {}
         for name, c in calls.items():
-            ran_backward, flops = perf.count_flops(perf.replay(c, autocast, model))
+            ran_backward, flops = perf.count_flops(perf.replay(c, trainer.autocast, trainer.model))
             component_flops[name] = (flops, "forward+backward" if ran_backward else "forward")
-        lr = (stage or exp.train.stages[-1]).lr
         setup = dict(
-            dtype=dtype, autocast=autocast, batch=batch, resolution=resolution, lpips=lpips > 0,
-            optim=exp.train.optim, lr=lr, calls=calls, step_flops=step_flops,
-            component_flops=component_flops,
+            dtype=dtype, batch=batch, resolution=resolution, lpips=lpips > 0,
+            step_flops=step_flops, component_flops=component_flops,
         )  # fmt: skip
+        model_cfg = trainer.model.cfg
         result = {
             "bench": "train",
             "complete": False,
@@ -431,7 +412,7 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
             "lpips_weight": lpips,
             "lpips_backbone": lpips_from,
             "vae": vae_from,
-            "branches": {k: v for k, v in step.branches.items() if isinstance(v, bool)},
+            "branches": {k: trainer.task.branches[k] for k in BRANCHES},
             "pixel_loss_fraction": objective_cfg.pixel_loss_fraction,
             "matmul_ceiling_tflops": round(ceiling / 1e12, 4),
             "ceiling_dtype": str(dtype).removeprefix("torch."),
@@ -441,7 +422,14 @@ def _measure(cfg: TrainBenchConfig, exp, batch: int, on_update: Callable[[dict],
             "modes": {},
         }
         for mode in cfg.modes:
-            result["modes"][mode] = _run_mode(mode, step, setup, cfg, device, ceiling)
+            if mode != "eager" or trainer is None:
+                trainer = data = calls = None  # free the other engine first
+                gc.collect()
+                trainer, data = synthetic_engine(bench_run(exp, cfg, mode, stage, tmp), device)
+            if mode == "eager":
+                torch.backends.cudnn.benchmark = False
+            result["modes"][mode] = _run_mode(trainer, data, calls, setup, cfg, device, ceiling)
+            trainer = data = calls = None
             on_update(result)
     result["targets"] = targets(result)
     result["complete"] = True

@@ -25,6 +25,7 @@ from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.ov3.accumulate import forward_backward
 from openvision3.ov3.speed import speed_up_vae
 from openvision3.pretrained import save_pretrained
+from openvision3.tokenizer import EOT_ID, SOT_ID
 from openvision3.train.task import Task
 
 if TYPE_CHECKING:  # annotations only: ov3/config.py builds this task
@@ -48,6 +49,14 @@ def stage_objective(objective: ObjectiveConfig, stage: OV3StageConfig) -> Object
     if stage.lpips_weight is None:
         return objective
     return dataclasses.replace(objective, lpips_weight=stage.lpips_weight)
+
+
+def _token_rows(batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, L) int64 rows [SOT, random tokens, EOT], as the tokenizer writes a text that fills
+    the context."""
+    ids = torch.randint(1, SOT_ID, (batch, length), generator=gen)
+    ids[:, 0], ids[:, -1] = SOT_ID, EOT_ID
+    return ids
 
 
 class OpenVision3Task(Task):
@@ -94,6 +103,30 @@ class OpenVision3Task(Task):
             data, "train", stage.resolution, batch_size, rank, world, train=True, seed=seed
         )
 
+    def synthetic_batch(self, stage: OV3StageConfig, batch_size=None, *, device="cpu", seed=0):
+        """The image-text loader's batch (``data/loader.py``): images (B, 3, R, R) in [-1, 1]
+        at the stage's resolution; text, text_2 (the second view, present when every sample
+        has alt text and a caption, as in the paper's data) and caption ids (B, L) at the
+        data's context lengths, full-length rows [SOT, tokens, EOT] (no padding: the costliest
+        case); keys. With ``data.latents`` the latent loader's: uint8 images and latents
+        (B, C, R / f, R / f)."""
+        b, r, data = batch_size or stage.batch_size, stage.resolution, self.cfg.data
+        gen = torch.Generator().manual_seed(seed)
+        if data.latents:
+            vae = self.cfg.model.vae
+            grid = r // vae.downsample
+            images = torch.randint(0, 256, (b, 3, r, r), generator=gen, dtype=torch.uint8)
+            latents = torch.randn(b, vae.latent_channels, grid, grid, generator=gen)
+            batch = {"images": images, "latents": latents}
+        else:
+            batch = {"images": torch.rand(b, 3, r, r, generator=gen) * 2 - 1}
+        batch["text"] = _token_rows(b, data.text_context, gen)
+        batch["caption"] = _token_rows(b, data.caption_context, gen)
+        batch["text_2"] = _token_rows(b, data.text_context, gen)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["key"] = [f"synthetic-{i}" for i in range(b)]
+        return batch
+
     def begin_stage(self, stage: OV3StageConfig, model: OpenVision3, loader) -> None:
         device = model.encoder.cls_token.device
         self.objective = Objective(stage_objective(self.cfg.objective, stage)).to(device)
@@ -105,7 +138,7 @@ class OpenVision3Task(Task):
             pixel_fraction=oc.pixel_loss_fraction,
             detach=oc.stop_gradient,
         )
-        if self.cfg.data.latents:
+        if self.cfg.data.latents and loader is not None:
             check_cache_vae(loader.latent_meta, model.vae)
 
     def describe_stage(self, stage: OV3StageConfig) -> str:

@@ -127,8 +127,22 @@ class Task(ABC):
     def build_loader(self, stage: StageConfig, batch_size: int, rank: int, world: int) -> Loader:
         """This rank's infinite training loader for ``stage``, ``batch_size`` samples a batch."""
 
-    def begin_stage(self, stage: StageConfig, model: nn.Module, loader: Loader) -> None:
-        """Set up what a stage needs (its loss weights, checks on its data); nothing by default."""
+    @abstractmethod
+    def synthetic_batch(
+        self,
+        stage: StageConfig,
+        batch_size: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> dict:
+        """A batch of the keys, shapes and dtypes ``build_loader(stage, ...)`` yields, with
+        random content drawn from ``seed``, on ``device``: ``batch_size`` samples (None: the
+        stage's batch). What the benchmarks (``ov3 bench``) time the engine's step on."""
+
+    def begin_stage(self, stage: StageConfig, model: nn.Module, loader: Loader | None) -> None:
+        """Set up what a stage needs (its loss weights, checks on its data; ``loader`` None:
+        synthetic batches); nothing by default."""
         return None
 
     def describe_stage(self, stage: StageConfig) -> str:

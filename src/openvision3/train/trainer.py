@@ -39,7 +39,7 @@ from openvision3.train.ema import EMA
 from openvision3.train.export import last_trained_stage
 from openvision3.train.metrics import MetricsLogger, ProgressBar, wandb_settings
 from openvision3.train.optim import build_multi_stage_scheduler, build_optimizer
-from openvision3.train.task import RunConfig, frozen_names
+from openvision3.train.task import Loader, RunConfig, frozen_names
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,20 @@ def data_position(state: dict, rank: int, world_size: int) -> dict | None:
 
 
 class Trainer:
-    """``Trainer(cfg).fit()`` trains through every stage and returns the final metrics."""
+    """``Trainer(cfg).fit()`` trains through every stage and returns the final metrics.
 
-    def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None):
+    ``Trainer(cfg, synthetic=True)`` builds the same model, parallelism, optimiser, schedules
+    and EMA but reads, writes and checks no data or run folder (no resume, no logs): the
+    benchmarks (``ov3 bench``) drive its ``begin_stage`` and ``train_step`` with the task's
+    ``synthetic_batch``.
+    """
+
+    def __init__(self, cfg: RunConfig, proc: ProcessInfo | None = None, *, synthetic: bool = False):
         cfg.resolve_inputs()  # e.g. a released encoder's architecture, before the model is built
-        cfg.validate()
+        if synthetic:  # the engine's own checks; the task's are about its data
+            RunConfig.validate(cfg)
+        else:
+            cfg.validate()
         self.cfg = cfg
         self.task = cfg.build_task()
         tc = cfg.train
@@ -128,6 +137,9 @@ class Trainer:
         self.step, self.samples, self.data_state = 0, 0, None
         self.stopped, self.train_seconds = False, 0.0
         torch.manual_seed(tc.seed + 1000 * self.proc.rank)  # per-rank noise / token dropping
+        if synthetic:
+            self.logger = MetricsLogger(self.run_dir, enabled=False)
+            return
         self._maybe_resume()
         self.logger = MetricsLogger(
             self.run_dir,
@@ -234,8 +246,7 @@ class Trainer:
         loader = self.task.build_loader(stage, per_rank, self.proc.rank, self.proc.world_size)
         if self.data_state is not None:
             loader.load_state_dict(self.data_state)
-        self._freeze(self.frozen[index])
-        self.task.begin_stage(stage, self.model, loader)
+        self.begin_stage(index, loader)
         if self.proc.is_main:
             log.info(
                 "stage %d: %s, steps %d-%d, global batch %d, peak lr %.3g%s",
@@ -247,7 +258,6 @@ class Trainer:
                 stage.lr,
                 f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "",
             )
-        self.train_model.train()
         # Terms stay on the device; the host syncs once per log / checkpoint / eval step.
         window, t0, n0 = StepTerms(), time.perf_counter(), 0
         for batch in loader:
@@ -255,18 +265,7 @@ class Trainer:
                 k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                 for k, v in batch.items()
             }
-            self.optimizer.zero_grad(set_to_none=True)
-            terms = self.task.forward_backward(
-                self.train_model, self.model, batch, tc.accum_steps, self.autocast
-            )
-            if tc.optim.grad_clip:
-                params = self.model.parameters()
-                terms["grad_norm"] = clip_grad_norm_(params, tc.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.task.after_step(self.model)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            terms = self.train_step(batch)
             window.add(self.step, terms)
             self.step += 1
             self.samples += stage.batch_size
@@ -297,6 +296,35 @@ class Trainer:
         self.data_state = loader.state_dict()
         if loader.skipped and self.proc.is_main:
             log.warning("stage %d: skipped %d unreadable samples", index, loader.skipped)
+
+    def begin_stage(self, index: int, loader: Loader | None = None) -> StageConfig:
+        """Freeze what stage ``index`` freezes and let the task set the stage up (its loss
+        weights, checks on ``loader``'s data; None: synthetic batches, ``ov3 bench``)."""
+        stage = self.cfg.train.stages[index]
+        self._freeze(self.frozen[index])
+        self.task.begin_stage(stage, self.model, loader)
+        self.train_model.train()
+        return stage
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch`` (on the device): the task's forward and backward
+        (``accum_steps`` micro-batches), clip, optimiser step, schedule, the task's after-step
+        hook, EMA. Returns the task's detached terms (+ ``grad_norm`` when clipping). The loop
+        and the benchmarks (``ov3 bench``) both run this."""
+        tc = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = self.task.forward_backward(
+            self.train_model, self.model, batch, tc.accum_steps, self.autocast
+        )
+        if tc.optim.grad_clip:
+            params = self.model.parameters()
+            terms["grad_norm"] = clip_grad_norm_(params, tc.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.task.after_step(self.model)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return terms
 
     def _log(self, scalars: dict, rate: float, stage: StageConfig, index: int, bar) -> None:
         scalars = all_reduce_mean(scalars, self.device)
@@ -382,3 +410,14 @@ class Trainer:
         if self.proc.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         return results
+
+
+def synthetic_engine(cfg: RunConfig, device: torch.device | str) -> tuple[Trainer, dict]:
+    """The engine of ``cfg`` in this one process on ``device``, for synthetic batches (the
+    benchmarks): the ``Trainer`` at the start of its first stage, and its task's
+    ``synthetic_batch`` of that stage (drawn from ``train.seed``)."""
+    device = torch.device(device)
+    proc = ProcessInfo(rank=0, world_size=1, local_rank=0, device=device)
+    trainer = Trainer(cfg, proc, synthetic=True)
+    stage = trainer.begin_stage(0)
+    return trainer, trainer.task.synthetic_batch(stage, device=device, seed=cfg.train.seed)

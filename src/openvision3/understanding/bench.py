@@ -2,18 +2,23 @@
 
 A random 7B-shaped language model (Vicuna-7B's width 4096, 32 heads, MLP 11008, vocabulary
 32000) at a small depth, the mlp2x_gelu projector and a frozen random OpenVision 3 tower (a
-random FLUX-shaped VAE inside): tokens/s and MFU (FLOPs counted by ``torch.utils.flop_counter``
-over the measured ceiling of a large matmul) of a forward + backward + AdamW step of the
-projector and the LM, bf16 autocast on CUDA, and the tower's images/s on its own.
+random FLUX-shaped VAE inside), trained by the engine with the stage-2 recipe
+(``llava15_ov3_b2_stage2``: the tower frozen, AdamW without weight decay, clip 1; bf16
+autocast on CUDA, fp32 on CPU; no activation checkpointing): tokens/s and MFU (FLOPs counted by
+``torch.utils.flop_counter`` over the measured ceiling of a large matmul) of the engine's own
+step (``Trainer.train_step``: the task's answer-token loss, backward, clip, AdamW, schedule) on
+the task's synthetic batch, and the tower's images/s on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from openvision3.understanding.task import LlavaRunConfig, LlavaTask
 
 
 @dataclass
@@ -33,18 +38,24 @@ class BenchVLMArgs:
     out: str = ""  # also write the JSON here
 
 
-def build(args: BenchVLMArgs, device: torch.device):
-    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
+def vision_config(args: BenchVLMArgs):
+    """The tower: the ``tower`` preset's encoder on a FLUX-shaped VAE at ``image_size``."""
     import openvision3.understanding  # noqa: F401  (registers the tower)
     from openvision3.models.presets import model_config
     from openvision3.models.vae import FLUX_VAE_ARCH
     from openvision3.understanding.tower import OpenVision3VisionConfig
 
     enc = model_config(args.tower).encoder
-    vision = OpenVision3VisionConfig(
+    return OpenVision3VisionConfig(
         encoder=enc.__dict__, vae_arch=dict(FLUX_VAE_ARCH), image_size=args.image_size
     )
+
+
+def llava_config(args: BenchVLMArgs):
+    """The ``LlavaConfig`` of the random VLM of ``args``: the tower, a Llama-shaped LM."""
+    from transformers import LlamaConfig, LlavaConfig
+
+    vision = vision_config(args)
     text = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
@@ -54,16 +65,61 @@ def build(args: BenchVLMArgs, device: torch.device):
         num_key_value_heads=args.heads,
         max_position_embeddings=4096,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
         image_token_id=args.vocab - 1,
         image_seq_length=vision.num_image_tokens,
         vision_feature_layer=-1,
     )
-    model = LlavaForConditionalGeneration(config).to(device)
-    model.model.vision_tower.requires_grad_(False)
-    return model
+
+
+def build(args: BenchVLMArgs):
+    """The random VLM of ``args`` (fp32, on the CPU; the engine moves it)."""
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration(llava_config(args))
+
+
+class RandomVLMTask(LlavaTask):
+    """The LLaVA task on ``build(args)`` instead of a VLM folder (no processor: the benchmark
+    feeds ``synthetic_batch``)."""
+
+    cfg: BenchVLMRun
+
+    def load_model(self):
+        return build(self.cfg.bench)
+
+    def load_inputs(self) -> tuple:
+        return None, llava_config(self.cfg.bench)
+
+
+@dataclass
+class BenchVLMRun(LlavaRunConfig):
+    bench: BenchVLMArgs = field(default_factory=BenchVLMArgs)
+
+    def build_task(self) -> RandomVLMTask:
+        return RandomVLMTask(self)
+
+
+def bench_run(args: BenchVLMArgs) -> BenchVLMRun:
+    """The stage-2 recipe on the random VLM: one stage of ``batch_size`` conversations of
+    1 + N image + ``text_tokens`` tokens at its peak LR (no warm-up), in one process."""
+    from openvision3.configs import get_preset
+
+    recipe = get_preset("llava15_ov3_b2_stage2")
+    stage = dataclasses.replace(
+        recipe.train.stages[0], steps=1_000_000, batch_size=args.batch_size, warmup_steps=0
+    )
+    n = vision_config(args).num_image_tokens
+    train = dataclasses.replace(
+        recipe.train, stages=[stage], device=args.device, precision="auto", parallel="auto",
+        activation_checkpointing=False,
+    )  # fmt: skip
+    data = dataclasses.replace(recipe.data, max_length=1 + n + args.text_tokens)
+    return BenchVLMRun(
+        name="bench_vlm", train=train, data=data, template=recipe.template, bench=args
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -72,44 +128,27 @@ def main(argv: list[str]) -> int:
     from openvision3.distributed.process import pick_device
     from openvision3.errors import require
     from openvision3.perf import benchmark, count_flops, device_name, matmul_ceiling
+    from openvision3.train.trainer import synthetic_engine
 
     require("transformers", "understanding", "ov3 bench vlm")
     args = tyro.cli(BenchVLMArgs, args=argv, prog="ov3 bench vlm")
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build(args, device).train()
+    trainer, batch = synthetic_engine(bench_run(args), device)
+    model, ids = trainer.model, batch["input_ids"]
     n = model.config.vision_config.num_image_tokens
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, args.vocab - 1, (args.batch_size, 1 + n + args.text_tokens), generator=g)
-    ids[:, 1 : 1 + n] = model.config.image_token_id
-    labels = ids.clone()
-    labels[:, : 1 + n] = -100
-    ids, labels = ids.to(device), labels.to(device)
-    pixels = (
-        torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=g) * 2 - 1
-    ).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(input_ids=ids, pixel_values=pixels).logits
-        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        return trainer.train_step(batch)["loss"]
 
     _, flops = count_flops(step)
     _, times, _ = benchmark(step, args.steps, args.warmup, device)
     seconds = sorted(times)[len(times) // 2]
     ceiling = matmul_ceiling(device, dtype)
-    tower = model.model.vision_tower
+    tower, pixels = model.model.vision_tower, batch["pixel_values"]
 
     def encode():
-        with (
-            torch.no_grad(),
-            torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
-        ):
+        with torch.no_grad(), trainer.autocast():
             return tower(pixels)
 
     _, tower_times, _ = benchmark(encode, args.steps, args.warmup, device)

@@ -155,7 +155,7 @@ class LlavaTask(Task):
 
     @functools.cached_property
     def _inputs(self) -> tuple:
-        return load_vlm_inputs(self.cfg.model)
+        return self.load_inputs()
 
     @property
     def processor(self):
@@ -169,8 +169,16 @@ class LlavaTask(Task):
         return self._inputs[1]
 
     # ------------------------------------------------------------------ model
+    def load_model(self) -> nn.Module:
+        """The VLM of ``cfg.model`` (a folder or ``tiny``) in fp32."""
+        return load_vlm_model(self.cfg.model)
+
+    def load_inputs(self) -> tuple:
+        """(processor, ``LlavaConfig``) of ``cfg.model``, without its weights."""
+        return load_vlm_inputs(self.cfg.model)
+
     def build_model(self, frozen_from: nn.Module | None = None) -> nn.Module:
-        model = load_vlm_model(self.cfg.model)
+        model = self.load_model()
         # The engine shards and checkpoints the declared blocks: the LM's decoder layers (the
         # frozen tower stays whole on every rank, outside FSDP's groups).
         model._no_split_modules = decoder_layer_names(model)
@@ -232,6 +240,34 @@ class LlavaTask(Task):
         return EpochLoader(
             self.dataset(), batch_size, rank, world, lambda s: collate(s, pad), self.cfg.train.seed
         )
+
+    def synthetic_batch(self, stage, batch_size=None, *, device="cpu", seed=0) -> dict:
+        """``collate``'s batch (``understanding/data.py``) of conversations that fill
+        ``data.max_length`` (no padding: the costliest case): ``input_ids`` (B, L) int64 =
+        [BOS, the image token x N, random text], ``attention_mask`` (B, L) ones, ``labels``
+        (B, L) the text (the prompt ignored); ``pixel_values`` (B, 3, R, R) in the
+        processor's range, or ``image_tokens`` (B, N, D) for ``synthetic_cache``."""
+        config, b = self.model_config, batch_size or stage.batch_size
+        vision, n = config.vision_config, config.vision_config.num_image_tokens
+        length = self.cfg.data.max_length
+        if length < n + 2:
+            raise ConfigError(f"--data.max-length {length} cannot hold the {n} image tokens")
+        gen = torch.Generator().manual_seed(seed)
+        vocab = config.text_config.vocab_size
+        ids = torch.randint(0, vocab, (b, length), generator=gen)
+        ids = ids.masked_fill(ids == config.image_token_id, 0)
+        bos = config.text_config.bos_token_id
+        ids[:, 0] = 0 if bos is None else bos
+        ids[:, 1 : 1 + n] = config.image_token_id
+        labels = ids.clone()
+        labels[:, : 1 + n] = IGNORE_INDEX
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if self.cfg.data.source == "synthetic_cache":
+            batch["image_tokens"] = torch.randn(b, n, vision.hidden_size, generator=gen)
+        else:
+            r = vision.image_size
+            batch["pixel_values"] = torch.rand(b, 3, r, r, generator=gen) * 2 - 1
+        return {k: v.to(device) for k, v in batch.items()}
 
     def describe_stage(self, stage) -> str:
         return f"{self.cfg.data.source} ({self.cfg.data.questions if self.cfg.data.source != 'llava_json' else self.cfg.template})"

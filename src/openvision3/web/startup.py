@@ -7,7 +7,6 @@ one line naming the flag within a second, not a traceback after the model has lo
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import socket
 import time
@@ -58,49 +57,45 @@ def address_error(host: str, port: int | None, err: OSError) -> str:
 def demo_training_estimate(cfg) -> tuple[float, int]:
     """(seconds, steps): about how long the demo experiment ``cfg`` trains on this machine.
 
-    A timed probe of its training step (forward, objective, backward; the fastest of
-    ``PROBE_STEPS`` after a warm-up step) on ``PROBE_BATCH`` random images at the last stage's
-    resolution gives the seconds per image; each stage costs its steps x batch size x that, scaled by its share of the pixels.
-    The optimizer step and the evaluation are left out. A few seconds on an idle CPU; it
-    measures the machine as it is, so a busy machine gives a longer (and truer) estimate.
+    A timed probe of the engine's training step (``Trainer.train_step``: forward, objective,
+    backward, clip, optimiser step, EMA; the fastest of ``PROBE_STEPS`` after a warm-up step)
+    on the task's synthetic batch of ``PROBE_BATCH`` images at the largest stage resolution
+    gives the seconds per image; each stage costs its steps x batch size x that, scaled by its
+    share of the pixels. LPIPS (a backbone download) and the evaluation are left out. A few
+    seconds on an idle CPU; it measures the machine as it is, so a busy machine gives a longer
+    (and truer) estimate.
     """
+    import copy
     import dataclasses
 
     import torch
 
     from openvision3.inference.api import default_device
-    from openvision3.losses.objective import Objective
-    from openvision3.models.openvision3 import OpenVision3
-    from openvision3.ov3.bench import TrainStep, random_batch
-    from openvision3.ov3.task import prune_model_config
+    from openvision3.train.trainer import synthetic_engine
 
+    top = max(cfg.train.stages, key=lambda s: s.resolution)
+    probe = copy.deepcopy(cfg)
+    probe.objective = dataclasses.replace(cfg.objective, lpips_weight=0.0)
+    stage = dataclasses.replace(
+        top, batch_size=PROBE_BATCH, steps=1 + PROBE_STEPS, warmup_steps=0, lpips_weight=0.0
+    )
+    probe.train.stages, probe.train.init_from = [stage], ""
+    probe.data = dataclasses.replace(cfg.data, latents="")
     device = torch.device(default_device())
-    autocast = contextlib.nullcontext
-    if device.type == "cuda":  # the trainer's "auto" precision on a GPU
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-
-    objective_cfg = dataclasses.replace(cfg.objective, lpips_weight=0.0)
-    model_cfg = prune_model_config(cfg.model, objective_cfg)
-    torch.manual_seed(0)
-    model = OpenVision3(model_cfg).to(device).train()
-    objective = Objective(objective_cfg).to(device)
-    top = max(stage.resolution for stage in cfg.train.stages)
-    batch = random_batch(model_cfg, cfg, PROBE_BATCH, top, device)
-    step = TrainStep(model, objective, batch, autocast, None)
-    step.forward_backward()  # warm-up: allocations, kernel choice
+    trainer, batch = synthetic_engine(probe, device)
+    trainer.train_step(batch)  # warm-up: allocations, kernel choice
     times = []
     for _ in range(PROBE_STEPS):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        step.forward_backward()
+        trainer.train_step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     per_image = min(times) / PROBE_BATCH
     seconds = sum(
-        per_image * (s.resolution / top) ** 2 * s.batch_size * s.steps for s in cfg.train.stages
+        per_image * (s.resolution / top.resolution) ** 2 * s.batch_size * s.steps
+        for s in cfg.train.stages
     )
     return seconds, sum(s.steps for s in cfg.train.stages)
