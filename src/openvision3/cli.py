@@ -98,52 +98,22 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-DEMO_MODES_HELP = """\
-Other modes (each with its own --help):
-  ov3 demo --generation [--run DIR]     a DiT-DH on a demo run's frozen tokens, judged in pixels
-  ov3 demo --understanding [--run DIR]  a tiny LLaVA on a demo run's frozen tokens, synthetic VQA
-  --run DIR: a finished `ov3 demo` run to start from; without it, `ov3 demo` runs first (the
-  other flags are then its preset's) and the mode's options keep their defaults."""
-
-
-def _ov3_demo(argv: list[str]):
-    """The OpenVision 3 demo of ``--preset`` (default: ``demo``, or ``demo_gpu`` with CUDA) and
-    its dotted overrides; returns its report's path."""
-    from openvision3.configs.parse import default_demo_preset, parse_experiment, pop_flag
-    from openvision3.ov3.demo import run_demo
-
-    preset, argv = pop_flag(argv, "--preset")
-    if not preset and argv and not argv[0].startswith("-"):
-        preset, argv = argv[0], argv[1:]
-    preset = preset or default_demo_preset()
-    return run_demo(parse_experiment(preset, argv, f"ov3 demo --preset {preset}", DEMO_MODES_HELP))
-
-
 def cmd_demo(argv: list[str]) -> int:
     """``ov3 demo``; with ``--generation`` / ``--understanding`` a downstream demo on a finished
     run (``--run DIR``), or chained after a new OpenVision 3 demo."""
     _need("train", "ov3 demo")
+    from openvision3.ov3.command import demo as _ov3_demo
+
     for flag, mode in COMMANDS["demo"].subcommands.items():
         if flag in argv:
             rest = [a for a in argv if a != flag]
             given_run = any(a == "--run" or a.startswith("--run=") for a in rest)
             if given_run or _wants_help(rest):
                 return mode.run(rest)
-            report = _ov3_demo(rest)
+            report = _ov3_demo(rest)  # the OpenVision 3 demo first
             print(f"report: {report}")
             return mode.run(["--run", str(report.parent)])
     print(f"report: {_ov3_demo(argv)}")
-    return 0
-
-
-def cmd_train_vae(argv: list[str]) -> int:
-    _need("train", "ov3 train-vae")
-    import tyro
-
-    from openvision3.ov3.demo_vae import VAETrainConfig, train_vae
-
-    cfg = tyro.cli(VAETrainConfig, args=argv, prog="ov3 train-vae")
-    print(train_vae(cfg))
     return 0
 
 
@@ -324,7 +294,9 @@ COMMANDS: dict[str, Command] = {
             ),
         },
     ),
-    "train-vae": Command(cmd_train_vae, "[--FIELD VALUE ...]", "train the small VAE of the demo"),
+    "train-vae": Command(_lazy("openvision3.ov3.command", "train_vae_main", extra="train",
+                               feature="ov3 train-vae"),
+                         "[--FIELD VALUE ...]", "train the small VAE of the demo"),
     "export": Command(cmd_export, "CHECKPOINT OUT",
                       "a training checkpoint or run -> config.json + model.safetensors "
                       "(--format diffusers: diffusers' layout)"),
