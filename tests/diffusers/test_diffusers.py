@@ -4,6 +4,7 @@ decode, the transformer equals the DiT-DH, the pipeline's images equal
 Heun through ours; CFG inside an interval, mixed labels, AutoGuidance), and the folders load
 with diffusers' ``from_pretrained`` offline in a fresh process."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,7 +32,10 @@ from openvision3.diffusers import (
 from openvision3.generation.flow import sample_grid
 from openvision3.generation.pipeline import load_generator, sample_noise
 from openvision3.generation.task import STATS_NAME
+from openvision3.models.openvision3 import OpenVision3
+from openvision3.models.presets import model_config
 from tests.diffusers.conftest import CLASSES, RES, write_generator
+from tests.generation.conftest import tiny_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = [0, 3, 1, 4, 3]  # mixed classes, one repeated
@@ -249,3 +253,23 @@ def test_a_generator_with_another_time_shift_keeps_it(exports, tmp_path):
     out = to_diffusers(gen_dir, str(tmp_path / "d"))
     assert OpenVision3DiTPipeline.from_pretrained(out).scheduler.config.shift == 3.5
     assert load_generator(out).shift == 3.5
+
+
+def test_a_vae_read_from_a_folder_keeps_its_own_architecture(tmp_path):
+    """A tokenizer whose VAE was read from a folder (its config's ``arch`` left at FLUX's)
+    exports the VAE it really has, and the autoencoder reloads to the same tokens."""
+    from openvision3.models.vae import FLUX_VAE_ARCH, VAEConfig
+
+    tiny_vae().vae.save_pretrained(str(tmp_path / "vae"))
+    cfg = model_config("ov3-mu")
+    cfg = dataclasses.replace(cfg, vae=VAEConfig(pretrained=str(tmp_path / "vae"), subfolder=""))
+    assert cfg.vae.arch == FLUX_VAE_ARCH  # not what the folder holds
+    torch.manual_seed(0)
+    model = OpenVision3(cfg).eval()
+    ae = OpenVision3Autoencoder.from_openvision3(model)
+    ae.save_pretrained(str(tmp_path / "ae"))
+    again = OpenVision3Autoencoder.from_pretrained(str(tmp_path / "ae"))
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    ref = model.encode(x).transpose(1, 2).reshape(2, -1, 2, 2)  # (B, N, D) -> (B, D, h, w)
+    assert torch.equal(again.encode(x).latent, ae.encode(x).latent)
+    assert (again.encode(x).latent - ref).abs().max() <= 1e-6

@@ -39,13 +39,21 @@ from openvision3.models.openvision3 import ModelConfig, OpenVision3
 from openvision3.models.vae import FrozenVAE, VAEConfig
 
 
-def autoencoder_model_config(cfg: ModelConfig) -> dict:
+def autoencoder_model_config(cfg: ModelConfig, vae_arch: dict | None = None) -> dict:
     """An OpenVision 3 model config reduced to the autoencoder: no text towers, the VAE built
-    from its architecture (its weights travel in this model's safetensors)."""
+    from ``vae_arch`` (the loaded VAE's own ``AutoencoderKL`` arguments; default the config's
+    ``arch``), its weights traveling in this model's safetensors."""
     d = to_dict(cfg)
     d["text"] = d["caption"] = None
-    d["vae"] = {**d["vae"], "pretrained": "", "subfolder": ""}
+    arch = dict(d["vae"]["arch"] if vae_arch is None else vae_arch)
+    d["vae"] = {**d["vae"], "pretrained": "", "subfolder": "", "arch": arch}
     return d
+
+
+def vae_arch(autoencoder) -> dict:
+    """The ``AutoencoderKL`` keyword arguments of a loaded VAE (its diffusers config, less the
+    bookkeeping keys): a VAE read from a hub id or folder need not have the config's ``arch``."""
+    return {k: v for k, v in dict(autoencoder.config).items() if not k.startswith("_")}
 
 
 class OpenVision3Autoencoder(ModelMixin, ConfigMixin):
@@ -93,7 +101,8 @@ class OpenVision3Autoencoder(ModelMixin, ConfigMixin):
         if stats is not None:
             token_grid = tuple(stats["mean"].shape[1:])
         grid = tuple(token_grid or model.cfg.encoder.pos_grid)
-        out = cls(autoencoder_model_config(model.cfg), token_grid=grid, has_stats=stats is not None)
+        config = autoencoder_model_config(model.cfg, vae_arch(model.vae.vae))
+        out = cls(config, token_grid=grid, has_stats=stats is not None)
         out.vae.load_state_dict(model.vae.vae.state_dict())
         missing = out.model.load_state_dict(model.state_dict(), strict=False)
         drop = ("text.", "captioner.", "logit_scale")
