@@ -118,8 +118,8 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 def image_presets() -> dict[str, str]:
-    """The presets that train on images (an ``ExperimentConfig``): those whose VAE latents
-    ``ov3 cache-latents`` writes. The LLaVA presets are not built (transformers: seconds)."""
+    """The presets that train on images, OpenVision 3's: those whose VAE latents
+    ``ov3 cache-latents`` writes (read from the registry; no preset is built)."""
     from openvision3.configs.presets import MODULES
 
     return {n: doc for n, doc in _summaries().items() if MODULES[n] == "openvision3.ov3.presets"}

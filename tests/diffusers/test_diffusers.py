@@ -273,3 +273,25 @@ def test_a_vae_read_from_a_folder_keeps_its_own_architecture(tmp_path):
     ref = model.encode(x).transpose(1, 2).reshape(2, -1, 2, 2)  # (B, N, D) -> (B, D, h, w)
     assert torch.equal(again.encode(x).latent, ae.encode(x).latent)
     assert (again.encode(x).latent - ref).abs().max() <= 1e-6
+
+
+def test_export_twice_replaces_its_own_folder_and_refuses_others(exports, tmp_path):
+    """A second export into the same folder with other options replaces it whole (the user's
+    README kept); a folder of another kind, ours or the user's, is refused and left as it was."""
+    out = tmp_path / "pipe"
+    assert main(["export", exports["generator"], str(out), "--format", "diffusers",
+                 "--scheduler", "heun"]) == 0  # fmt: skip
+    (out / "README.md").write_text("my notes")
+    assert main(["export", exports["generator"], str(out), "--format", "diffusers"]) == 0
+    pipe = OpenVision3DiTPipeline.from_pretrained(str(out))
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)  # the second run's
+    assert (out / "README.md").read_text() == "my notes"
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temporary folder left
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["export", exports["tokenizer"], str(out), "--format", "diffusers"]) != 0
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["export", exports["generator"], str(mine), "--format", "diffusers"]) != 0
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -29,9 +29,12 @@ from openvision3.artefacts import (
     Card,
     folder_kind,
     portable_name,
+    refuse,
+    users_file,
     write_card,
 )
 from openvision3.errors import ConfigError
+from openvision3.files import staged_folder
 
 
 def diffusers_kind(path: str) -> str:
@@ -50,19 +53,38 @@ def to_diffusers(export: str, out: str, solver: str = "euler", guide: str = "") 
     """Write the diffusers folder of ``export`` (a tokenizer or generator export) to ``out``;
     ``solver``: the pipeline's scheduler, euler (diffusers' ``FlowMatchEulerDiscreteScheduler``)
     or heun (``OpenVision3FlowScheduler``); ``guide``: a second generator export, AutoGuidance's
-    weaker model, saved as the pipeline's ``guide_transformer``. Returns ``out``."""
+    weaker model, saved as the pipeline's ``guide_transformer``. Returns ``out``.
+
+    The folder is written whole beside ``out`` and moved in (``files.staged_folder``), as our
+    other exports are: ``out`` may be missing, empty, or an earlier diffusers folder of the same
+    kind (replaced; a README.md of the user's is kept); any other folder is refused in one line,
+    so an export never writes into a folder it did not write."""
     kind = folder_kind(export).name
-    if kind == TOKENIZER:
-        return _autoencoder_folder(export, out)
-    if kind == GENERATOR:
-        return _pipeline_folder(export, out, solver, guide)
-    raise ConfigError(
-        f"{export!r} is {folder_kind(export).what}, not an OpenVision 3 tokenizer or generator "
-        "export: --format diffusers converts those"
-    )
+    if kind not in (TOKENIZER, GENERATOR):
+        raise ConfigError(
+            f"{export!r} is {folder_kind(export).what}, not an OpenVision 3 tokenizer or "
+            "generator export: --format diffusers converts those"
+        )
+    writes = DIFFUSERS_AUTOENCODER if kind == TOKENIZER else DIFFUSERS_PIPELINE
+    there = folder_kind(out)
+    if there.name not in ("missing", "empty", writes):
+        refuse(out, there, f"a new folder, or {_KINDS_WRITTEN[writes]} to replace")
+    last = "config.json" if kind == TOKENIZER else "model_index.json"  # what names the folder
+    with staged_folder(out, last=last, keep=users_file) as tmp:
+        if kind == TOKENIZER:
+            _autoencoder_folder(export, str(tmp), name=portable_name(out))
+        else:
+            _pipeline_folder(export, str(tmp), solver, guide, name=portable_name(out))
+    return out
 
 
-def _autoencoder_folder(export: str, out: str, stats: dict | None = None) -> str:
+_KINDS_WRITTEN = {
+    DIFFUSERS_AUTOENCODER: "an OpenVision 3 autoencoder folder",
+    DIFFUSERS_PIPELINE: "an OpenVision 3 pipeline folder",
+}
+
+
+def _autoencoder_folder(export: str, out: str, stats: dict | None = None, name: str = "") -> str:
     from openvision3.data.token_stats import load_token_stats
     from openvision3.diffusers.autoencoder import OpenVision3Autoencoder
     from openvision3.generation.task import STATS_NAME
@@ -75,11 +97,11 @@ def _autoencoder_folder(export: str, out: str, stats: dict | None = None) -> str
     grid = (res // ov3.cfg.pixel_patch,) * 2 if res else None
     ae = OpenVision3Autoencoder.from_openvision3(ov3, stats, token_grid=grid)
     ae.save_pretrained(out)
-    write_card(out, _autoencoder_card(portable_name(out), ae))
+    write_card(out, _autoencoder_card(name or portable_name(out), ae))
     return out
 
 
-def _pipeline_folder(export: str, out: str, solver: str, guide: str = "") -> str:
+def _pipeline_folder(export: str, out: str, solver: str, guide: str = "", name: str = "") -> str:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from openvision3.diffusers.autoencoder import OpenVision3Autoencoder
@@ -100,7 +122,7 @@ def _pipeline_folder(export: str, out: str, solver: str, guide: str = "") -> str
         raise ConfigError(f"solver must be euler or heun, got {solver!r}")
     pipe = OpenVision3DiTPipeline(transformer, vae, scheduler, guide_transformer=weak)
     pipe.save_pretrained(out)
-    card = _pipeline_card(portable_name(out), transformer.config, gen.shift)
+    card = _pipeline_card(name or portable_name(out), transformer.config, gen.shift)
     write_card(out, card)
     return out
 
